@@ -1,0 +1,254 @@
+"""Thrift plumbing shared by every process: a bounded threaded server and pooled clients.
+
+Why not thrift's own servers: TSimpleServer serves one caller at a time and its
+accepted sockets never time out, so one idle connection blocks everyone. Here every
+accepted socket gets an idle timeout, each connection has its own thread, frames
+and strings are bounded on both sides, and a malformed message closes only its own
+connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from thrift.protocol import TBinaryProtocol
+from thrift.Thrift import TException
+from thrift.transport import TSocket, TTransport
+
+from idl.events import log_event
+
+# Bounds for every message: large enough for a 10M-parameter model (80 MB), small
+# enough that a forged length cannot make a process allocate gigabytes.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_CONTAINER_ITEMS = 16 * 1024 * 1024
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_CALL_TIMEOUT_S = 30.0
+# An accepted connection that sends nothing for this long is closed by the server;
+# clients drop pooled connections well before that (POOL_IDLE_S).
+SERVER_IDLE_TIMEOUT_S = 300.0
+POOL_IDLE_S = 120.0
+
+
+def protocol_factory() -> TBinaryProtocol.TBinaryProtocolAcceleratedFactory:
+    return TBinaryProtocol.TBinaryProtocolAcceleratedFactory(
+        string_length_limit=MAX_MESSAGE_BYTES, container_length_limit=MAX_CONTAINER_ITEMS
+    )
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host:port endpoint."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        """Parse "host:port" or "host,port"; ValueError with a readable message otherwise."""
+        text = text.strip()
+        sep = "," if "," in text else ":"
+        host, _, port_text = text.rpartition(sep)
+        host = host.strip()
+        if not host or not port_text.strip().isdigit():
+            raise ValueError(f"expected host:port, got {text!r}")
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {port}")
+        return cls(host, port)
+
+
+class ThriftServer:
+    """A thread-per-connection Thrift server whose accepted sockets time out when idle."""
+
+    def __init__(
+        self,
+        processor: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        idle_timeout_s: float = SERVER_IDLE_TIMEOUT_S,
+        max_connections: int = 256,
+        name: str = "server",
+    ) -> None:
+        self._processor = processor
+        self._idle_timeout_s = idle_timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._name = name
+        self._stopping = threading.Event()
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self._listener.settimeout(0.5)
+        self.address = Address(host, self._listener.getsockname()[1])
+        self._protocols = protocol_factory()
+
+    def serve_forever(self) -> None:
+        """Accept connections until `stop()`; each one is served on its own daemon thread."""
+        log_event("listening", server=self._name, address=str(self.address))
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                raise
+            if not self._slots.acquire(blocking=False):
+                log_event("connection_refused", server=self._name, reason="too_many")
+                conn.close()
+                continue
+            threading.Thread(
+                target=self._serve_connection, args=(conn, peer), daemon=True
+            ).start()
+        self._listener.close()
+
+    def start(self) -> threading.Thread:
+        """Serve on a background daemon thread (for tests and embedded use)."""
+        thread = threading.Thread(target=self.serve_forever, daemon=True, name=self._name)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _serve_connection(self, conn: socket.socket, peer: tuple) -> None:
+        try:
+            conn.settimeout(self._idle_timeout_s)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw = TSocket.TSocket()
+            raw.setHandle(conn)
+            transport = TTransport.TFramedTransport(raw, MAX_MESSAGE_BYTES)
+            protocol = self._protocols.getProtocol(transport)
+            while not self._stopping.is_set():
+                self._processor.process(protocol, protocol)
+        except (TException, OSError, EOFError) as exc:
+            # Closed by the peer, idle too long, garbage or an oversized frame: only this
+            # connection ends; the server keeps serving everyone else.
+            if not _is_plain_close(exc):
+                log_event("connection_closed", server=self._name, peer=peer[0], reason=exc)
+        except Exception as exc:  # noqa: BLE001 - a bad message must never kill the server
+            log_event("connection_error", server=self._name, peer=peer[0], reason=repr(exc))
+        finally:
+            conn.close()
+            self._slots.release()
+
+
+def _is_plain_close(exc: BaseException) -> bool:
+    return isinstance(exc, TTransport.TTransportException) and exc.type in (
+        TTransport.TTransportException.END_OF_FILE,
+        TTransport.TTransportException.NOT_OPEN,
+    )
+
+
+class Connection:
+    """One open framed connection and the generated client over it. Not thread-safe."""
+
+    def __init__(self, client_cls: type, address: Address, timeout_s: float) -> None:
+        self.address = address
+        self._socket = TSocket.TSocket(address.host, address.port)
+        self._socket.setTimeout(CONNECT_TIMEOUT_S * 1000)
+        self._transport = TTransport.TFramedTransport(self._socket, MAX_MESSAGE_BYTES)
+        self._transport.open()
+        self._socket.handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.set_timeout(timeout_s)
+        self.client = client_cls(protocol_factory().getProtocol(self._transport))
+        self.last_used = time.monotonic()
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """Bound every following read and write on this connection."""
+        self._socket.setTimeout(max(timeout_s, 0.001) * 1000)
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def connect(client_cls: type, address: Address, timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+    """Open a connection; raises TTransportException when the peer cannot be reached."""
+    return Connection(client_cls, address, timeout_s)
+
+
+class ConnectionPool:
+    """Reusable connections per address, each used by one thread at a time.
+
+    A connection that saw any error is closed, never returned to the pool, so a
+    half-read reply can never be mistaken for the next call's answer.
+    """
+
+    def __init__(self, client_cls: type, *, max_idle: int = 8) -> None:
+        self._client_cls = client_cls
+        self._max_idle = max_idle
+        self._idle: dict[Address, list[Connection]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self, address: Address, timeout_s: float) -> Iterator[Connection]:
+        conn = self._take(address) or connect(self._client_cls, address, timeout_s)
+        conn.set_timeout(timeout_s)
+        try:
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(conn)
+
+    def call(self, address: Address, timeout_s: float, fn: Callable[[Any], Any]) -> Any:
+        """Run `fn(client)` on a pooled connection to `address`."""
+        with self.connection(address, timeout_s) as conn:
+            return fn(conn.client)
+
+    def discard(self, address: Address) -> None:
+        """Close every idle connection to `address` (after the peer was seen to fail)."""
+        with self._lock:
+            conns = self._idle.pop(address, [])
+        for conn in conns:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            everything = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+        for conn in everything:
+            conn.close()
+
+    def _take(self, address: Address) -> Connection | None:
+        now = time.monotonic()
+        with self._lock:
+            conns = self._idle.get(address, [])
+            while conns:
+                conn = conns.pop()
+                if now - conn.last_used < POOL_IDLE_S:
+                    return conn
+                conn.close()
+        return None
+
+    def _give_back(self, conn: Connection) -> None:
+        conn.last_used = time.monotonic()
+        with self._lock:
+            conns = self._idle.setdefault(conn.address, [])
+            if len(conns) < self._max_idle:
+                conns.append(conn)
+                return
+        conn.close()
+
+
+def wait_until_ready(
+    ping: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.02
+) -> None:
+    """Call `ping` until it succeeds or `timeout_s` passes (then re-raise its last error)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ping()
+            return
+        except (TException, OSError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(interval_s)
