@@ -1,0 +1,230 @@
+"""Start a real cluster on loopback, and stop every process it started by PID.
+
+Used by scripts/demo.sh, the benchmarks and the tests. As a command it starts a
+coordinator and N compute nodes, runs the client with the arguments after `--`,
+and stops everything afterwards, also on failure or Ctrl-C:
+
+    python scripts/local_cluster.py --nodes 4 --policy load-aware -- DATA_DIR 3 75 24 1e-4
+
+Every server binds port 0 and prints `listening on HOST:PORT` on stdout once it
+accepts connections; the harness reads that line, then polls ping() until it
+answers. Nothing sleeps to "let it start".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from idl.gen import ComputeNode, Coordinator
+from idl.rpc import Address, connect, wait_until_ready
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "letter-recognition.data"
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class ServerProcess:
+    """A server process started by a test; `stop()` ends it by PID."""
+
+    popen: subprocess.Popen
+    address: Address
+    log_path: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-whatever, as a crashed machine would."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.popen.stdout:
+            self.popen.stdout.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_server(module: str, args: list[str], log_path: Path, client_cls: type) -> ServerProcess:
+    """Run `python -m module args...`, wait for its ready line and a successful ping."""
+    argv = [sys.executable, "-m", module, *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
+    popen = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=log_file, env=env, cwd=log_path.parent, text=True
+    )
+    log_file.close()
+    try:
+        address = _read_ready_line(popen, log_path)
+        proc = ServerProcess(popen, address, log_path, argv)
+
+        def ping() -> None:
+            conn = connect(client_cls, address, timeout_s=2.0)
+            try:
+                conn.client.ping()
+            finally:
+                conn.close()
+
+        wait_until_ready(ping, timeout_s=READY_TIMEOUT_S)
+        return proc
+    except BaseException:
+        if popen.poll() is None:
+            popen.kill()
+        popen.wait(timeout=10)
+        raise
+
+
+def _read_ready_line(popen: subprocess.Popen, log_path: Path) -> Address:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    assert popen.stdout is not None
+    os.set_blocking(popen.stdout.fileno(), False)
+    buffer = ""
+    while time.monotonic() < deadline:
+        chunk = popen.stdout.read()
+        if chunk:
+            buffer += chunk
+            for line in buffer.splitlines():
+                if line.startswith("listening on "):
+                    return Address.parse(line.removeprefix("listening on ").strip())
+        if popen.poll() is not None:
+            raise RuntimeError(
+                f"{' '.join(popen.args)} exited with {popen.returncode} before it was ready:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.01)
+    raise TimeoutError(f"no ready line from {' '.join(popen.args)} in {READY_TIMEOUT_S}s")
+
+
+def start_node(workdir: Path, load_probability: float = 0.0, *extra: str) -> ServerProcess:
+    """A real compute node on a free loopback port (load delay defaults to 3 s as the seed's)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    index = len(list(workdir.glob("node-*.log")))
+    return start_server(
+        "compute_node",
+        ["0", str(load_probability), "--host", "127.0.0.1", *extra],
+        workdir / f"node-{index}.log",
+        ComputeNode.Client,
+    )
+
+
+def start_coordinator(
+    workdir: Path, policy: str, nodes: list[Address], *extra: str
+) -> ServerProcess:
+    """A real coordinator on a free loopback port, knowing `nodes` through a nodes file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    index = len(list(workdir.glob("coordinator-*.log")))
+    nodes_file = workdir / f"compute_nodes-{index}.txt"
+    nodes_file.write_text("".join(f"{a.host},{a.port}\n" for a in nodes))
+    return start_server(
+        "coordinator",
+        ["0", policy, "--host", "127.0.0.1", "--nodes", str(nodes_file), *extra],
+        workdir / f"coordinator-{index}.log",
+        Coordinator.Client,
+    )
+
+
+class LocalCluster:
+    """A coordinator and compute nodes on loopback, stopped together on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.nodes: list[ServerProcess] = []
+        self.coordinators: list[ServerProcess] = []
+
+    def add_node(self, load_probability: float = 0.0, *extra: str) -> ServerProcess:
+        node = start_node(self.workdir, load_probability, *extra)
+        self.nodes.append(node)
+        return node
+
+    def add_coordinator(
+        self, policy: str = "round-robin", *extra: str, nodes: list[Address] | None = None
+    ) -> ServerProcess:
+        addresses = [n.address for n in self.nodes] if nodes is None else nodes
+        coordinator = start_coordinator(self.workdir, policy, addresses, *extra)
+        self.coordinators.append(coordinator)
+        return coordinator
+
+    @property
+    def coordinator(self) -> ServerProcess:
+        return self.coordinators[0]
+
+    def stop(self) -> None:
+        for proc in [*self.coordinators, *self.nodes]:
+            proc.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(
+        description="Start a local cluster, run the client against it, stop everything.",
+        epilog="Arguments after -- go to the client after the coordinator's address: "
+        "DATA_DIR ROUNDS EPOCHS H ETA [client options].",
+    )
+    parser.add_argument("--nodes", type=int, default=4, help="compute nodes (default 4)")
+    parser.add_argument("--policy", default="load-aware", help="scheduling policy")
+    parser.add_argument("--loads", default="", help="comma-separated load probability per node")
+    parser.add_argument("--load-delay", type=float, default=3.0, help="node load delay, s")
+    parser.add_argument("--workdir", type=Path, default=None, help="logs go here (default: temp)")
+    parser.add_argument("client_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    client_args = [a for a in args.client_args if a != "--"] if args.client_args else []
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    loads = [float(x) for x in args.loads.split(",")] if args.loads else [0.0] * args.nodes
+    if len(loads) != args.nodes:
+        parser.error(f"--loads names {len(loads)} nodes, --nodes says {args.nodes}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedcluster-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with LocalCluster(workdir) as cluster:
+        try:
+            for load in loads:
+                cluster.add_node(load, "--load-delay", str(args.load_delay))
+            coordinator = cluster.add_coordinator(args.policy)
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"local_cluster: could not start the cluster: {exc}", file=sys.stderr)
+            return 1
+        print(f"cluster: coordinator {coordinator.address}, {len(cluster.nodes)} nodes "
+              f"({', '.join(str(n.address) for n in cluster.nodes)}), logs in {workdir}",
+              flush=True)
+        if not client_args:
+            print("no client arguments given: cluster up, Ctrl-C stops it", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                cluster.coordinator.popen.wait()
+            return 0
+        argv_client = [sys.executable, "-m", "client", coordinator.address.host,
+                       str(coordinator.address.port), *client_args]
+        try:
+            return subprocess.call(argv_client)
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
