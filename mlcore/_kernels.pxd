@@ -1,0 +1,69 @@
+# Declarations for the MLP kernels in _kernels.pyx; the design comment lives there.
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+
+    /* exp(t) for t <= 0 (softmax arguments are logit - max) from +, -, * and a bit
+       shift only, so the bits depend on IEEE-754 alone, not on the libm version or
+       the CPU's libm code path; branch-free so gcc vectorises the loop around it.
+       Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then Taylor to r^13
+       (truncation < 1e-17 relative), then scale by 2^k built in the exponent bits. */
+    static inline double mlcore_exp_nonpos(double t)
+    {
+        const double magic = 6755399441055744.0;   /* 1.5 * 2^52: x + magic rounds x */
+        double kd, k, r, p, scale;
+        uint64_t bits;
+        t = t < -708.0 ? -708.0 : t;               /* keep 2^k normal; exp(-708) ~ 3e-308 */
+        kd = t * 1.4426950408889634 + magic;
+        k = kd - magic;
+        r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
+        p = 1.0 / 6227020800.0;
+        p = p * r + 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+        p = p * r + 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        memcpy(&bits, &kd, sizeof bits);           /* low bits of kd hold 2^51 + k */
+        bits = (bits + 1023u) << 52;               /* exponent field k + 1023: 2^k */
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    """
+    double exp_nonpos "mlcore_exp_nonpos"(double t) noexcept nogil
+
+
+cdef struct Net:
+    # Borrowed pointers into the caller's C-contiguous arrays.
+    Py_ssize_t d, h, k
+    double* w1   # (d, h)
+    double* b1   # (h,)
+    double* w2   # (h, k)
+    double* b2   # (k,)
+    double* w2t  # (k, h): transposed copy of w2 for the backward pass
+
+
+cdef struct Grad:
+    # Summed gradients, same layout as the Net tensors.
+    double* w1
+    double* b1
+    double* w2
+    double* b2
+
+
+cdef void hidden_row(const Net* net, const double* xr, double* a1) noexcept nogil
+cdef double logits_row(const Net* net, const double* a1, double* z2) noexcept nogil
+cdef void softmax_row(double* z2, double m, Py_ssize_t k) noexcept nogil
+cdef void backward_row(const Net* net, const double* xr, const double* a1, const double* d2,
+                       double* d1, Grad* g) noexcept nogil
+cdef uint64_t splitmix64(uint64_t* state) noexcept nogil

@@ -1,0 +1,232 @@
+"""The MLP d -> h -> k (ReLU, softmax, cross-entropy): parameters, initialisation, training.
+
+Arguments are checked here, once, in Python; then the Cython kernels run without the GIL.
+The update rule is the original system's: each step is W -= eta * (gradient SUMMED over the
+step's rows), full batch by default. Mini-batches (rows reshuffled every epoch from `seed`)
+and classical momentum (v = momentum * v + grad; W -= eta * v, v starting at zero on every
+`train` call) use the same summed-gradient rule per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlcore import _kernels
+
+_SEED_MAX = 2**63 - 1
+
+
+@dataclass
+class Params:
+    """MLP weights: w1 (d, h), b1 (h,), w2 (h, k), b2 (k,); float64, C-contiguous."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+
+    def tensors(self) -> list[np.ndarray]:
+        """The tensors in wire order [w1, b1, w2, b2]."""
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[np.ndarray]) -> Params:
+        """Build from [w1, b1, w2, b2] (copied to float64 C order); ValueError on bad shapes."""
+        if len(tensors) != 4:
+            raise ValueError(f"expected 4 tensors [w1, b1, w2, b2], got {len(tensors)}")
+        w1, b1, w2, b2 = (np.array(t, dtype=np.float64, order="C") for t in tensors)
+        _check_shapes(w1, b1, w2, b2)
+        return cls(w1, b1, w2, b2)
+
+    @property
+    def d(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def h(self) -> int:
+        return int(self.w1.shape[1])
+
+    @property
+    def k(self) -> int:
+        return int(self.w2.shape[1])
+
+    def copy(self) -> Params:
+        """Deep copy (new C-contiguous float64 arrays)."""
+        return Params.from_tensors(self.tensors())
+
+
+def _check_shapes(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
+    if w1.ndim != 2 or b1.ndim != 1 or w2.ndim != 2 or b2.ndim != 1:
+        raise ValueError(
+            "expected w1 (d, h), b1 (h,), w2 (h, k), b2 (k,); got shapes "
+            f"{w1.shape}, {b1.shape}, {w2.shape}, {b2.shape}"
+        )
+    d, h = w1.shape
+    k = w2.shape[1]
+    if min(d, h, k) < 1 or b1.shape != (h,) or w2.shape[0] != h or b2.shape != (k,):
+        raise ValueError(
+            f"tensor shapes disagree: w1 {w1.shape}, b1 {b1.shape}, w2 {w2.shape}, "
+            f"b2 {b2.shape} (want (d, h), (h,), (h, k), (k,) with d, h, k >= 1)"
+        )
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """Parameters after training plus mean loss and error rate on the training rows."""
+
+    params: Params
+    loss: float
+    error: float
+
+
+def init_params(d: int, h: int, k: int, seed: int, scale: float = 0.01) -> Params:
+    """Uniform in [-scale, scale) from numpy default_rng(seed), drawn w1, b1, w2, b2 in order.
+
+    Biases are initialised like the weights (not zero), so every tensor depends on the seed.
+    """
+    for name, value in (("d", d), ("h", h), ("k", k)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    _check_seed(seed)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be > 0 and finite, got {scale!r}")
+    rng = np.random.default_rng(seed)
+    return Params(
+        w1=rng.uniform(-scale, scale, size=(d, h)),
+        b1=rng.uniform(-scale, scale, size=h),
+        w2=rng.uniform(-scale, scale, size=(h, k)),
+        b2=rng.uniform(-scale, scale, size=k),
+    )
+
+
+def train(
+    params: Params,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    eta: float,
+    batch_size: int = 0,
+    momentum: float = 0.0,
+    seed: int = 1,
+) -> TrainOutcome:
+    """Train a copy of `params` on (x, y); batch_size 0 = full batch. Bitwise deterministic.
+
+    The kernels run without the GIL for the whole loop; loss and error are measured on
+    (x, y) after training.
+    """
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"eta must be > 0 and finite, got {eta!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
+    if not isinstance(momentum, (int, float)) or not (0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    _check_seed(seed)
+    out = _checked_params(params)
+    xs, ys = _checked_data(out, x, y)
+    _kernels.train(
+        xs, ys, *out.tensors(), int(epochs), float(eta), int(batch_size), float(momentum), seed
+    )
+    if not all(np.isfinite(t).all() for t in out.tensors()):
+        raise FloatingPointError(
+            f"training diverged (non-finite weights) with eta={eta}; lower the learning rate"
+        )
+    labels = _predict(out, xs)
+    return TrainOutcome(
+        params=out,
+        loss=_kernels.summed_loss(xs, ys, *out.tensors()) / len(ys),
+        error=float(np.mean(labels != ys)),
+    )
+
+
+def predict(params: Params, x: np.ndarray) -> np.ndarray:
+    """Most probable class per row, int64 (ties: lowest class index)."""
+    p = _checked_params(params, copy=False)
+    return _predict(p, _checked_x(p, x))
+
+
+def error_rate(params: Params, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows whose predicted class differs from y."""
+    p = _checked_params(params, copy=False)
+    xs, ys = _checked_data(p, x, y)
+    return float(np.mean(_predict(p, xs) != ys))
+
+
+def loss(params: Params, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy over the rows."""
+    p = _checked_params(params, copy=False)
+    xs, ys = _checked_data(p, x, y)
+    return _kernels.summed_loss(xs, ys, *p.tensors()) / len(ys)
+
+
+def predict_proba(params: Params, x: np.ndarray) -> np.ndarray:
+    """Softmax class probabilities (n, k)."""
+    p = _checked_params(params, copy=False)
+    xs = _checked_x(p, x)
+    out = np.empty((xs.shape[0], p.k))
+    _kernels.forward(xs, *p.tensors(), out)
+    return out
+
+
+def gradient(params: Params, x: np.ndarray, y: np.ndarray) -> Params:
+    """Gradient of the SUMMED cross-entropy over all rows (one full-batch step's gradient)."""
+    p = _checked_params(params, copy=False)
+    xs, ys = _checked_data(p, x, y)
+    g = Params(np.empty_like(p.w1), np.empty_like(p.b1), np.empty_like(p.w2), np.empty_like(p.b2))
+    _kernels.gradient(xs, ys, *p.tensors(), *g.tensors())
+    return g
+
+
+def _predict(p: Params, xs: np.ndarray) -> np.ndarray:
+    labels = np.empty(xs.shape[0], dtype=np.int64)
+    _kernels.predict(xs, *p.tensors(), labels)
+    return labels
+
+
+def _check_seed(seed: int) -> None:
+    if not isinstance(seed, (int, np.integer)) or not (0 <= seed <= _SEED_MAX):
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+
+
+def _checked_params(params: Params, *, copy: bool = True) -> Params:
+    """Validated float64 C-contiguous params (a fresh copy unless copy=False and already so)."""
+    if not isinstance(params, Params):
+        raise TypeError(f"expected Params, got {type(params).__name__}")
+    if copy:
+        return params.copy()
+    tensors = params.tensors()
+    if all(isinstance(t, np.ndarray) and t.dtype == np.float64 and t.flags.c_contiguous
+           for t in tensors):
+        _check_shapes(*tensors)
+        return params
+    return params.copy()
+
+
+def _checked_x(p: Params, x: np.ndarray) -> np.ndarray:
+    xs = np.ascontiguousarray(x, dtype=np.float64)
+    if xs.ndim != 2 or xs.shape[0] < 1 or xs.shape[1] != p.d:
+        raise ValueError(f"x must have shape (n >= 1, {p.d}), got {np.shape(x)}")
+    if not np.isfinite(xs).all():
+        raise ValueError("x contains NaN or infinite values")
+    return xs
+
+
+def _checked_data(p: Params, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xs = _checked_x(p, x)
+    y_arr = np.asarray(y)
+    if y_arr.shape != (xs.shape[0],):
+        raise ValueError(f"y must have shape ({xs.shape[0]},) to match x, got {y_arr.shape}")
+    if y_arr.dtype.kind not in "iu":
+        raise ValueError(f"y must hold integer labels, got dtype {y_arr.dtype}")
+    ys = np.ascontiguousarray(y_arr, dtype=np.int64)
+    if ys.min() < 0 or ys.max() >= p.k:
+        raise ValueError(
+            f"labels must be in [0, {p.k}) for a model with k={p.k} classes, "
+            f"got range [{ys.min()}, {ys.max()}]"
+        )
+    return xs, ys
