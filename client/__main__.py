@@ -1,0 +1,137 @@
+"""python -m client COORDINATOR_IP COORDINATOR_PORT DATA_DIR ROUNDS EPOCHS H ETA [options]
+
+The seed's positional usage, plus options for seeds, outputs, resume and fail-over.
+Checks live in the click types; the training core trusts what it is given.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import click
+
+from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
+from idl.events import configure_logging
+from idl.rpc import Address
+from idl.tensors import TensorError
+from mlcore.data import DataError
+
+POLICY_NAMES = {"1": "random", "2": "load-aware", "3": "round-robin"}
+
+
+class AddressType(click.ParamType):
+    """host:port, checked at the command line."""
+
+    name = "host:port"
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, Address):
+            return value
+        try:
+            return Address.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class AddressListType(click.ParamType):
+    name = "host:port,..."
+
+    def convert(self, value, param, ctx):  # type: ignore[override]
+        if isinstance(value, list):
+            return value
+        try:
+            return [Address.parse(part) for part in value.split(",") if part.strip()]
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _finite_positive(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):
+        raise click.BadParameter("must be a finite number", ctx, param)
+    return value
+
+
+def _print_round(report: RoundReport) -> None:
+    click.echo(
+        f"round {report.round}/{report.rounds}  validation error {report.validation_error:.2%}"
+        f"  train loss {report.train_loss:.4f}  time {report.seconds:.2f}s"
+        f"  retries {report.retries}"
+    )
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("coordinator_ip")
+@click.argument("coordinator_port", type=click.IntRange(1, 65535))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("rounds", type=click.IntRange(min=1))
+@click.argument("epochs", type=click.IntRange(min=1))
+@click.argument("h", type=click.IntRange(min=1, max=1_000_000))
+@click.argument("eta", type=click.FloatRange(min=0, min_open=True), callback=_finite_positive)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the initial weights.")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Mini-batch size inside a node's epochs; 0 = the seed's full batch.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Momentum of mini-batch SGD.")
+@click.option("--policy", type=click.Choice(["", "1", "2", "3", "random", "load-aware",
+                                             "round-robin"]),
+              default="", help="Override the coordinator's scheduling policy for this run.")
+@click.option("--coordinators", type=AddressListType(), default=None,
+              help="Fail-over list host:port,host:port tried after the first coordinator.")
+@click.option("--timing", "timing_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("timing.txt"), show_default=True, help="Where to write timings.")
+@click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the final model here (.npz with w1, b1, w2, b2 and metadata).")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Checkpoint after every round (.npz); see --resume.")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint's last round.")
+@click.option("--deadline", "round_deadline_s", type=click.FloatRange(min=0, min_open=True),
+              default=600.0, show_default=True, help="Seconds a round may take before it fails.")
+@click.option("--token", default="", envvar="FEDCLUSTER_TOKEN",
+              help="Shared secret sent with every call (env FEDCLUSTER_TOKEN).")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: int, epochs: int,
+          h: int, eta: float, seed: int, batch_size: int, momentum: float, policy: str,
+          coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
+          checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
+          log_level: str) -> None:
+    """Train an MLP with H hidden units across the cluster for ROUNDS rounds of EPOCHS epochs.
+
+    DATA_DIR holds train_*.txt shards and one validate_*.txt file (one sample per line:
+    integer attributes, then the class label). ETA is the learning rate.
+    """
+    configure_logging(log_level, component="client")
+    if resume and checkpoint_path is None:
+        raise click.UsageError("--resume needs --checkpoint PATH")
+    first = Address(coordinator_ip, coordinator_port)
+    addresses = [first] + [a for a in (coordinators or []) if a != first]
+    config = RunConfig(
+        data_dir=data_dir, rounds=rounds, epochs=epochs, hidden=h, eta=eta, seed=seed,
+        batch_size=batch_size, momentum=momentum, policy=POLICY_NAMES.get(policy, policy),
+        round_deadline_s=round_deadline_s, token=token, timing_path=timing_path,
+        checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
+    )
+    try:
+        summary = run_training(config, lambda paths: CoordinatorLink(addresses, paths),
+                               on_round=_print_round)
+    except (DataError, ResumeMismatch, TensorError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except RoundFailed as exc:
+        hint = " The checkpoint keeps the last completed round." if checkpoint_path else ""
+        raise click.ClickException(f"{exc}{hint}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+    if summary.resumed_from and not summary.reports:
+        click.echo(f"checkpoint already holds all {rounds} rounds")
+    click.echo(f"final validation error {summary.validation_error:.2%}")
+
+
+def main() -> None:
+    train(prog_name="python -m client")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The client's side of the wire: run a round on the first coordinator that can.
+
+A coordinator that lacks a shard says ShardMissing; the link uploads what it lacks
+and asks again. A coordinator that cannot be reached, times out or drops the
+connection is left for the next one in the list; only when every coordinator has
+failed does the round fail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from thrift.Thrift import TApplicationException, TException
+from thrift.transport.TTransport import TTransportException
+
+from idl.events import log_event
+from idl.gen import Coordinator
+from idl.gen.ttypes import (
+    DatasetError,
+    InvalidRequest,
+    NoNodesAvailable,
+    RoundRequest,
+    RoundResult,
+    ShardMissing,
+    Unauthorized,
+)
+from idl.rpc import Address, ConnectionPool
+
+# Uploads and status calls are short; a round may take as long as its deadline.
+SHORT_CALL_S = 30.0
+ROUND_MARGIN_S = 10.0
+
+
+class RoundFailed(RuntimeError):
+    """A round could not be run; the message says why and what to do."""
+
+
+class CoordinatorLink:
+    """Runs rounds through a list of coordinators, failing over in order."""
+
+    def __init__(self, coordinators: Sequence[Address], shard_paths: dict[str, Path]) -> None:
+        if not coordinators:
+            raise ValueError("at least one coordinator address is needed")
+        self._coordinators = list(coordinators)
+        self._active = 0
+        self._shard_paths = shard_paths  # digest -> file, for uploads on demand
+        self._pool = ConnectionPool(Coordinator.Client, max_idle=2)
+
+    @property
+    def active(self) -> Address:
+        return self._coordinators[self._active]
+
+    def run_round(
+        self, request: RoundRequest, on_failover: Callable[[Address, str], None] | None = None
+    ) -> RoundResult:
+        """Run one round, failing over between coordinators; RoundFailed when none can."""
+        reasons: list[str] = []
+        for _ in range(len(self._coordinators)):
+            address = self.active
+            try:
+                return self._run_on(address, request)
+            except (TTransportException, TApplicationException, OSError, EOFError) as exc:
+                reason = _describe(exc)
+                reasons.append(f"{address}: {reason}")
+                log_event("coordinator_failed", coordinator=str(address), reason=reason)
+                self._pool.discard(address)
+                self._active = (self._active + 1) % len(self._coordinators)
+                if on_failover:
+                    on_failover(address, reason)
+        raise RoundFailed(
+            "no coordinator could run the round (" + "; ".join(reasons) + "). "
+            "Check that a coordinator is running at the address given, then run again "
+            "with --resume."
+        )
+
+    def _run_on(self, address: Address, request: RoundRequest) -> RoundResult:
+        timeout_s = request.deadline_s + ROUND_MARGIN_S
+        uploaded: set[str] = set()
+        while True:
+            try:
+                return self._pool.call(address, timeout_s, lambda c: c.run_round(request))
+            except ShardMissing as exc:
+                if exc.digest in uploaded or exc.digest not in self._shard_paths:
+                    raise RoundFailed(f"coordinator {address} keeps missing shard "
+                                      f"{exc.digest[:12]}: {exc.message}") from None
+                uploaded |= self.upload_missing(address, request.token)
+            except NoNodesAvailable as exc:
+                raise RoundFailed(f"{exc.message} (coordinator {address})") from None
+            except (InvalidRequest, DatasetError, Unauthorized) as exc:
+                raise RoundFailed(f"coordinator {address} refused the round: "
+                                  f"{exc.message}") from None
+
+    def upload_missing(self, address: Address, token: str = "") -> set[str]:
+        """Send the coordinator every shard it lacks; return the digests sent."""
+        digests = list(self._shard_paths)
+        missing = self._pool.call(address, SHORT_CALL_S, lambda c: c.missing_shards(digests))
+        for digest in missing:
+            data = self._shard_paths[digest].read_bytes()
+            started = time.perf_counter()
+            self._pool.call(address, SHORT_CALL_S,
+                            lambda c, d=digest, b=data: c.put_shard(d, b, token))
+            log_event("shard_uploaded", coordinator=str(address), digest=digest[:12],
+                      bytes=len(data), seconds=time.perf_counter() - started)
+        return set(missing)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TException) and getattr(exc, "message", None):
+        return str(exc.message)
+    return str(exc) or type(exc).__name__
