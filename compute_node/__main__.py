@@ -1,0 +1,156 @@
+"""`python -m compute_node PORT LOAD_PROBABILITY [options]`: serve shard training tasks."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from compute_node.handler import ComputeNodeHandler
+from compute_node.load import LoadConfig, LoadSimulator
+from compute_node.node import ComputeNodeCore
+from compute_node.registration import Registrar
+from compute_node.shards import ShardStore
+from idl.events import configure_logging, log_event
+from idl.gen import ComputeNode
+from idl.rpc import Address, ThriftServer
+
+
+class AddressType(click.ParamType):
+    """host:port (or host,port)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value, param, ctx) -> Address:
+        if isinstance(value, Address):
+            return value
+        try:
+            return Address.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("port", type=click.IntRange(0, 65535))
+@click.argument("load_probability", type=click.FloatRange(0.0, 1.0), callback=_finite)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--load-delay", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
+    callback=_finite, help="Seconds a loaded task sleeps before training.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for load and fault draws [random].")
+@click.option(
+    "--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory whose files (by sha256) this node serves without upload.",
+)
+@click.option(
+    "--coordinator", "coordinators", type=AddressType(), multiple=True,
+    help="Coordinator to register with and heartbeat (repeatable).",
+)
+@click.option(
+    "--heartbeat-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+    callback=_finite, help="Registration heartbeat interval.",
+)
+@click.option(
+    "--advertise-host", default=None, help="Host coordinators reach this node at [--host]."
+)
+@click.option(
+    "--crash-probability", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+    callback=_finite, help="Fault injection: chance an accepted task kills the process.",
+)
+@click.option(
+    "--extra-latency", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+    callback=_finite, help="Fault injection: seconds to sleep before every train reply.",
+)
+@click.option("--token", default="", help="Shared secret every train/put_shard must carry.")
+@click.option(
+    "--max-shard-cache-mb", type=click.FloatRange(min=0.0, min_open=True), default=1024.0,
+    show_default=True, callback=_finite, help="Bound on parsed shards kept in memory.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Tasks trained at once; the rest queue.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO", show_default=True,
+)
+def cli(
+    port: int,
+    load_probability: float,
+    host: str,
+    load_delay: float,
+    seed: int | None,
+    data_dir: Path | None,
+    coordinators: tuple[Address, ...],
+    heartbeat_s: float,
+    advertise_host: str | None,
+    crash_probability: float,
+    extra_latency: float,
+    token: str,
+    max_shard_cache_mb: float,
+    workers: int,
+    log_level: str,
+) -> None:
+    """Serve shard training tasks on PORT (0 = any free port), loaded with LOAD_PROBABILITY."""
+    configure_logging(log_level, component="node")
+    if seed is None:
+        seed = secrets.randbits(32)
+    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024), data_dir)
+    load = LoadSimulator(
+        LoadConfig(load_probability, load_delay, crash_probability, extra_latency, seed)
+    )
+    core = ComputeNodeCore(store, load, workers=workers, token=token)
+    handler = ComputeNodeHandler(core)
+    try:
+        server = ThriftServer(ComputeNode.Processor(handler), host, port, name="compute_node")
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+    handler.address = str(server.address)
+    log_event(
+        "node_config", address=str(server.address), load_probability=load_probability,
+        load_delay_s=load_delay, seed=seed, workers=workers, data_dir=data_dir or "",
+        shards_indexed=store.n_indexed, crash_probability=crash_probability,
+        extra_latency_s=extra_latency,
+    )
+    registrar = None
+    if coordinators:
+        advertised = Address(advertise_host or server.address.host, server.address.port)
+        registrar = Registrar(list(coordinators), advertised, token, heartbeat_s)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"listening on {server.address}", flush=True)
+    if registrar:
+        registrar.start()
+    server.serve_forever()
+    if registrar:
+        registrar.stop()
+    log_event("stopped", address=str(server.address))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one `error: ...` line and exit code 2 (or 1)."""
+    try:
+        cli.main(args=argv, prog_name="python -m compute_node", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The ComputeNode Thrift service: decode → core → encode, core errors mapped at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
+from compute_node.shards import DigestMismatch
+from compute_node.trainer import InvalidTask, ShardMismatch, TrainSettings
+from idl.events import log_event
+from idl.gen.ttypes import (
+    DatasetError,
+    InvalidRequest,
+    NodeBusy,
+    NodeLoad,
+    ShardMissing,
+    ShardTask,
+    TaskResult,
+    TaskTimings,
+    Unauthorized,
+)
+from idl.tensors import TensorError, decode_tensors, encode_tensors
+from mlcore.data import DataError
+
+
+@contextmanager
+def declared_errors(call: str) -> Iterator[None]:
+    """Turn the core's errors into the exceptions the IDL declares for `call`."""
+    try:
+        yield
+    except Denied as exc:
+        log_event("call_denied", call=call)
+        raise Unauthorized(message=str(exc)) from None
+    except (InvalidTask, DigestMismatch, TensorError) as exc:
+        log_event("invalid_request", call=call, reason=exc)
+        raise InvalidRequest(message=str(exc)) from None
+    except (ShardMismatch, DataError) as exc:
+        log_event("dataset_error", call=call, reason=exc)
+        raise DatasetError(message=str(exc)) from None
+    except MissingShard as exc:
+        raise ShardMissing(message=str(exc), digest=exc.digest) from None
+    except Busy as exc:
+        log_event("task_declined", reason=exc)
+        raise NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s) from None
+
+
+class ComputeNodeHandler:
+    """Implements idl ComputeNode.Iface over a ComputeNodeCore."""
+
+    def __init__(self, core: ComputeNodeCore, address: str = "") -> None:
+        self._core = core
+        self.address = address  # host:port, known once the server has bound its port
+
+    def ping(self) -> bool:
+        return True
+
+    def load(self) -> NodeLoad:
+        snap = self._core.load_snapshot()
+        return NodeLoad(
+            tasks_in_flight=snap.tasks_in_flight,
+            recent_service_s=snap.recent_service_s,
+            load_probability=self._core.load.config.load_probability,
+            tasks_done=snap.tasks_done,
+            tasks_rejected=snap.tasks_rejected,
+            shards_cached=self._core.store.n_available(),
+        )
+
+    def missing_shards(self, digests: list[str]) -> list[str]:
+        return self._core.store.missing(list(digests or []))
+
+    def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
+        with declared_errors("put_shard"):
+            self._core.authorize(token or "")
+            self._core.put_shard(digest or "", data or b"")
+
+    def train(self, task: ShardTask) -> TaskResult:
+        with declared_errors("train"):
+            self._core.authorize(task.token or "")
+            report = self._core.train(_decode_task(task))
+        out = report.output
+        return TaskResult(
+            delta=encode_tensors(out.delta),
+            n_samples=out.n_samples,
+            train_loss=out.loss,
+            train_error=out.error,
+            timings=TaskTimings(
+                load_delay_s=report.load_delay_s,
+                compute_s=out.compute_s,
+                wait_s=report.wait_s,
+                total_s=report.total_s,
+            ),
+            node=self.address,
+        )
+
+
+def _decode_task(task: ShardTask) -> Task:
+    """Thrift ShardTask → core Task; InvalidTask/TensorError when a required part is absent."""
+    weights = decode_tensors(task.weights, name="weights")
+    config = task.config
+    if config is None or config.epochs is None or config.eta is None:
+        raise InvalidTask("config: epochs and eta are required")
+    if task.shard is None or not task.shard.digest:
+        raise InvalidTask("shard: a ShardRef with the shard's sha256 digest is required")
+    settings = TrainSettings(
+        epochs=config.epochs,
+        eta=config.eta,
+        batch_size=config.batch_size if config.batch_size is not None else 0,
+        momentum=config.momentum if config.momentum is not None else 0.0,
+        seed=config.seed if config.seed is not None else 1,
+    )
+    return Task(
+        digest=task.shard.digest,
+        shard_name=task.shard.name or "",
+        weights=weights,
+        settings=settings,
+        may_decline=bool(task.may_decline),
+        timeout_s=task.timeout_s if task.timeout_s is not None else 0.0,
+    )

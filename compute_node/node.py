@@ -1,0 +1,176 @@
+"""A compute node's behaviour, free of Thrift: admit, queue, delay, train, report.
+
+The order of a task is fixed by the contract: token, weights, hyperparameters,
+shard, fit of shard to model, then the load simulation (decline, then delay), then
+training on one of `workers` slots. Requests that are wrong fail before the node
+spends any time on them; the load draws happen only for tasks that could run.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from compute_node.load import LoadSimulator
+from compute_node.shards import ShardStore, check_digest
+from compute_node.stats import LoadSnapshot, NodeStats
+from compute_node.trainer import (
+    InvalidTask,
+    TrainOutput,
+    TrainSettings,
+    check_fit,
+    check_settings,
+    params_from_arrays,
+    run_training,
+)
+from idl.events import log_event
+
+
+class Denied(PermissionError):
+    """The call carried the wrong shared-secret token."""
+
+
+class Busy(RuntimeError):
+    """The node turned the task away; the caller should try elsewhere or later."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class MissingShard(LookupError):
+    """The node has no shard with this digest; the caller should put_shard it."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            f"shard {digest} is not on this node; send it with put_shard and retry"
+        )
+        self.digest = digest
+
+
+@dataclass(frozen=True)
+class Task:
+    """One shard task with its weights already decoded to arrays."""
+
+    digest: str
+    shard_name: str
+    weights: Sequence[np.ndarray]
+    settings: TrainSettings
+    may_decline: bool = False
+    timeout_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    output: TrainOutput
+    load_delay_s: float
+    wait_s: float
+    total_s: float
+
+
+class ComputeNodeCore:
+    """Thread-safe: the server calls it from one thread per connection."""
+
+    def __init__(
+        self,
+        store: ShardStore,
+        load: LoadSimulator,
+        *,
+        workers: int = 1,
+        token: str = "",
+        crash: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.load = load
+        self.stats = NodeStats()
+        self._slots = threading.BoundedSemaphore(workers)
+        self._token = token
+        self._crash = crash or _exit_abruptly
+
+    def authorize(self, token: str) -> None:
+        """Denied unless the node has no token or `token` matches it."""
+        if self._token and not hmac.compare_digest(token.encode(), self._token.encode()):
+            raise Denied("wrong or missing token; pass the cluster's --token")
+
+    def load_snapshot(self) -> LoadSnapshot:
+        return self.stats.snapshot()
+
+    def put_shard(self, digest: str, data: bytes) -> None:
+        dataset = self.store.put(digest, data)
+        log_event("shard_stored", digest=digest[:12], rows=dataset.n_rows, bytes=len(data))
+
+    def train(self, task: Task) -> TaskReport:
+        """Run one task from receipt to reply; raises the errors declared above."""
+        received = time.perf_counter()
+        params = params_from_arrays(task.weights)
+        check_settings(task.settings)
+        _check_timeout(task.timeout_s)
+        check_digest(task.digest)
+        shard = self.store.get(task.digest)
+        if shard is None:
+            raise MissingShard(task.digest)
+        check_fit(params, shard, task.shard_name or f"shard {task.digest[:12]}")
+        if self.load.declines(task.may_decline):
+            self.stats.rejected()
+            raise Busy(
+                "node is loaded and declined the task; try another node",
+                retry_after_s=max(0.05, self.stats.snapshot().recent_service_s),
+            )
+        self.stats.started()
+        total_s: float | None = None
+        try:
+            report = self._run_accepted(task, params, shard, received)
+            total_s = report.total_s
+            return report
+        finally:
+            self.stats.finished(total_s)
+
+    def _run_accepted(self, task, params, shard, received: float) -> TaskReport:
+        wait_limit = task.timeout_s if task.timeout_s > 0 else None
+        if not self._slots.acquire(timeout=wait_limit):
+            self.stats.rejected()
+            raise Busy(
+                f"no free worker within the task's timeout of {task.timeout_s:g}s",
+                retry_after_s=max(0.05, self.stats.snapshot().recent_service_s),
+            )
+        try:
+            wait_s = time.perf_counter() - received
+            delay_s = self.load.load_delay_s()
+            if delay_s > 0:
+                time.sleep(delay_s)
+            output = run_training(params, shard, task.settings)
+        finally:
+            self._slots.release()
+        if self.load.crashes():
+            log_event("injected_crash", shard=task.shard_name, digest=task.digest[:12])
+            self._crash()
+        extra_s = self.load.config.extra_latency_s
+        if extra_s > 0:
+            time.sleep(extra_s)
+        total_s = time.perf_counter() - received
+        log_event(
+            "task_done",
+            shard=task.shard_name,
+            rows=output.n_samples,
+            load_delay_s=delay_s,
+            wait_s=wait_s,
+            compute_s=output.compute_s,
+            total_s=total_s,
+        )
+        return TaskReport(output=output, load_delay_s=delay_s, wait_s=wait_s, total_s=total_s)
+
+
+def _check_timeout(timeout_s: float) -> None:
+    if not (timeout_s >= 0 and timeout_s < float("inf")):
+        raise InvalidTask(f"timeout_s must be a finite number >= 0 (0 = none), got {timeout_s}")
+
+
+def _exit_abruptly() -> None:
+    """Die as a crashed machine would: no reply, no cleanup, no flush beyond stderr."""
+    os._exit(1)

@@ -1,0 +1,145 @@
+"""One shard task's training: check the request, run mlcore, return the weights delta.
+
+Everything a caller can get wrong is checked here before any time is spent, with a
+message naming the field, so the node answers "invalid request" rather than failing
+halfway. Training itself is mlcore's, which releases the GIL for the whole loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlcore.data import Dataset
+from mlcore.model import Params, train
+
+# Activations for n rows take about n * (h + k) doubles several times over; bound the
+# product so one request cannot make the node swap (64M values = 512 MB per copy).
+MAX_ACTIVATION_VALUES = 64 * 1024 * 1024
+_NAMES = ("w1", "b1", "w2", "b2")
+
+
+class InvalidTask(ValueError):
+    """The request itself is wrong (weights, hyperparameters, sizes): the caller must fix it."""
+
+
+class ShardMismatch(ValueError):
+    """The shard does not fit the model (feature count, labels >= k)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one task, as sent in TrainConfig."""
+
+    epochs: int
+    eta: float
+    batch_size: int = 0
+    momentum: float = 0.0
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    """Weights delta (new - given, order w1, b1, w2, b2) and what training measured."""
+
+    delta: list[np.ndarray]
+    n_samples: int
+    loss: float
+    error: float
+    compute_s: float
+
+
+def params_from_arrays(arrays: Sequence[np.ndarray]) -> Params:
+    """Build Params from [w1 (d,h), b1 (h,), w2 (h,k), b2 (k,)]; InvalidTask naming what is off."""
+    if len(arrays) != 4:
+        raise InvalidTask(f"weights: expected 4 tensors (w1, b1, w2, b2), got {len(arrays)}")
+    for name, array, ndim in zip(_NAMES, arrays, (2, 1, 2, 1), strict=True):
+        if array.ndim != ndim or 0 in array.shape:
+            raise InvalidTask(
+                f"weights {name}: expected a non-empty {ndim}-D tensor, "
+                f"got shape {list(array.shape)}"
+            )
+    w1, b1, w2, b2 = arrays
+    if not (b1.shape[0] == w1.shape[1] == w2.shape[0] and b2.shape[0] == w2.shape[1]):
+        raise InvalidTask(
+            "weights: shapes do not agree: "
+            + ", ".join(f"{n} {list(a.shape)}" for n, a in zip(_NAMES, arrays, strict=True))
+            + " (expected w1 [d, h], b1 [h], w2 [h, k], b2 [k])"
+        )
+    try:
+        return Params.from_tensors([np.ascontiguousarray(a, dtype=np.float64) for a in arrays])
+    except ValueError as exc:
+        raise InvalidTask(f"weights: {exc}") from None
+
+
+def check_settings(settings: TrainSettings) -> None:
+    """Raise InvalidTask naming the first hyperparameter out of range."""
+    if settings.epochs < 1:
+        raise InvalidTask(f"config.epochs must be >= 1, got {settings.epochs}")
+    if not (math.isfinite(settings.eta) and settings.eta > 0):
+        raise InvalidTask(f"config.eta must be a finite number > 0, got {settings.eta}")
+    if settings.batch_size < 0:
+        raise InvalidTask(
+            f"config.batch_size must be >= 0 (0 = full batch), got {settings.batch_size}"
+        )
+    if not (math.isfinite(settings.momentum) and 0 <= settings.momentum < 1):
+        raise InvalidTask(f"config.momentum must be in [0, 1), got {settings.momentum}")
+    if not 0 <= settings.seed < 2**63:
+        raise InvalidTask(f"config.seed must be in [0, 2**63), got {settings.seed}")
+
+
+def check_fit(params: Params, shard: Dataset, shard_name: str) -> None:
+    """The shard must have d features and labels < k; the work must fit in memory."""
+    if shard.n_features != params.d:
+        raise ShardMismatch(
+            f"{shard_name}: rows have {shard.n_features} features but the model expects "
+            f"d = {params.d} (w1 has shape [{params.d}, {params.h}])"
+        )
+    too_big = np.flatnonzero(shard.y >= params.k)
+    if too_big.size:
+        i = int(too_big[0])
+        raise ShardMismatch(
+            f"{shard_name} line {i + 1}: label {int(shard.y[i])} out of range for a model "
+            f"with k = {params.k} classes"
+        )
+    work = shard.n_rows * (params.h + params.k)
+    if work > MAX_ACTIVATION_VALUES:
+        raise InvalidTask(
+            f"task too large for this node: n_rows * (h + k) = {work:,} values exceeds "
+            f"{MAX_ACTIVATION_VALUES:,}; use a smaller h or smaller shards"
+        )
+
+
+def run_training(params: Params, shard: Dataset, settings: TrainSettings) -> TrainOutput:
+    """Train from `params` on the shard; the delta is new minus given, tensor by tensor."""
+    given = [a.copy() for a in params.tensors()]  # the delta must not depend on train's aliasing
+    start = time.perf_counter()
+    try:
+        outcome = train(
+            params,
+            shard.x,
+            shard.y,
+            epochs=settings.epochs,
+            eta=settings.eta,
+            batch_size=settings.batch_size,
+            momentum=settings.momentum,
+            seed=settings.seed,
+        )
+    except (ValueError, FloatingPointError) as exc:
+        # mlcore's argument checks and divergence (eta too large) are the request's fault.
+        raise InvalidTask(f"training rejected the task: {exc}") from None
+    compute_s = time.perf_counter() - start
+    delta = [
+        new - old for new, old in zip(outcome.params.tensors(), given, strict=True)
+    ]
+    return TrainOutput(
+        delta=delta,
+        n_samples=shard.n_rows,
+        loss=float(outcome.loss),
+        error=float(outcome.error),
+        compute_s=compute_s,
+    )
