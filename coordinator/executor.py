@@ -1,0 +1,292 @@
+"""Round execution: every shard task in flight at once, retried elsewhere, bounded by a deadline.
+
+The executor knows nothing of Thrift. It takes a policy and a `call_node(address, task,
+timeout_s, may_decline)` function that returns the task's result or raises one of the
+errors below, so the whole retry logic can be exercised with plain functions in tests.
+
+Per task: pick a node (policy, under one dispatch lock so concurrent picks see each other's
+in-flight counts), call it with timeout = min(task timeout, time left), and on
+- NodeBusy: try another node; when every healthy node is busy, back off and try again;
+- NodeFailure: mark the node dead, exclude it for this task, retry elsewhere
+  (at most `max_attempts` failures per task);
+- TaskRejected (the request's own fault): fail the whole round with that error.
+With no healthy node it waits for one, until the round's deadline: then RoundFailed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.policies import Policy
+from coordinator.registry import Registry
+from idl.events import log_event
+
+MAX_WORKERS = 256
+BUSY_BACKOFF_S = 0.05
+MAX_BUSY_BACKOFF_S = 1.0
+NO_NODE_POLL_S = 0.5
+
+
+class NodeBusyError(Exception):
+    """The node declined the task (load simulation); it is healthy, just busy."""
+
+    def __init__(self, message: str = "busy", retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NodeFailure(Exception):
+    """The node could not run the task: refused, reset, timed out, died, or misbehaved."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TaskRejected(Exception):
+    """The node rejected the task as invalid: the request is at fault, so the round fails."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RoundFailed(Exception):
+    """No node could finish a task before the deadline or within the attempts allowed."""
+
+
+class _Aborted(Exception):
+    """Another task failed the round; this one stops quietly."""
+
+
+@dataclass
+class TaskOutcome:
+    """How one task ended: its result and the story of its attempts."""
+
+    index: int
+    value: Any
+    node: str
+    attempts: int
+    failures: list[str] = field(default_factory=list)
+    start_s: float = 0.0  # since the round started
+    end_s: float = 0.0
+
+
+class Counters:
+    """Thread-safe named counters for status()."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+CallNode = Callable[[str, Any, float, bool], Any]
+
+
+class RoundExecutor:
+    """Runs rounds of tasks over the nodes in a registry; one instance per coordinator."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        call_node: CallNode,
+        *,
+        task_timeout_s: float = 300.0,
+        max_attempts: int = 5,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._call_node = call_node
+        self._task_timeout_s = task_timeout_s
+        self._max_attempts = max_attempts
+        self.counters = counters or Counters()
+        self._clock = clock
+        self._dispatch = threading.Lock()
+
+    def run(
+        self, tasks: Sequence[Any], policy: Policy, deadline_s: float, *, label: str = ""
+    ) -> list[TaskOutcome]:
+        """Run every task at once; outcomes in task order. Raises RoundFailed or TaskRejected."""
+        if not tasks:
+            return []
+        start = self._clock()
+        round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label)
+        # First placements in task order, so a seeded policy places a fault-free round the
+        # same way every time, whatever order the threads start in.
+        first = [round_.reserve(set()) for _ in tasks]
+        workers = min(len(tasks), MAX_WORKERS)
+        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        futures: list[cf.Future] = []
+        try:
+            futures = [
+                pool.submit(round_.run_task, i, task, first[i]) for i, task in enumerate(tasks)
+            ]
+            grace_s = 1.0
+            done, pending = cf.wait(
+                futures, timeout=deadline_s + grace_s, return_when=cf.FIRST_EXCEPTION
+            )
+            for future in futures:
+                if future in done and future.exception() is not None:
+                    error = future.exception()
+                    if not isinstance(error, _Aborted):
+                        raise error
+            if pending:
+                raise RoundFailed(
+                    f"round deadline of {deadline_s:g}s passed with {len(pending)} of "
+                    f"{len(tasks)} tasks unfinished"
+                )
+            return [f.result() for f in futures]
+        finally:
+            round_.abort.set()
+            # A task that never started still holds its first node's in-flight slot.
+            for future, node in zip(futures, first, strict=False):
+                if future.cancel() and node is not None:
+                    self._registry.end_task(node, None)
+            pool.shutdown(wait=False)
+
+
+class _Round:
+    """The state one round's task threads share."""
+
+    def __init__(
+        self,
+        executor: RoundExecutor,
+        policy: Policy,
+        start: float,
+        deadline: float,
+        deadline_s: float,
+        label: str,
+    ) -> None:
+        self.ex = executor
+        self.policy = policy
+        self.start = start
+        self.deadline = deadline
+        self.deadline_s = deadline_s
+        self.label = label
+        self.abort = threading.Event()
+
+    def reserve(self, exclude: set[str]) -> str | None:
+        """Pick a node and count the task in flight on it, atomically with other picks."""
+        with self.ex._dispatch:
+            choice = self.policy.pick(self.ex._registry.views(), exclude)
+            if choice is None:
+                return None
+            self.ex._registry.begin_task(choice.address)
+            return choice.address
+
+    def run_task(self, index: int, task: Any, node: str | None) -> TaskOutcome:
+        ex = self.ex
+        attempts = n_failed = 0
+        failures: list[str] = []
+        failed: set[str] = set()
+        busy: set[str] = set()
+        backoff_s = BUSY_BACKOFF_S
+        start_s: float | None = None
+        ex.counters.add("tasks")
+        while True:
+            if self.abort.is_set():
+                if node is not None:
+                    ex._registry.end_task(node, None)
+                raise _Aborted()
+            remaining = self.deadline - ex._clock()
+            if remaining <= 0:
+                if node is not None:
+                    ex._registry.end_task(node, None)
+                raise self._deadline_error(index, failures)
+            if node is None:
+                node = self.reserve(failed | busy)
+            if node is None:
+                backoff_s = self._wait_for_node(failed, busy, backoff_s, remaining)
+                continue
+            attempts += 1
+            if attempts > 1:
+                ex.counters.add("retries")
+            if start_s is None:
+                start_s = ex._clock() - self.start
+            began = ex._clock()
+            timeout_s = max(min(ex._task_timeout_s, self.deadline - began), 0.001)
+            try:
+                value = ex._call_node(node, task, timeout_s, self.policy.may_decline)
+            except NodeBusyError as exc:
+                ex._registry.end_task(node, None)
+                ex.counters.add("rejections")
+                failures.append(f"{node} busy")
+                busy.add(node)
+                backoff_s = max(backoff_s, min(exc.retry_after_s, MAX_BUSY_BACKOFF_S))
+                log_event("task_busy", round=self.label, shard=index, node=node)
+                node = None
+                continue
+            except NodeFailure as exc:
+                ex._registry.end_task(node, None)
+                failures.append(f"{node} {exc.reason}")
+                if ex._clock() >= self.deadline:
+                    raise self._deadline_error(index, failures) from None
+                ex._registry.mark_dead(node, exc.reason, task_failed=True)
+                ex.counters.add("failures")
+                failed.add(node)
+                n_failed += 1
+                log_event(
+                    "task_failed", round=self.label, shard=index, node=node, reason=exc.reason
+                )
+                if n_failed >= ex._max_attempts:
+                    raise RoundFailed(
+                        f"shard task {index} failed on {n_failed} attempts "
+                        f"(--max-attempts {ex._max_attempts}): " + "; ".join(failures[-5:])
+                    ) from None
+                node = None
+                continue
+            except BaseException:
+                ex._registry.end_task(node, None)
+                raise
+            ex._registry.end_task(node, ex._clock() - began)
+            end_s = ex._clock() - self.start
+            log_event(
+                "task_done",
+                round=self.label,
+                shard=index,
+                node=node,
+                attempts=attempts,
+                elapsed_s=ex._clock() - began,
+            )
+            return TaskOutcome(index, value, node, attempts, failures, start_s, end_s)
+
+    def _wait_for_node(
+        self, failed: set[str], busy: set[str], backoff_s: float, remaining: float
+    ) -> float:
+        """Nobody eligible: back off if all are busy, else wait for a node to come alive."""
+        alive = {v.address for v in self.ex._registry.views()}
+        if alive - failed:
+            # Every healthy node said busy: give them a moment, then ask them all again.
+            self.abort.wait(min(backoff_s, remaining))
+            busy.clear()
+            return min(backoff_s * 2, MAX_BUSY_BACKOFF_S)
+        if alive:
+            # Only nodes that failed this task are alive (they came back): try them again;
+            # --max-attempts still bounds the failures.
+            failed.clear()
+            return backoff_s
+        self.ex._registry.wait_for_alive(min(remaining, NO_NODE_POLL_S))
+        return backoff_s
+
+    def _deadline_error(self, index: int, failures: list[str]) -> RoundFailed:
+        n_alive = self.ex._registry.n_alive()
+        detail = "; ".join(failures[-3:]) or "no node was available"
+        return RoundFailed(
+            f"no node finished shard task {index} before the round deadline of "
+            f"{self.deadline_s:g}s ({n_alive} node(s) alive; last failures: {detail})"
+        )

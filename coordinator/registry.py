@@ -1,0 +1,208 @@
+"""Node membership and health: who is alive, how busy, how fast, and when to probe again.
+
+One lock guards everything; waiters on `wait_for_alive` are woken when a node comes back,
+so a round that ran out of nodes resumes the moment the heartbeat revives one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from coordinator.policies import NodeView
+from idl.events import log_event
+from idl.rpc import Address
+
+EMA_WEIGHT = 0.3  # weight of the newest sample in the service-time average
+
+
+@dataclass
+class NodeState:
+    address: Address
+    alive: bool = True  # optimistic until a call or a probe fails
+    last_seen: float | None = None
+    in_flight: int = 0
+    tasks_done: int = 0
+    failures: int = 0
+    service_s: float | None = None  # this coordinator's EMA of a task's round trip
+    reported_service_s: float = 0.0
+    reported_in_flight: int = 0
+    load_probability: float = 0.0
+    backoff_s: float = 0.0
+    next_probe_at: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """A copy of one node's state for status()."""
+
+    address: str
+    alive: bool
+    load_probability: float
+    in_flight: int
+    tasks_done: int
+    failures: int
+    last_seen_s_ago: float  # -1 when never seen
+    service_s: float
+
+
+class Registry:
+    """Thread-safe table of known nodes, in the order they became known."""
+
+    def __init__(
+        self,
+        *,
+        probe_interval_s: float = 1.0,
+        max_backoff_s: float = 8.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nodes: dict[str, NodeState] = {}  # keyed by "host:port"
+        self._changed = threading.Condition()
+        self._probe_interval_s = probe_interval_s
+        self._max_backoff_s = max_backoff_s
+        self._clock = clock
+
+    def add(self, address: Address) -> bool:
+        """Know `address` (alive until shown otherwise); False if it was already known."""
+        with self._changed:
+            if str(address) in self._nodes:
+                return False
+            self._nodes[str(address)] = NodeState(address)
+            self._changed.notify_all()
+        log_event("node_added", node=str(address))
+        return True
+
+    def register(self, address: Address) -> None:
+        """A node announced itself: know it and count the announcement as a heartbeat."""
+        self.add(address)
+        self.mark_alive(address)
+
+    def addresses(self) -> list[Address]:
+        with self._changed:
+            return [n.address for n in self._nodes.values()]
+
+    def mark_alive(self, address: Address | str, load: dict | None = None) -> None:
+        """A successful ping or call: the node is alive now; `load` is what it reported."""
+        with self._changed:
+            node = self._nodes.get(str(address))
+            if node is None:
+                return
+            revived = not node.alive
+            node.alive = True
+            node.last_seen = self._clock()
+            node.backoff_s = 0.0
+            node.next_probe_at = node.last_seen + self._probe_interval_s
+            if load:
+                node.load_probability = float(load.get("load_probability", node.load_probability))
+                node.reported_service_s = float(load.get("recent_service_s", 0.0))
+                node.reported_in_flight = int(load.get("tasks_in_flight", 0))
+            if revived:
+                self._changed.notify_all()
+        if revived:
+            log_event("node_alive", node=str(address))
+
+    def mark_dead(self, address: Address | str, reason: str, *, task_failed: bool = False) -> None:
+        """A failed ping or call: stop scheduling on it and re-probe with growing backoff."""
+        with self._changed:
+            node = self._nodes.get(str(address))
+            if node is None:
+                return
+            was_alive = node.alive
+            if task_failed or was_alive:
+                node.failures += 1
+            node.alive = False
+            node.last_error = reason
+            node.backoff_s = min(
+                max(node.backoff_s * 2, self._probe_interval_s), self._max_backoff_s
+            )
+            node.next_probe_at = self._clock() + node.backoff_s
+        if was_alive:
+            log_event("node_dead", node=str(address), reason=reason)
+
+    def due_for_probe(self) -> list[Address]:
+        """Alive nodes every interval; dead nodes once their backoff has passed."""
+        now = self._clock()
+        with self._changed:
+            return [n.address for n in self._nodes.values() if n.next_probe_at <= now]
+
+    def schedule_probe(self, address: Address | str) -> None:
+        """Probe `address` again one interval from now (used after a probe is sent)."""
+        with self._changed:
+            node = self._nodes.get(str(address))
+            if node is not None and node.alive:
+                node.next_probe_at = self._clock() + self._probe_interval_s
+
+    def views(self) -> list[NodeView]:
+        """Snapshot of the alive nodes for a policy, in registration order."""
+        with self._changed:
+            return [
+                NodeView(
+                    address=str(n.address),
+                    in_flight=n.in_flight,
+                    service_s=n.service_s
+                    if n.service_s is not None
+                    else (n.reported_service_s or None),
+                    load_probability=n.load_probability,
+                )
+                for n in self._nodes.values()
+                if n.alive
+            ]
+
+    def n_alive(self) -> int:
+        with self._changed:
+            return sum(n.alive for n in self._nodes.values())
+
+    def begin_task(self, address: Address | str) -> None:
+        with self._changed:
+            node = self._nodes.get(str(address))
+            if node is not None:
+                node.in_flight += 1
+
+    def end_task(self, address: Address | str, elapsed_s: float | None) -> None:
+        """A task left the node; `elapsed_s` is its round trip when it succeeded."""
+        with self._changed:
+            node = self._nodes.get(str(address))
+            if node is None:
+                return
+            node.in_flight = max(0, node.in_flight - 1)
+            if elapsed_s is not None:
+                node.tasks_done += 1
+                node.last_seen = self._clock()
+                node.service_s = (
+                    elapsed_s
+                    if node.service_s is None
+                    else EMA_WEIGHT * elapsed_s + (1 - EMA_WEIGHT) * node.service_s
+                )
+
+    def wait_for_alive(self, timeout_s: float) -> bool:
+        """Block until some node is alive or `timeout_s` passes; True if one is alive."""
+        deadline = self._clock() + timeout_s
+        with self._changed:
+            while not any(n.alive for n in self._nodes.values()):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def snapshot(self) -> list[NodeSnapshot]:
+        now = self._clock()
+        with self._changed:
+            return [
+                NodeSnapshot(
+                    address=str(n.address),
+                    alive=n.alive,
+                    load_probability=n.load_probability,
+                    in_flight=n.in_flight,
+                    tasks_done=n.tasks_done,
+                    failures=n.failures,
+                    last_seen_s_ago=-1.0 if n.last_seen is None else now - n.last_seen,
+                    service_s=n.service_s
+                    if n.service_s is not None
+                    else n.reported_service_s,
+                )
+                for n in self._nodes.values()
+            ]
