@@ -318,3 +318,11 @@ def summed_loss(const double[:, ::1] x, const int64_t[::1] y,                   
                 s = s + exp_nonpos(z2[c] - m)
             total = total + (log(s) - (z2[y[i]] - m))
     return total
+
+
+def exp_nonpos_array(const double[::1] t, double[::1] out):                # IN, OUT
+    """out = exp(t) for t <= 0 with the kernels' own exp (exposed for accuracy tests)."""
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(t.shape[0]):
+            out[i] = exp_nonpos(t[i])

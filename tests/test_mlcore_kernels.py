@@ -1,0 +1,218 @@
+"""The Cython kernels agree with the numpy reference and are bitwise reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlcore import _kernels, reference
+from mlcore.model import Params, gradient, init_params, loss, predict, predict_proba, train
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-10
+
+
+def _problem(n: int = 300, d: int = 16, h: int = 24, k: int = 26, seed: int = 1):
+    rng = np.random.default_rng(seed + 100)
+    x = rng.integers(0, 16, size=(n, d)).astype(np.float64)
+    y = rng.integers(0, k, size=n)
+    return init_params(d, h, k, seed=seed), x, y
+
+
+def _assert_close(got: Params, want: Params) -> None:
+    for g, w in zip(got.tensors(), want.tensors(), strict=True):
+        scale = np.max(np.abs(w))
+        assert np.max(np.abs(g - w)) <= RTOL * scale, np.max(np.abs(g - w)) / scale
+
+
+def _digest(params: Params) -> str:
+    return hashlib.sha256(b"".join(t.tobytes() for t in params.tensors())).hexdigest()
+
+
+@pytest.mark.parametrize(("h", "scale"), [(24, 0.01), (64, 0.3), (5, 1.0)])
+def test_forward_matches_reference(h, scale):
+    params, x, _ = _problem(h=h)
+    params = init_params(params.d, h, params.k, seed=2, scale=scale)
+    _, _, want = reference.forward(params, x)
+    got = predict_proba(params, x)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
+    np.testing.assert_array_equal(predict(params, x), np.argmax(want, axis=1))
+
+
+@pytest.mark.parametrize(("h", "scale"), [(24, 0.01), (64, 0.3), (5, 1.0)])
+def test_gradient_and_loss_match_reference(h, scale):
+    params, x, y = _problem(h=h)
+    params = init_params(params.d, h, params.k, seed=2, scale=scale)
+    _assert_close(gradient(params, x, y), reference.gradients(params, x, y))
+    assert loss(params, x, y) == pytest.approx(reference.mean_loss(params, x, y), rel=RTOL)
+
+
+def test_full_batch_training_matches_reference():
+    params, x, y = _problem()
+    got = train(params, x, y, epochs=8, eta=1e-3)
+    want = reference.train(params, x, y, epochs=8, eta=1e-3)
+    _assert_close(got.params, want)
+    assert got.loss == pytest.approx(reference.mean_loss(want, x, y), rel=RTOL)
+
+
+@pytest.mark.parametrize(("batch_size", "momentum"), [(32, 0.9), (7, 0.0), (300, 0.5), (500, 0.0)])
+def test_minibatch_training_matches_reference(batch_size, momentum):
+    params, x, y = _problem()
+    kwargs = dict(epochs=3, eta=2e-3, batch_size=batch_size, momentum=momentum, seed=11)
+    _assert_close(train(params, x, y, **kwargs).params, reference.train(params, x, y, **kwargs))
+
+
+def test_minibatch_shuffle_depends_on_seed():
+    params, x, y = _problem()
+    a = train(params, x, y, epochs=2, eta=1e-3, batch_size=16, seed=1).params
+    b = train(params, x, y, epochs=2, eta=1e-3, batch_size=16, seed=2).params
+    assert _digest(a) != _digest(b)
+
+
+def test_training_does_not_modify_its_input():
+    params, x, y = _problem()
+    before = _digest(params)
+    train(params, x, y, epochs=2, eta=1e-3)
+    assert _digest(params) == before
+
+
+def test_own_exp_is_within_one_ulp_of_numpy():
+    t = -np.concatenate([np.linspace(0.0, 708.0, 200_001), np.geomspace(1e-300, 700.0, 50_001)])
+    got = np.empty_like(t)
+    _kernels.exp_nonpos_array(t, got)
+    want = np.exp(t)
+    assert np.max(np.abs(got - want) / np.spacing(want)) <= 1.0
+
+
+def test_training_is_bitwise_reproducible_run_to_run():
+    params, x, y = _problem()
+    runs = {_digest(train(params, x, y, epochs=5, eta=1e-3).params) for _ in range(3)}
+    runs_mb = {
+        _digest(train(params, x, y, epochs=2, eta=1e-3, batch_size=20, momentum=0.9).params)
+        for _ in range(3)
+    }
+    assert len(runs) == 1
+    assert len(runs_mb) == 1
+
+
+_CHILD = """
+import hashlib, sys
+import numpy as np
+from mlcore.model import init_params, train
+rng = np.random.default_rng(101)
+x = rng.integers(0, 16, size=(300, 16)).astype(np.float64)
+y = rng.integers(0, 26, size=300)
+p = init_params(16, 24, 26, seed=1)
+for kw in (dict(), dict(batch_size=20, momentum=0.9)):
+    out = train(p, x, y, epochs=5, eta=1e-3, **kw).params
+    print(hashlib.sha256(b"".join(t.tobytes() for t in out.tensors())).hexdigest())
+"""
+
+
+def test_training_is_bitwise_reproducible_across_processes():
+    params, x, y = _problem()
+    here = [
+        _digest(train(params, x, y, epochs=5, eta=1e-3).params),
+        _digest(train(params, x, y, epochs=5, eta=1e-3, batch_size=20, momentum=0.9).params),
+    ]
+    child = subprocess.run(
+        [sys.executable, "-c", _CHILD], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "2", "PYTHONPATH": str(REPO)},
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == here
+
+
+def test_training_releases_the_gil():
+    params, x, y = _problem(n=1000, h=256)
+    times: dict[str, float] = {}
+
+    def run() -> None:
+        times["start"] = time.perf_counter()
+        train(params, x, y, epochs=60, eta=1e-5)
+        times["end"] = time.perf_counter()
+
+    worker = threading.Thread(target=run)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    worker.join()
+    during = [t for t in ticks if times["start"] + 0.05 < t < times["end"] - 0.05]
+    busy_s = times["end"] - times["start"] - 0.1
+    assert busy_s > 0.1, "training finished too fast to observe; raise epochs"
+    # A thread holding the GIL would starve this loop; with it released we tick every ~1 ms.
+    assert len(during) >= 0.3 * busy_s / 0.001, (len(during), busy_s)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(epochs=0, eta=0.1), "epochs"),
+        (dict(epochs=1.5, eta=0.1), "epochs"),
+        (dict(epochs=1, eta=0.0), "eta"),
+        (dict(epochs=1, eta=float("nan")), "eta"),
+        (dict(epochs=1, eta=float("inf")), "eta"),
+        (dict(epochs=1, eta=0.1, batch_size=-1), "batch_size"),
+        (dict(epochs=1, eta=0.1, momentum=1.0), "momentum"),
+        (dict(epochs=1, eta=0.1, seed=-1), "seed"),
+    ],
+)
+def test_train_rejects_bad_hyperparameters(kwargs, message):
+    params, x, y = _problem(n=10)
+    with pytest.raises(ValueError, match=message):
+        train(params, x, y, **kwargs)
+
+
+def test_train_rejects_bad_data():
+    params, x, y = _problem(n=10)
+    with pytest.raises(ValueError, match="labels must be in"):
+        train(params, x, np.full(10, 26), epochs=1, eta=0.1)
+    with pytest.raises(ValueError, match="labels must be in"):
+        train(params, x, np.full(10, -1), epochs=1, eta=0.1)
+    with pytest.raises(ValueError, match="x must have shape"):
+        train(params, x[:, :15], y, epochs=1, eta=0.1)
+    with pytest.raises(ValueError, match="x must have shape"):
+        train(params, x[:0], y[:0], epochs=1, eta=0.1)
+    with pytest.raises(ValueError, match="y must have shape"):
+        train(params, x, y[:9], epochs=1, eta=0.1)
+    with pytest.raises(ValueError, match="integer labels"):
+        train(params, x, y.astype(np.float64), epochs=1, eta=0.1)
+    bad_x = x.copy()
+    bad_x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        train(params, bad_x, y, epochs=1, eta=0.1)
+
+
+def test_params_from_tensors_rejects_mismatched_shapes():
+    p = init_params(3, 4, 5, seed=1)
+    with pytest.raises(ValueError, match="disagree"):
+        Params.from_tensors([p.w1, p.b1[:3], p.w2, p.b2])
+    with pytest.raises(ValueError, match="expected 4"):
+        Params.from_tensors([p.w1, p.b1, p.w2])
+    with pytest.raises(ValueError, match="expected w1"):
+        Params.from_tensors([p.w1.ravel(), p.b1, p.w2, p.b2])
+
+
+def test_init_params_is_seeded_uniform_and_validated():
+    a, b, c = init_params(16, 24, 26, 7), init_params(16, 24, 26, 7), init_params(16, 24, 26, 8)
+    assert _digest(a) == _digest(b) != _digest(c)
+    assert (a.d, a.h, a.k) == (16, 24, 26)
+    for t in a.tensors():
+        assert np.all(np.abs(t) <= 0.01)
+    with pytest.raises(ValueError, match="h must be"):
+        init_params(16, 0, 26, 1)
+
+
+def test_diverging_training_raises_a_clear_error():
+    params, x, y = _problem(n=50)
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        train(params, x * 1e150, y, epochs=5, eta=1e10)
