@@ -1,0 +1,140 @@
+"""`python -m coordinator PORT POLICY [options]`: schedule round tasks onto compute nodes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from coordinator.executor import Counters, RoundExecutor
+from coordinator.handler import CoordinatorHandler
+from coordinator.health import HealthMonitor
+from coordinator.node_calls import NodeCaller
+from coordinator.nodes_file import NodesFileError, read_nodes_file
+from coordinator.policies import policy_name
+from coordinator.registry import Registry
+from coordinator.service import CoordinatorService
+from coordinator.shard_store import ShardStore
+from idl.events import configure_logging, log_event
+from idl.gen import Coordinator
+from idl.rpc import ThriftServer
+
+DEFAULT_NODES_FILE = "compute_nodes.txt"
+
+
+def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return policy_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("port", type=click.IntRange(0, 65535))
+@click.argument("policy", callback=_policy, metavar="POLICY")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--nodes", "nodes_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help=f"Nodes file, host,port per line [default: {DEFAULT_NODES_FILE} if present].",
+)
+@click.option("--heartbeat-s", type=click.FloatRange(min=0, min_open=True, max=3600),
+              default=1.0, show_default=True, help="Seconds between node health probes.")
+@click.option("--task-timeout-s", type=click.FloatRange(min=0, min_open=True, max=86400),
+              default=300.0, show_default=True, help="Longest a node may take for one task.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Node failures allowed per task before the round fails.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed for the policies' random choices.")
+@click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
+@click.option("--max-shard-cache-mb", type=click.FloatRange(min=1), default=1024.0,
+              show_default=True, help="Bound on shard bytes kept for forwarding to nodes.")
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO", show_default=True,
+)
+def cli(
+    port: int,
+    policy: str,
+    host: str,
+    nodes_path: Path | None,
+    heartbeat_s: float,
+    task_timeout_s: float,
+    max_attempts: int,
+    seed: int,
+    token: str,
+    max_shard_cache_mb: float,
+    log_level: str,
+) -> None:
+    """Coordinate rounds on PORT (0 = any free port) with POLICY: 1|random, 2|load-aware,
+    3|round-robin."""
+    configure_logging(log_level, component="coordinator")
+    # thrift logs every refused connect at ERROR; the executor already reports those as events.
+    logging.getLogger("thrift").setLevel(logging.CRITICAL)
+    nodes = _read_nodes(nodes_path)
+    registry = Registry(probe_interval_s=heartbeat_s, max_backoff_s=max(8 * heartbeat_s, 2.0))
+    for address in nodes:
+        registry.add(address)
+    counters = Counters()
+    caller = NodeCaller(token, counters)
+    executor = RoundExecutor(
+        registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
+        counters=counters,
+    )
+    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
+    service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
+    try:
+        server = ThriftServer(
+            Coordinator.Processor(CoordinatorHandler(service)), host, port, name="coordinator"
+        )
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+    service.address = str(server.address)
+    log_event(
+        "coordinator_config", address=str(server.address), policy=policy, nodes=len(nodes),
+        heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
+        seed=seed,
+    )
+    health = HealthMonitor(registry, caller.probe, heartbeat_s)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"listening on {server.address}", flush=True)
+    health.start()
+    server.serve_forever()
+    health.stop()
+    caller.close()
+    log_event("stopped", address=str(server.address))
+
+
+def _read_nodes(path: Path | None) -> list:
+    """The explicit file must exist; the default one may be absent (nodes may register)."""
+    if path is None:
+        path = Path(DEFAULT_NODES_FILE)
+        if not path.exists():
+            log_event("no_nodes_file", level=logging.WARNING, path=str(path),
+                      hint="nodes may register with --coordinator")
+            return []
+    try:
+        return read_nodes_file(path)
+    except NodesFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one `error: ...` line and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="python -m coordinator", standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The Coordinator Thrift service: decode → service → encode, core errors mapped at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from coordinator.executor import RoundFailed, TaskRejected
+from coordinator.service import CoordinatorService, Denied, MissingShards
+from coordinator.shard_store import ShardError
+from coordinator.validation import RequestError
+from idl.events import log_event
+from idl.gen.ttypes import (
+    ClusterStatus,
+    DatasetError,
+    InvalidRequest,
+    NoNodesAvailable,
+    RoundRequest,
+    RoundResult,
+    ShardMissing,
+    Unauthorized,
+)
+
+
+@contextmanager
+def declared_errors(call: str) -> Iterator[None]:
+    """Turn the core's errors into the exceptions the IDL declares for `call`."""
+    try:
+        yield
+    except Denied as exc:
+        log_event("call_denied", call=call)
+        raise Unauthorized(message=str(exc)) from None
+    except (RequestError, ShardError) as exc:
+        log_event("invalid_request", call=call, reason=exc)
+        raise InvalidRequest(message=str(exc)) from None
+    except MissingShards as exc:
+        raise ShardMissing(message=str(exc), digest=exc.digests[0]) from None
+    except RoundFailed as exc:
+        raise NoNodesAvailable(message=str(exc)) from None
+    except TaskRejected as exc:
+        error = exc.error
+        if isinstance(error, InvalidRequest | DatasetError):
+            raise error from None
+        raise InvalidRequest(message=str(error)) from None
+
+
+class CoordinatorHandler:
+    """Implements idl Coordinator.Iface over a CoordinatorService."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> ClusterStatus:
+        return self._service.status()
+
+    def missing_shards(self, digests: list[str]) -> list[str]:
+        return self._service.store.missing(list(digests or []))
+
+    def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
+        with declared_errors("put_shard"):
+            self._service.put_shard(digest or "", data or b"", token or "")
+
+    def run_round(self, request: RoundRequest) -> RoundResult:
+        with declared_errors("run_round"):
+            return self._service.run_round(request)
+
+    def register_node(self, host: str, port: int, token: str = "") -> None:
+        with declared_errors("register_node"):
+            self._service.register_node(host or "", port or 0, token or "")

@@ -1,0 +1,129 @@
+"""Calls from the coordinator to compute nodes, with Thrift errors sorted for the executor.
+
+This is the executor's `call_node`: it trains a task on one node over a pooled
+connection, uploads the shard once when the node says it lacks it, and turns what
+went wrong into NodeBusyError (try another node), NodeFailure (node is at fault) or
+TaskRejected (the request is at fault).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from thrift.Thrift import TApplicationException, TException
+from thrift.transport.TTransport import TTransportException
+
+from coordinator.executor import Counters, NodeBusyError, NodeFailure, TaskRejected
+from idl.gen import ComputeNode
+from idl.gen.ttypes import (
+    DatasetError,
+    InvalidRequest,
+    NodeBusy,
+    ShardMissing,
+    ShardTask,
+    TaskResult,
+    Unauthorized,
+)
+from idl.rpc import Address, ConnectionPool
+
+DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized)
+
+
+@dataclass
+class NodeTask:
+    """One shard task as the executor carries it: the wire task plus the shard's bytes."""
+
+    task: ShardTask
+    shard_bytes: bytes
+
+
+@lru_cache(maxsize=4096)
+def _address(text: str) -> Address:
+    return Address.parse(text)
+
+
+def describe_failure(exc: BaseException, timeout_s: float) -> str:
+    """A short reason for a failed call, as it appears in TaskRecord.failures."""
+    if isinstance(exc, TTransportException):
+        inner = getattr(exc, "inner", None)
+        if exc.type == TTransportException.TIMED_OUT or isinstance(inner, TimeoutError):
+            return f"timeout after {timeout_s:.3g}s"
+        if isinstance(inner, ConnectionRefusedError):
+            return "connection refused"
+        if exc.type == TTransportException.END_OF_FILE or isinstance(inner, ConnectionError):
+            return "connection closed"
+        return f"transport error: {exc.message or type(inner).__name__}"
+    if isinstance(exc, TimeoutError):
+        return f"timeout after {timeout_s:.3g}s"
+    if isinstance(exc, TApplicationException):
+        return f"node error: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class NodeCaller:
+    """Train tasks and probe nodes over one connection pool (thread-safe)."""
+
+    def __init__(self, token: str = "", counters: Counters | None = None) -> None:
+        self.pool = ConnectionPool(ComputeNode.Client, max_idle=64)
+        self._token = token
+        self._counters = counters or Counters()
+
+    def __call__(
+        self, node: str, work: NodeTask, timeout_s: float, may_decline: bool
+    ) -> TaskResult:
+        """Train `work` on `node` within `timeout_s`; see the module docstring for errors."""
+        address = _address(node)
+        deadline = time.monotonic() + timeout_s
+        work.task.may_decline = may_decline
+        work.task.timeout_s = timeout_s
+        try:
+            outcome = self._train(address, work, deadline)
+        except (TException, OSError, EOFError) as exc:
+            self.pool.discard(address)
+            raise NodeFailure(describe_failure(exc, timeout_s)) from None
+        if isinstance(outcome, TaskResult):
+            return outcome
+        if isinstance(outcome, NodeBusy):
+            raise NodeBusyError(outcome.message or "busy", outcome.retry_after_s or 0.0)
+        if isinstance(outcome, ShardMissing):
+            raise NodeFailure("lost the shard right after it was uploaded")
+        if isinstance(outcome, Unauthorized):
+            raise NodeFailure(f"unauthorized: {outcome.message} (check --token)")
+        raise TaskRejected(outcome)
+
+    def _train(self, address: Address, work: NodeTask, deadline: float) -> TaskResult | TException:
+        """The node's result, or the declared exception it answered with (connection kept)."""
+        with self.pool.connection(address, deadline - time.monotonic()) as conn:
+            try:
+                return conn.client.train(work.task)
+            except ShardMissing:
+                pass
+            except DECLARED as exc:
+                return exc
+            self._counters.add("shard_uploads")
+            digest = work.task.shard.digest
+            try:
+                conn.set_timeout(deadline - time.monotonic())
+                conn.client.put_shard(digest, work.shard_bytes, work.task.token or "")
+                conn.set_timeout(deadline - time.monotonic())
+                return conn.client.train(work.task)
+            except DECLARED as exc:
+                return exc
+
+    def probe(self, address: Address, timeout_s: float) -> dict:
+        """Ask a node for its load (doubles as the heartbeat); raises on any failure."""
+        try:
+            load = self.pool.call(address, timeout_s, lambda c: c.load())
+        except (TException, OSError, EOFError):
+            self.pool.discard(address)
+            raise
+        return {
+            "load_probability": load.load_probability or 0.0,
+            "recent_service_s": load.recent_service_s or 0.0,
+            "tasks_in_flight": load.tasks_in_flight or 0,
+        }
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,187 @@
+"""The coordinator's behaviour behind the Thrift handler: rounds, shards, membership, status.
+
+Glue between the wire types and the pure core (registry, policies, executor, shard store):
+it builds one ShardTask per shard, hands them to the executor, and turns the outcomes
+into a RoundResult in shard order. Errors are raised as the core's own exceptions; the
+handler maps them to the IDL's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+
+from coordinator.executor import Counters, RoundExecutor, RoundFailed, TaskOutcome
+from coordinator.node_calls import NodeTask
+from coordinator.policies import Policy, make_policy, policy_name
+from coordinator.registry import Registry
+from coordinator.shard_store import ShardStore
+from coordinator.validation import RequestError, check_request
+from idl.events import log_event
+from idl.gen.ttypes import (
+    ClusterStatus,
+    NodeStatus,
+    RoundRequest,
+    RoundResult,
+    ShardTask,
+    TaskRecord,
+)
+from idl.rpc import Address
+
+
+class Denied(Exception):
+    """The caller's token does not match the coordinator's."""
+
+
+class MissingShards(Exception):
+    """The coordinator lacks these shards: the client uploads them and asks again."""
+
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(
+            f"coordinator lacks {len(digests)} shard(s), first {digests[0]}: "
+            "upload them with put_shard and retry"
+        )
+        self.digests = digests
+
+
+class CoordinatorService:
+    """Everything the coordinator does, independent of how calls arrive."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: ShardStore,
+        executor: RoundExecutor,
+        *,
+        policy: str,
+        seed: int = 1,
+        token: str = "",
+        address: str = "",
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.executor = executor
+        self.counters: Counters = executor.counters
+        self.policy = policy_name(policy)
+        self.address = address
+        self._seed = seed
+        self._token = token
+        self._policies: dict[str, Policy] = {}
+        self._lock = threading.Lock()
+
+    def authorize(self, token: str | None) -> None:
+        if self._token and not hmac.compare_digest(self._token, token or ""):
+            raise Denied("token missing or wrong: pass the cluster's --token")
+
+    def policy_for(self, name: str) -> Policy:
+        """One long-lived, seeded instance per policy name (round-robin keeps its place)."""
+        name = name or self.policy
+        with self._lock:
+            if name not in self._policies:
+                self._policies[name] = make_policy(name, self._seed)
+            return self._policies[name]
+
+    def register_node(self, host: str, port: int, token: str = "") -> None:
+        self.authorize(token)
+        try:
+            address = Address.parse(f"{host}:{port}")
+        except ValueError as exc:
+            raise RequestError(f"register_node: {exc}") from None
+        self.counters.add("registrations")
+        self.registry.register(address)
+
+    def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
+        self.authorize(token)
+        self.store.put(digest, data)  # ShardError is a RequestError for the handler
+        self.counters.add("shards_received")
+
+    def run_round(self, request: RoundRequest) -> RoundResult:
+        """Run every shard task of the round; results and records in shard order."""
+        self.authorize(request.token)
+        deadline_s, name = check_request(request)
+        shards = request.shards
+        missing = self.store.missing([s.digest for s in shards])
+        if missing:
+            raise MissingShards(missing)
+        work = []
+        for i, ref in enumerate(shards):
+            data = self.store.get(ref.digest)
+            if data is None:  # evicted since the check just above
+                raise MissingShards([ref.digest])
+            if ref.n_bytes and ref.n_bytes != len(data):
+                raise RequestError(
+                    f"shards[{i}] ({ref.name}): n_bytes says {ref.n_bytes}, "
+                    f"the uploaded shard has {len(data)}"
+                )
+            task = ShardTask(
+                job_id=request.job_id or "",
+                round=request.round,
+                shard_index=i,
+                shard=ref,
+                weights=request.weights,  # passed through untouched
+                config=request.config,
+                token=self._token or request.token or "",
+            )
+            work.append(NodeTask(task, data))
+        policy = self.policy_for(name)
+        label = f"{request.job_id or '-'}/{request.round}"
+        log_event("round_start", round=label, shards=len(work), policy=policy.name,
+                  deadline_s=deadline_s, nodes_alive=self.registry.n_alive())
+        began = time.monotonic()
+        try:
+            outcomes = self.executor.run(work, policy, deadline_s, label=label)
+        except Exception as exc:
+            self.counters.add("rounds_failed")
+            log_event("round_failed", round=label, reason=exc)
+            raise
+        wall_s = time.monotonic() - began
+        self.counters.add("rounds")
+        log_event("round_done", round=label, wall_s=wall_s,
+                  attempts=sum(o.attempts for o in outcomes))
+        return RoundResult(
+            results=[o.value for o in outcomes],
+            records=[_record(o, shards[o.index].name) for o in outcomes],
+            wall_s=wall_s,
+            coordinator=self.address,
+            policy=policy.name,
+        )
+
+    def status(self) -> ClusterStatus:
+        nodes = [
+            NodeStatus(
+                address=n.address,
+                alive=n.alive,
+                load_probability=n.load_probability,
+                tasks_in_flight=n.in_flight,
+                tasks_done=n.tasks_done,
+                failures=n.failures,
+                last_seen_s_ago=n.last_seen_s_ago,
+                recent_service_s=n.service_s,
+            )
+            for n in self.registry.snapshot()
+        ]
+        counters = self.counters.as_dict()
+        counters["nodes_alive"] = sum(n.alive for n in nodes)
+        counters["shards_cached"] = len(self.store)
+        return ClusterStatus(nodes=nodes, policy=self.policy, counters=counters)
+
+
+def _record(outcome: TaskOutcome, shard_name: str) -> TaskRecord:
+    result = outcome.value
+    return TaskRecord(
+        shard_index=outcome.index,
+        shard=shard_name,
+        node=outcome.node,
+        attempts=outcome.attempts,
+        failures=list(outcome.failures),
+        timings=result.timings,
+        start_s=outcome.start_s,
+        end_s=outcome.end_s,
+        n_samples=result.n_samples,
+        train_loss=result.train_loss,
+        train_error=result.train_error,
+    )
+
+
+__all__ = ["CoordinatorService", "Denied", "MissingShards", "RequestError", "RoundFailed"]

@@ -1,0 +1,95 @@
+"""Checks on a RoundRequest before any node sees it: each failure names the field at fault.
+
+The coordinator does no model math, but it can see that tensors are well-formed and that
+their shapes chain as W1 (d,h), b1 (h), W2 (h,k), b2 (k), so a bad request fails at once
+with a precise message instead of on every node.
+"""
+
+from __future__ import annotations
+
+import math
+
+from coordinator.policies import policy_name
+from coordinator.shard_store import ShardError, check_digest
+from idl.gen.ttypes import RoundRequest, Tensor
+
+MAX_SHARDS = 100_000
+DEFAULT_DEADLINE_S = 3600.0
+
+
+class RequestError(ValueError):
+    """The request is malformed; the message names the field."""
+
+
+def _tensor_shape(tensor: Tensor, name: str) -> tuple[int, ...]:
+    if tensor is None or tensor.shape is None:
+        raise RequestError(f"{name}: missing shape")
+    shape = tuple(tensor.shape)
+    if any(n < 0 for n in shape):
+        raise RequestError(f"{name}: negative dimension in shape {list(shape)}")
+    expected = 8 * math.prod(shape)
+    got = len(tensor.data or b"")
+    if got != expected:
+        raise RequestError(f"{name}: shape {list(shape)} needs {expected} bytes, got {got}")
+    return shape
+
+
+def check_weights(weights: list[Tensor] | None) -> None:
+    """Four well-formed tensors whose shapes chain: (d,h), (h,), (h,k), (k,)."""
+    if not weights or len(weights) != 4:
+        raise RequestError(
+            f"weights: expected 4 tensors [W1 (d,h), b1 (h), W2 (h,k), b2 (k)], "
+            f"got {len(weights or [])}"
+        )
+    w1, b1, w2, b2 = (_tensor_shape(t, f"weights[{i}]") for i, t in enumerate(weights))
+    if len(w1) != 2 or len(w2) != 2 or len(b1) != 1 or len(b2) != 1:
+        raise RequestError(
+            f"weights: expected shapes (d,h), (h,), (h,k), (k,), got "
+            f"{list(w1)}, {list(b1)}, {list(w2)}, {list(b2)}"
+        )
+    if not (w1[1] == b1[0] == w2[0]) or w2[1] != b2[0] or min(*w1, *w2) < 1:
+        raise RequestError(
+            f"weights: shapes do not chain: W1 {list(w1)}, b1 {list(b1)}, "
+            f"W2 {list(w2)}, b2 {list(b2)}"
+        )
+
+
+def check_request(request: RoundRequest) -> tuple[float, str]:
+    """RequestError unless the request is runnable; returns (deadline_s, policy name or "")."""
+    if request.round is None or request.round < 0:
+        raise RequestError(f"round: must be >= 0, got {request.round}")
+    check_weights(request.weights)
+    if not request.shards:
+        raise RequestError("shards: at least one shard is required")
+    if len(request.shards) > MAX_SHARDS:
+        raise RequestError(f"shards: at most {MAX_SHARDS} per round, got {len(request.shards)}")
+    for i, shard in enumerate(request.shards):
+        if shard is None:
+            raise RequestError(f"shards[{i}]: missing")
+        try:
+            check_digest(shard.digest)
+        except ShardError as exc:
+            raise RequestError(f"shards[{i}] ({shard.name}): {exc}") from None
+    config = request.config
+    if config is None:
+        raise RequestError("config: a TrainConfig is required")
+    if config.epochs is None or config.epochs < 1:
+        raise RequestError(f"config.epochs: must be >= 1, got {config.epochs}")
+    if config.eta is None or not math.isfinite(config.eta) or config.eta <= 0:
+        raise RequestError(f"config.eta: must be > 0 and finite, got {config.eta}")
+    if config.batch_size is not None and config.batch_size < 0:
+        raise RequestError(f"config.batch_size: must be >= 0, got {config.batch_size}")
+    if config.momentum is not None and not 0 <= config.momentum < 1:
+        raise RequestError(f"config.momentum: must be in [0, 1), got {config.momentum}")
+    deadline_s = request.deadline_s
+    if deadline_s is None or deadline_s == 0:
+        deadline_s = DEFAULT_DEADLINE_S
+    if not math.isfinite(deadline_s) or deadline_s < 0:
+        raise RequestError(f"deadline_s: must be > 0 and finite, got {request.deadline_s}")
+    policy = ""
+    if request.policy:
+        try:
+            policy = policy_name(request.policy)
+        except ValueError as exc:
+            raise RequestError(f"policy: {exc}") from None
+    return deadline_s, policy
