@@ -114,6 +114,18 @@ def node(node_factory) -> ComputeNode.Client:
     return node_factory(0.0)[1]
 
 
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory) -> Iterator[ComputeNode.Client]:
+    """One node for the tests that only check errors: starting a node per case costs ~0.7 s."""
+    proc = start_node(tmp_path_factory.mktemp("shared-node"), 0.0, "--load-delay", "0")
+    client = NodeClient(proc.address)
+    try:
+        yield client.client
+    finally:
+        client.close()
+        proc.stop()
+
+
 # --- the ordinary path ----------------------------------------------------------------------
 
 
@@ -169,40 +181,40 @@ def test_unknown_digest_is_shard_missing_until_it_is_put(node):
     assert node.load().shards_cached == 1
 
 
-def test_put_shard_with_wrong_digest_is_invalid_request(node):
+def test_put_shard_with_wrong_digest_is_invalid_request(shared_node):
     data = make_shard()
 
     with pytest.raises(InvalidRequest) as bad:
-        node.put_shard(digest_of(data + b"x"), data, "")
+        shared_node.put_shard(digest_of(data + b"x"), data, "")
     assert "hash" in bad.value.message
     with pytest.raises(InvalidRequest) as malformed:
-        node.put_shard("../../etc/passwd", data, "")
+        shared_node.put_shard("../../etc/passwd", data, "")
     assert "64 lowercase hex" in malformed.value.message
-    assert node.missing_shards([digest_of(data)]) == [digest_of(data)]
+    assert shared_node.missing_shards([digest_of(data)]) == [digest_of(data)]
 
 
-def test_bad_shard_bytes_give_dataset_error_naming_the_line(node):
+def test_bad_shard_bytes_give_dataset_error_naming_the_line(shared_node):
     lines = make_shard(n_rows=20).decode().splitlines()
     lines[16] = lines[16].rsplit(",", 1)[0]  # line 17 loses its label column
     data = ("\n".join(lines) + "\n").encode()
 
     with pytest.raises(DatasetError) as error:
-        node.put_shard(digest_of(data), data, "")
+        shared_node.put_shard(digest_of(data), data, "")
 
     assert "line 17" in error.value.message
     assert "fields" in error.value.message
 
 
-def test_shard_that_does_not_fit_the_model_is_dataset_error(node):
+def test_shard_that_does_not_fit_the_model_is_dataset_error(shared_node):
     wide = make_shard(n_rows=30, d=D + 1, seed=1)
     many_classes = make_shard(n_rows=200, k=K + 3, seed=2)
     for data in (wide, many_classes):
-        node.put_shard(digest_of(data), data, "")
+        shared_node.put_shard(digest_of(data), data, "")
 
     with pytest.raises(DatasetError) as features:
-        node.train(make_task(wide))
+        shared_node.train(make_task(wide))
     with pytest.raises(DatasetError) as labels:
-        node.train(make_task(many_classes))
+        shared_node.train(make_task(many_classes))
 
     assert f"{D + 1} features" in features.value.message
     assert f"d = {D}" in features.value.message
@@ -238,25 +250,25 @@ TRUNCATED[0] = Tensor(shape=TRUNCATED[0].shape, data=TRUNCATED[0].data[:-8])
     ],
     ids=lambda v: str(v)[:40] if isinstance(v, str) else None,
 )
-def test_invalid_task_is_invalid_request_with_a_clear_message(node, overrides, needle):
+def test_invalid_task_is_invalid_request_with_a_clear_message(shared_node, overrides, needle):
     data = make_shard(n_rows=50)
-    node.put_shard(digest_of(data), data, "")
+    shared_node.put_shard(digest_of(data), data, "")
     overrides = dict(overrides)
     weights = overrides.pop("weights", None)
 
     with pytest.raises(InvalidRequest) as error:
-        node.train(make_task(data, weights=weights, **overrides))
+        shared_node.train(make_task(data, weights=weights, **overrides))
 
     assert needle in error.value.message
-    assert node.ping()
+    assert shared_node.ping()
 
 
-def test_diverging_training_is_invalid_request(node):
+def test_diverging_training_is_invalid_request(shared_node):
     data = make_shard(n_rows=50)
-    node.put_shard(digest_of(data), data, "")
+    shared_node.put_shard(digest_of(data), data, "")
 
     with pytest.raises(InvalidRequest) as error:
-        node.train(make_task(data, eta=1e300, epochs=5))
+        shared_node.train(make_task(data, eta=1e300, epochs=5))
 
     assert "eta" in error.value.message
 

@@ -1,0 +1,254 @@
+"""The compute node's pure core, in-process: load draws, shard store, stats, task checks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from compute_node.load import LoadConfig, LoadSimulator
+from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
+from compute_node.shards import DigestMismatch, ShardStore, index_data_dir
+from compute_node.stats import EMA_ALPHA, NodeStats
+from compute_node.trainer import (
+    MAX_ACTIVATION_VALUES,
+    InvalidTask,
+    TrainSettings,
+    check_fit,
+)
+from mlcore.data import DataError, Dataset
+from mlcore.model import init_params
+
+
+def shard_bytes(n_rows: int, seed: int = 0, d: int = 4, k: int = 3) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 16, (n_rows, d))
+    y = rng.integers(0, k, n_rows)
+    rows = (",".join(map(str, [*r, label])) + "\n" for r, label in zip(x, y, strict=True))
+    return "".join(rows).encode()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- load draws -----------------------------------------------------------------------------
+
+
+def draws(sim: LoadSimulator, n: int, may_decline: bool) -> list[tuple[bool, float]]:
+    out = []
+    for _ in range(n):
+        declined = sim.declines(may_decline)
+        out.append((declined, 0.0 if declined else sim.load_delay_s()))
+    return out
+
+
+def test_same_seed_gives_the_same_load_draws():
+    config = LoadConfig(load_probability=0.5, load_delay_s=1.0, seed=42)
+
+    first = draws(LoadSimulator(config), 50, may_decline=True)
+    second = draws(LoadSimulator(config), 50, may_decline=True)
+    other = draws(LoadSimulator(LoadConfig(0.5, 1.0, seed=43)), 50, may_decline=True)
+
+    assert first == second
+    assert first != other
+
+
+def test_decline_and_delay_follow_p_with_separate_draws():
+    sim = LoadSimulator(LoadConfig(load_probability=0.3, load_delay_s=2.0, seed=1))
+
+    outcomes = draws(sim, 4000, may_decline=True)
+
+    declined = sum(d for d, _ in outcomes) / len(outcomes)
+    accepted_delays = [delay for d, delay in outcomes if not d]
+    delayed = sum(delay == 2.0 for delay in accepted_delays) / len(accepted_delays)
+    assert declined == pytest.approx(0.3, abs=0.03)
+    assert delayed == pytest.approx(0.3, abs=0.03)  # independent of the decline draw
+    assert set(accepted_delays) == {0.0, 2.0}
+
+
+def test_extremes_are_exact():
+    always = LoadSimulator(LoadConfig(load_probability=1.0, load_delay_s=0.5, seed=3))
+    never = LoadSimulator(LoadConfig(load_probability=0.0, load_delay_s=0.5, seed=3))
+
+    assert all(always.declines(True) for _ in range(200))
+    assert all(always.load_delay_s() == 0.5 for _ in range(200))
+    assert not any(never.declines(True) for _ in range(200))
+    assert all(never.load_delay_s() == 0.0 for _ in range(200))
+
+
+def test_tasks_that_may_not_be_declined_draw_no_decline():
+    config = LoadConfig(load_probability=0.5, load_delay_s=1.0, seed=9)
+    plain = LoadSimulator(config)
+    asked = LoadSimulator(config)
+
+    delays_plain = [plain.load_delay_s() for _ in range(100)]
+    delays_asked = []
+    for _ in range(100):
+        assert asked.declines(False) is False
+        delays_asked.append(asked.load_delay_s())
+
+    assert delays_plain == delays_asked
+
+
+def test_fault_draws_leave_the_load_draws_unchanged():
+    calm = LoadSimulator(LoadConfig(0.5, 1.0, crash_probability=0.0, seed=5))
+    faulty = LoadSimulator(LoadConfig(0.5, 1.0, crash_probability=0.5, seed=5))
+
+    calm_draws, faulty_draws, crashes = [], [], []
+    for _ in range(100):
+        calm_draws.append(calm.load_delay_s())
+        calm.crashes()
+        faulty_draws.append(faulty.load_delay_s())
+        crashes.append(faulty.crashes())
+
+    assert calm_draws == faulty_draws
+    assert 20 < sum(crashes) < 80
+
+
+# --- shard store ----------------------------------------------------------------------------
+
+
+def test_store_checks_the_digest_and_parses_strictly():
+    store = ShardStore(max_cache_bytes=1 << 20)
+    data = shard_bytes(10)
+
+    with pytest.raises(DigestMismatch):
+        store.put(sha(data + b"\n"), data)
+    with pytest.raises(DigestMismatch):
+        store.put("ABC", data)
+    with pytest.raises(DataError, match="line 1"):
+        store.put(sha(b"1,2,x\n"), b"1,2,x\n")
+    assert store.get(sha(data)) is None
+
+    dataset = store.put(sha(data), data)
+
+    assert store.get(sha(data)) is dataset
+    assert dataset.n_rows == 10
+
+
+def test_cache_evicts_least_recently_used_within_its_bound():
+    shards = [shard_bytes(100, seed=i) for i in range(3)]
+    one_size = 100 * 4 * 8 + 100 * 8  # x float64 (100, 4) + y int64 (100,)
+    store = ShardStore(max_cache_bytes=2 * one_size)
+    store.put(sha(shards[0]), shards[0])
+    store.put(sha(shards[1]), shards[1])
+    assert store.get(sha(shards[0])) is not None  # 0 is now the most recently used
+
+    store.put(sha(shards[2]), shards[2])
+
+    assert store.missing([sha(s) for s in shards]) == [sha(shards[1])]
+
+
+def test_newest_shard_stays_even_when_alone_over_the_bound():
+    store = ShardStore(max_cache_bytes=10)
+    small, big = shard_bytes(5, seed=1), shard_bytes(50, seed=2)
+    store.put(sha(small), small)
+
+    store.put(sha(big), big)
+
+    assert store.missing([sha(small), sha(big)]) == [sha(small)]
+
+
+def test_data_dir_index_holds_only_regular_files_inside(tmp_path):
+    root = tmp_path / "data"
+    (root / "nested").mkdir(parents=True)
+    inside, nested, hidden, outside = (shard_bytes(5, seed=i) for i in range(4))
+    (root / "train_1.txt").write_bytes(inside)
+    (root / "nested" / "train_2.txt").write_bytes(nested)
+    (root / ".hidden.txt").write_bytes(hidden)
+    (tmp_path / "outside.txt").write_bytes(outside)
+    (root / "escape.txt").symlink_to(tmp_path / "outside.txt")
+    (root / "loop").symlink_to(tmp_path)
+
+    index = index_data_dir(root)
+
+    assert set(index) == {sha(inside), sha(nested)}
+
+
+def test_data_dir_file_changed_after_startup_is_no_longer_served(tmp_path):
+    data = shard_bytes(5)
+    path = tmp_path / "train_1.txt"
+    path.write_bytes(data)
+    store = ShardStore(max_cache_bytes=1 << 20, data_dir=tmp_path)
+    assert store.missing([sha(data)]) == []
+
+    path.write_bytes(shard_bytes(6))
+
+    assert store.get(sha(data)) is None
+    assert store.missing([sha(data)]) == [sha(data)]
+
+
+# --- stats and task checks ------------------------------------------------------------------
+
+
+def test_service_time_is_a_moving_average_of_finished_tasks():
+    stats = NodeStats()
+    stats.started()
+    stats.started()
+    assert stats.snapshot().tasks_in_flight == 2
+
+    stats.finished(1.0)
+    stats.finished(None)  # failed: leaves the average alone
+    stats.started()
+    stats.finished(2.0)
+    stats.rejected()
+
+    snap = stats.snapshot()
+    assert snap.recent_service_s == pytest.approx(EMA_ALPHA * 2.0 + (1 - EMA_ALPHA) * 1.0)
+    assert (snap.tasks_in_flight, snap.tasks_done, snap.tasks_rejected) == (0, 2, 1)
+
+
+def test_task_too_large_for_memory_is_invalid():
+    params = init_params(2, 1000, 3, seed=1)
+    n_rows = MAX_ACTIVATION_VALUES // 1003 + 1
+    huge = Dataset(x=np.zeros((n_rows, 2)), y=np.zeros(n_rows, dtype=np.int64))
+
+    with pytest.raises(InvalidTask, match="too large"):
+        check_fit(params, huge, "huge")
+
+
+def make_core(p: float, crash_probability: float = 0.0) -> tuple[ComputeNodeCore, list[int]]:
+    crashes: list[int] = []
+    core = ComputeNodeCore(
+        ShardStore(1 << 20),
+        LoadSimulator(LoadConfig(p, 0.0, crash_probability=crash_probability, seed=1)),
+        crash=lambda: crashes.append(1),
+    )
+    return core, crashes
+
+
+def task_for(data: bytes, may_decline: bool = False) -> Task:
+    return Task(
+        digest=sha(data),
+        shard_name="t",
+        weights=init_params(4, 5, 3, seed=1).tensors(),
+        settings=TrainSettings(epochs=2, eta=1e-3),
+        may_decline=may_decline,
+    )
+
+
+def test_core_checks_shard_before_load_and_counts_rejections():
+    core, _ = make_core(p=1.0)
+    data = shard_bytes(20)
+
+    with pytest.raises(MissingShard):
+        core.train(task_for(data, may_decline=True))
+    assert core.load_snapshot().tasks_rejected == 0  # no draw for a task that could not run
+    core.put_shard(sha(data), data)
+    with pytest.raises(Busy):
+        core.train(task_for(data, may_decline=True))
+
+    assert core.load_snapshot().tasks_rejected == 1
+
+
+def test_injected_crash_happens_after_training_before_the_reply():
+    core, crashes = make_core(p=0.0, crash_probability=1.0)
+    data = shard_bytes(20)
+    core.put_shard(sha(data), data)
+
+    report = core.train(task_for(data))  # the stand-in crash returns instead of exiting
+
+    assert crashes == [1]
+    assert report.output.n_samples == 20
