@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 
 import numpy as np
 import pytest
@@ -252,3 +254,30 @@ def test_injected_crash_happens_after_training_before_the_reply():
 
     assert crashes == [1]
     assert report.output.n_samples == 20
+
+
+def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
+    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 0.5, seed=1)))
+    data = shard_bytes(20)
+    core.put_shard(sha(data), data)
+    task = dataclasses.replace(task_for(data), timeout_s=0.1)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        try:
+            core.train(task)
+            outcomes.append("done")
+        except Busy as exc:
+            outcomes.append(f"busy: {exc}")
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+
+    # Whichever task got the single worker holds it for the 0.5 s load delay.
+    assert sorted(outcomes)[0] == "busy: no free worker within the task's timeout of 0.1s"
+    assert sorted(outcomes)[1] == "done"
+    snap = core.load_snapshot()
+    assert (snap.tasks_done, snap.tasks_rejected, snap.tasks_in_flight) == (1, 1, 0)
