@@ -96,10 +96,14 @@ def start_server(module: str, args: list[str], log_path: Path, client_cls: type)
 def _read_ready_line(popen: subprocess.Popen, log_path: Path) -> Address:
     deadline = time.monotonic() + READY_TIMEOUT_S
     assert popen.stdout is not None
-    os.set_blocking(popen.stdout.fileno(), False)
+    fd = popen.stdout.fileno()
+    os.set_blocking(fd, False)
     buffer = ""
     while time.monotonic() < deadline:
-        chunk = popen.stdout.read()
+        try:
+            chunk = os.read(fd, 65536).decode(errors="replace")
+        except BlockingIOError:
+            chunk = ""
         if chunk:
             buffer += chunk
             for line in buffer.splitlines():
