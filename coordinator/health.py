@@ -59,7 +59,7 @@ class HealthMonitor:
             self._registry.schedule_probe(address)
             load = self._probe(address, self._timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure means "not answering"
-            reason = getattr(exc, "message", None) or type(exc).__name__
+            reason = getattr(exc, "reason", None) or type(exc).__name__
             self._registry.mark_dead(address, f"heartbeat failed: {reason}")
         else:
             self._registry.mark_alive(address, load)

@@ -113,12 +113,12 @@ class NodeCaller:
                 return exc
 
     def probe(self, address: Address, timeout_s: float) -> dict:
-        """Ask a node for its load (doubles as the heartbeat); raises on any failure."""
+        """Ask a node for its load (doubles as the heartbeat); NodeFailure if it cannot."""
         try:
             load = self.pool.call(address, timeout_s, lambda c: c.load())
-        except (TException, OSError, EOFError):
+        except (TException, OSError, EOFError) as exc:
             self.pool.discard(address)
-            raise
+            raise NodeFailure(describe_failure(exc, timeout_s)) from None
         return {
             "load_probability": load.load_probability or 0.0,
             "recent_service_s": load.recent_service_s or 0.0,
