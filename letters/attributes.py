@@ -2,20 +2,22 @@
 
 Coordinates: x counts pixels from the left edge, y from the bottom edge. The box is the
 smallest rectangle holding every "on" pixel; u = (x - box centre x) / box width and
-v = (y - box centre y) / box height are an on pixel's position relative to the box.
+v = (y - box centre y) / box height place an on pixel relative to the box.
 
- 1 x-box  horizontal position of the box centre     9 y2bar  central mean v^2
- 2 y-box  vertical position of the box centre      10 xybar  mean u*v
- 3 width  box width                                11 x2ybr  mean u^2*v
- 4 high   box height                               12 xy2br  mean u*v^2
- 5 onpix  number of on pixels                      13 x-ege  mean edges per row, scanning
- 6 x-bar  mean u                                         left to right (an on pixel whose
- 7 y-bar  mean v                                         left neighbour is off or the border)
- 8 x2bar  variance of u (moments 8-12 are taken     14 xegvy  sum of v over those edges / rows
-          about the mean (x-bar, y-bar): central)
-                                                   15 y-ege  mean edges per column, scanning
-                                                         bottom to top
-                                                   16 yegvx  sum of u over those edges / cols
+  1 x-box  horizontal position of the box centre    9 y2bar  variance of v
+  2 y-box  vertical position of the box centre     10 xybar  mean (u - x-bar)(v - y-bar)
+  3 width  box width                               11 x2ybr  mean (u - x-bar)^2 (v - y-bar)
+  4 high   box height                              12 xy2br  mean (u - x-bar)(v - y-bar)^2
+  5 onpix  number of on pixels                     13 x-ege  edges per row of the box, scanning
+  6 x-bar  mean u                                         left to right (an on pixel whose left
+  7 y-bar  mean v                                         neighbour is off or the border)
+  8 x2bar  variance of u                           14 xegvy  sum of v over those edges / rows
+                                                   15 y-ege  edges per column, scanning bottom
+                                                          to top (on pixel above off/border)
+                                                   16 yegvx  sum of u over those edges / columns
+
+Moments 8-12 are central (about x-bar, y-bar): they matched the UCI letters' class means far
+better than moments about the box centre (class-mean correlation 0.98-0.99 vs 0.62-0.95).
 """
 
 from __future__ import annotations
