@@ -12,8 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,16 +187,11 @@ class ConnectionPool:
         self._idle: dict[Address, list[Connection]] = {}
         self._lock = threading.Lock()
 
-    @contextmanager
-    def connection(self, address: Address, timeout_s: float) -> Iterator[Connection]:
+    def connection(self, address: Address, timeout_s: float) -> _Lease:
+        """A pooled connection for one `with` block; an error inside closes it for good."""
         conn = self._take(address) or connect(self._client_cls, address, timeout_s)
         conn.set_timeout(timeout_s)
-        try:
-            yield conn
-        except BaseException:
-            conn.close()
-            raise
-        self._give_back(conn)
+        return _Lease(self, conn)
 
     def call(self, address: Address, timeout_s: float, fn: Callable[[Any], Any]) -> Any:
         """Run `fn(client)` on a pooled connection to `address`."""
@@ -237,6 +231,28 @@ class ConnectionPool:
                 conns.append(conn)
                 return
         conn.close()
+
+
+class _Lease:
+    """Context manager for one use of a pooled connection.
+
+    A class, not @contextmanager: generated Thrift exceptions are immutable, and a
+    generator-based manager fails re-raising them (it sets __traceback__).
+    """
+
+    def __init__(self, pool: ConnectionPool, conn: Connection) -> None:
+        self._pool = pool
+        self._conn = conn
+
+    def __enter__(self) -> Connection:
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        if exc_type is None:
+            self._pool._give_back(self._conn)
+        else:
+            self._conn.close()
+        return False
 
 
 def wait_until_ready(

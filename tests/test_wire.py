@@ -11,7 +11,7 @@ import pytest
 
 from idl.events import format_event
 from idl.gen import ComputeNode
-from idl.gen.ttypes import NodeLoad, Tensor
+from idl.gen.ttypes import InvalidRequest, NodeLoad, Tensor
 from idl.rpc import Address, ConnectionPool, ThriftServer, connect
 from idl.tensors import TensorError, decode_tensor, encode_tensor
 
@@ -68,6 +68,9 @@ class _Handler:
     def load(self) -> NodeLoad:
         return NodeLoad(tasks_in_flight=7)
 
+    def put_shard(self, digest: str, data: bytes, token: str) -> None:
+        raise InvalidRequest(message=f"digest {digest} does not match")
+
 
 @pytest.fixture
 def server():
@@ -104,4 +107,14 @@ def test_pool_reuses_connections_and_drops_broken_ones(server) -> None:
         raise RuntimeError("the call failed half-way")
     with pool.connection(server.address, 2.0) as third:
         assert third is not first
+    pool.close()
+
+
+def test_declared_errors_pass_through_the_pool_intact(server) -> None:
+    pool = ConnectionPool(ComputeNode.Client)
+
+    with pytest.raises(InvalidRequest, match="digest abc does not match"):
+        pool.call(server.address, 2.0, lambda client: client.put_shard("abc", b"", ""))
+
+    assert pool.call(server.address, 2.0, lambda client: client.ping())
     pool.close()
