@@ -8,15 +8,15 @@ cdef extern from *:
 
     /* exp(t) for t <= 0 (softmax arguments are logit - max) from +, -, * and a bit
        shift only, so the bits depend on IEEE-754 alone, not on the libm version or
-       the CPU's libm code path; branch-free so gcc vectorises the loop around it.
-       Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then Taylor to r^13
-       (truncation < 1e-17 relative), then scale by 2^k built in the exponent bits. */
-    static inline double mlcore_exp_nonpos(double t)
+       the CPU's libm code path. Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then
+       Taylor to r^13 (truncation < 1e-17 relative), then scale by 2^k built in the
+       exponent bits. Needs t >= -708 (2^k stays normal): mlcore_exp_nonpos clamps,
+       mlcore_exp_nonpos_unclamped has no branch so gcc can vectorise loops over it. */
+    static inline double mlcore_exp_nonpos_unclamped(double t)
     {
         const double magic = 6755399441055744.0;   /* 1.5 * 2^52: x + magic rounds x */
         double kd, k, r, p, scale;
         uint64_t bits;
-        t = t < -708.0 ? -708.0 : t;               /* keep 2^k normal; exp(-708) ~ 3e-308 */
         kd = t * 1.4426950408889634 + magic;
         k = kd - magic;
         r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
@@ -39,8 +39,14 @@ cdef extern from *:
         memcpy(&scale, &bits, sizeof scale);
         return p * scale;
     }
+
+    static inline double mlcore_exp_nonpos(double t)
+    {
+        return mlcore_exp_nonpos_unclamped(t < -708.0 ? -708.0 : t);  /* exp(-708) ~ 3e-308 */
+    }
     """
     double exp_nonpos "mlcore_exp_nonpos"(double t) noexcept nogil
+    double exp_nonpos_unclamped "mlcore_exp_nonpos_unclamped"(double t) noexcept nogil
 
 
 cdef struct Net:
@@ -61,9 +67,18 @@ cdef struct Grad:
     double* b2
 
 
-cdef void hidden_row(const Net* net, const double* xr, double* a1) noexcept nogil
-cdef double logits_row(const Net* net, const double* a1, double* z2) noexcept nogil
+cdef struct Scratch:
+    # Per-row work vectors, allocated once per kernel call.
+    double* z1            # (h,) hidden pre-activations
+    double* mask          # (h,) 1.0 where z1 > 0 else 0.0
+    Py_ssize_t* active    # (h,) indices j with z1[j] > 0, first n_active valid
+    Py_ssize_t n_active
+    Py_ssize_t* iota      # (max(d, h, k),) 0, 1, 2, ...: "all rows in order" for accumulate_rows
+    double* z2            # (k,) logits, then probabilities, then p - onehot(y)
+    double* d1            # (h,) gradient at the hidden pre-activations
+
+
+cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept nogil
 cdef void softmax_row(double* z2, double m, Py_ssize_t k) noexcept nogil
-cdef void backward_row(const Net* net, const double* xr, const double* a1, const double* d2,
-                       double* d1, Grad* g) noexcept nogil
+cdef void backward_row(const Net* net, const double* xr, Scratch* s, Grad* g) noexcept nogil
 cdef uint64_t splitmix64(uint64_t* state) noexcept nogil

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
+# distutils: extra_compile_args = -ffp-contract=off
 """Cython kernels for the d -> h -> k ReLU/softmax MLP (see mlcore/reference.py for the maths).
 
 Why the kernels look like this:
@@ -36,34 +37,71 @@ import numpy as np
 # ---------------------------------------------------------------------------- per-row pieces
 
 
-cdef void hidden_row(const Net* net, const double* xr, double* a1) noexcept nogil:
-    """a1 = relu(xr @ w1 + b1) for one row."""
-    cdef Py_ssize_t l, j, h = net.h
-    cdef double xl
+cdef inline void accumulate_tile(double* out, Py_ssize_t width, const double* coef,
+                                 const double* mat, const Py_ssize_t* rows, Py_ssize_t n,
+                                 Py_ssize_t tile) noexcept nogil:
+    """accumulate_rows on out[0:tile] (mat already offset); tile <= 16, a constant when
+    inlined, so gcc unrolls the u loops and keeps acc[] in vector registers."""
+    cdef Py_ssize_t t, u, r
+    cdef double acc[16]
+    cdef double v
+    cdef const double* row
+    for u in range(tile):
+        acc[u] = out[u]
+    for t in range(n):
+        r = rows[t]
+        v = coef[r]
+        row = mat + r * width
+        for u in range(tile):
+            acc[u] = acc[u] + v * row[u]
+    for u in range(tile):
+        out[u] = acc[u]
+
+
+cdef void accumulate_rows(double* out, Py_ssize_t width, const double* coef,
+                          const double* mat, const Py_ssize_t* rows,
+                          Py_ssize_t n) noexcept nogil:
+    """out[j] += sum over t in order of coef[rows[t]] * mat[rows[t], j] (mat is (?, width)).
+
+    Tiled over columns whose partial sums stay in registers for all t (16 columns give 8
+    independent add chains, enough to hide the add latency); every out[j] still sums its
+    terms in order t = 0, 1, ..., so the tiling leaves the bits alone.
+    """
+    cdef Py_ssize_t jb = 0
+    while jb + 16 <= width:
+        accumulate_tile(out + jb, width, coef, mat + jb, rows, n, 16)
+        jb = jb + 16
+    if jb + 8 <= width:
+        accumulate_tile(out + jb, width, coef, mat + jb, rows, n, 8)
+        jb = jb + 8
+    if jb + 4 <= width:
+        accumulate_tile(out + jb, width, coef, mat + jb, rows, n, 4)
+        jb = jb + 4
+    if jb + 2 <= width:
+        accumulate_tile(out + jb, width, coef, mat + jb, rows, n, 2)
+        jb = jb + 2
+    if jb < width:
+        accumulate_tile(out + jb, width, coef, mat + jb, rows, n, 1)
+
+
+cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept nogil:
+    """z1, mask, active and z2 = relu(z1) @ w2 + b2 for one row; returns max(z2)."""
+    cdef Py_ssize_t l, j, c, t, h = net.h, k = net.k, count = 0
+    cdef double v, m
     cdef const double* w
-    memcpy(a1, net.b1, h * sizeof(double))
-    for l in range(net.d):
-        xl = xr[l]
-        if xl != 0.0:
-            w = net.w1 + l * h
-            for j in range(h):
-                a1[j] = a1[j] + xl * w[j]
+    cdef double* z1 = s.z1
+    cdef double* z2 = s.z2
+    memcpy(z1, net.b1, h * sizeof(double))
+    accumulate_rows(z1, h, xr, net.w1, s.iota, net.d)
+    # Branch-free: the ReLU on/off pattern is unpredictable, and a float select inside a
+    # loop would keep gcc from vectorising it (trapping-math), so build mask/active here.
     for j in range(h):
-        a1[j] = a1[j] if a1[j] > 0.0 else 0.0
-
-
-cdef double logits_row(const Net* net, const double* a1, double* z2) noexcept nogil:
-    """z2 = a1 @ w2 + b2 for one row; returns max(z2)."""
-    cdef Py_ssize_t j, c, k = net.k
-    cdef double aj, m
-    cdef const double* w
+        s.mask[j] = <double>(z1[j] > 0.0)
+        s.active[count] = j
+        count = count + (z1[j] > 0.0)
+    s.n_active = count
     memcpy(z2, net.b2, k * sizeof(double))
-    for j in range(net.h):
-        aj = a1[j]
-        if aj > 0.0:
-            w = net.w2 + j * k
-            for c in range(k):
-                z2[c] = z2[c] + aj * w[c]
+    accumulate_rows(z2, k, z1, net.w2, s.active, count)
     m = z2[0]
     for c in range(1, k):
         if z2[c] > m:
@@ -73,46 +111,56 @@ cdef double logits_row(const Net* net, const double* a1, double* z2) noexcept no
 
 cdef void softmax_row(double* z2, double m, Py_ssize_t k) noexcept nogil:
     """z2 <- softmax(z2) in place, given m = max(z2)."""
-    cdef Py_ssize_t c
-    cdef double s = 0.0
+    cdef Py_ssize_t c, lane
+    cdef double lo = z2[0]
+    cdef double part[4]
+    for c in range(1, k):
+        if z2[c] < lo:
+            lo = z2[c]
+    if lo - m >= -708.0:  # always, short of divergence: the branch-free loop vectorises
+        for c in range(k):
+            z2[c] = exp_nonpos_unclamped(z2[c] - m)
+    else:                 # same formula plus the clamp, so the bits agree where both apply
+        for c in range(k):
+            z2[c] = exp_nonpos(z2[c] - m)
+    # Four interleaved partial sums in a fixed pattern: vectorisable, still one fixed order.
+    part[0] = part[1] = part[2] = part[3] = 0.0
+    for c in range(0, k - k % 4, 4):
+        for lane in range(4):
+            part[lane] = part[lane] + z2[c + lane]
+    for c in range(k - k % 4, k):
+        part[c % 4] = part[c % 4] + z2[c]
+    m = 1.0 / ((part[0] + part[1]) + (part[2] + part[3]))
     for c in range(k):
-        z2[c] = exp_nonpos(z2[c] - m)
-    for c in range(k):
-        s = s + z2[c]
-    for c in range(k):
-        z2[c] = z2[c] / s
+        z2[c] = z2[c] * m
 
 
-cdef void backward_row(const Net* net, const double* xr, const double* a1, const double* d2,
-                       double* d1, Grad* g) noexcept nogil:
-    """Add one row's gradient to g, given d2 = p - onehot(y); d1 is (h,) scratch."""
-    cdef Py_ssize_t l, j, c, h = net.h, k = net.k
-    cdef double aj, dc, xl
+cdef void backward_row(const Net* net, const double* xr, Scratch* s, Grad* g) noexcept nogil:
+    """Add one row's gradient to g, given s after forward_row and s.z2 = p - onehot(y)."""
+    cdef Py_ssize_t t, l, j, c, h = net.h, k = net.k
+    cdef double v
     cdef double* gw
     cdef const double* w
+    cdef const double* d2 = s.z2
+    cdef double* d1 = s.d1
     for c in range(k):
         g.b2[c] = g.b2[c] + d2[c]
-    for j in range(h):
-        aj = a1[j]
-        if aj > 0.0:
-            gw = g.w2 + j * k
-            for c in range(k):
-                gw[c] = gw[c] + aj * d2[c]
+    for t in range(s.n_active):
+        j = s.active[t]
+        v = s.z1[j]
+        gw = g.w2 + j * k
+        for c in range(k):
+            gw[c] = gw[c] + v * d2[c]
     memset(d1, 0, h * sizeof(double))
-    for c in range(k):
-        dc = d2[c]
-        w = net.w2t + c * h
-        for j in range(h):
-            d1[j] = d1[j] + dc * w[j]
+    accumulate_rows(d1, h, d2, net.w2t, s.iota, k)
     for j in range(h):
-        d1[j] = d1[j] if a1[j] > 0.0 else 0.0
+        d1[j] = d1[j] * s.mask[j]
         g.b1[j] = g.b1[j] + d1[j]
     for l in range(net.d):
-        xl = xr[l]
-        if xl != 0.0:
-            gw = g.w1 + l * h
-            for j in range(h):
-                gw[j] = gw[j] + xl * d1[j]
+        v = xr[l]
+        gw = g.w1 + l * h
+        for j in range(h):
+            gw[j] = gw[j] + v * d1[j]
 
 
 cdef uint64_t splitmix64(uint64_t* state) noexcept nogil:
@@ -137,7 +185,7 @@ cdef void transpose(const double* a, Py_ssize_t rows, Py_ssize_t cols, double* o
 
 cdef void batch_gradient(const Net* net, const double* x, const int64_t* y,
                          const int64_t* rows, Py_ssize_t n_rows, Grad* g,
-                         double* a1, double* z2, double* d1) noexcept nogil:
+                         Scratch* s) noexcept nogil:
     """g = summed gradient over x[rows[0..n_rows)] (rows NULL: rows 0..n_rows in order)."""
     cdef Py_ssize_t t, i, d = net.d, h = net.h, k = net.k
     cdef const double* xr
@@ -149,11 +197,10 @@ cdef void batch_gradient(const Net* net, const double* x, const int64_t* y,
     for t in range(n_rows):
         i = rows[t] if rows != NULL else t
         xr = x + i * d
-        hidden_row(net, xr, a1)
-        m = logits_row(net, a1, z2)
-        softmax_row(z2, m, k)
-        z2[y[i]] = z2[y[i]] - 1.0
-        backward_row(net, xr, a1, z2, d1, g)
+        m = forward_row(net, xr, s)
+        softmax_row(s.z2, m, k)
+        s.z2[y[i]] = s.z2[y[i]] - 1.0
+        backward_row(net, xr, s, g)
 
 
 cdef void momentum_step(double* w, double* v, const double* g, Py_ssize_t size,
@@ -179,20 +226,51 @@ cdef void shuffle(int64_t* order, Py_ssize_t n, uint64_t* state) noexcept nogil:
 # ---------------------------------------------------------------------- Python entry points
 
 
-cdef Net make_net(const double[:, ::1] w1, const double[::1] b1,
-                  const double[:, ::1] w2, const double[::1] b2, double[:, ::1] w2t):
-    """Point a Net at the tensors (read-only callers never write through it)."""
+cdef class _Work:
+    """Owns the numpy buffers behind a Net's w2t and a Scratch, so the pointers stay valid."""
+    cdef object w2t, z1, mask, active, iota, z2, d1
     cdef Net net
-    net.d = w1.shape[0]
-    net.h = w1.shape[1]
-    net.k = w2.shape[1]
-    net.w1 = <double*>&w1[0, 0]
-    net.b1 = <double*>&b1[0]
-    net.w2 = <double*>&w2[0, 0]
-    net.b2 = <double*>&b2[0]
-    net.w2t = &w2t[0, 0]
-    transpose(net.w2, net.h, net.k, net.w2t)
-    return net
+    cdef Scratch s
+
+    def __cinit__(self, const double[:, ::1] w1, const double[::1] b1,
+                  const double[:, ::1] w2, const double[::1] b2):
+        cdef Py_ssize_t h = w1.shape[1], k = w2.shape[1]
+        cdef double[:, ::1] w2t
+        cdef double[::1] z1, mask, z2, d1
+        cdef Py_ssize_t[::1] active, iota
+        self.w2t = w2t = np.empty((k, h))
+        self.z1 = z1 = np.empty(h)
+        self.mask = mask = np.empty(h)
+        self.active = active = np.empty(h, dtype=np.intp)
+        self.iota = iota = np.arange(max(w1.shape[0], h, k), dtype=np.intp)
+        self.z2 = z2 = np.empty(k)
+        self.d1 = d1 = np.empty(h)
+        self.net.d = w1.shape[0]
+        self.net.h = h
+        self.net.k = k
+        # Read-only entry points never write through these; train() passes writable arrays.
+        self.net.w1 = <double*>&w1[0, 0]
+        self.net.b1 = <double*>&b1[0]
+        self.net.w2 = <double*>&w2[0, 0]
+        self.net.b2 = <double*>&b2[0]
+        self.net.w2t = &w2t[0, 0]
+        transpose(self.net.w2, h, k, self.net.w2t)
+        self.s.z1 = &z1[0]
+        self.s.mask = &mask[0]
+        self.s.active = &active[0]
+        self.s.iota = &iota[0]
+        self.s.n_active = 0
+        self.s.z2 = &z2[0]
+        self.s.d1 = &d1[0]
+
+
+cdef Grad grad_view(double[:, ::1] w1, double[::1] b1, double[:, ::1] w2, double[::1] b2):
+    cdef Grad g
+    g.w1 = &w1[0, 0]
+    g.b1 = &b1[0]
+    g.w2 = &w2[0, 0]
+    g.b2 = &b2[0]
+    return g
 
 
 def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
@@ -206,24 +284,16 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
     epoch from `seed` and the last batch of an epoch may be short. Shapes are trusted.
     """
     cdef Py_ssize_t n = x.shape[0], d = w1.shape[0], h = w1.shape[1], k = w2.shape[1]
-    cdef Py_ssize_t epoch, start, size, step
+    cdef Py_ssize_t epoch, start, size, step = batch_size if batch_size > 0 else n
     cdef uint64_t state = seed
-    w2t_arr = np.empty((k, h))
-    cdef Net net = make_net(w1, b1, w2, b2, w2t_arr)
-    grad_arr = [np.zeros((d, h)), np.zeros(h), np.zeros((h, k)), np.zeros(k)]
-    vel_arr = [np.zeros((d, h)), np.zeros(h), np.zeros((h, k)), np.zeros(k)]
-    cdef double[:, ::1] gw1 = grad_arr[0], gw2 = grad_arr[2], vw1 = vel_arr[0], vw2 = vel_arr[2]
-    cdef double[::1] gb1 = grad_arr[1], gb2 = grad_arr[3], vb1 = vel_arr[1], vb2 = vel_arr[3]
-    cdef double[::1] a1 = np.empty(h), d1 = np.empty(h), z2 = np.empty(k)
+    cdef _Work work = _Work(w1, b1, w2, b2)
+    grads = [np.zeros((d, h)), np.zeros(h), np.zeros((h, k)), np.zeros(k)]
+    cdef Grad g = grad_view(grads[0], grads[1], grads[2], grads[3])
+    velocities = [np.zeros((d, h)), np.zeros(h), np.zeros((h, k)), np.zeros(k)]
+    cdef Grad v = grad_view(velocities[0], velocities[1], velocities[2], velocities[3])
     cdef int64_t[::1] order = np.arange(n, dtype=np.int64)
     cdef int64_t* rows = &order[0] if batch_size > 0 else NULL
-    cdef int64_t* batch_rows
-    cdef Grad g
-    g.w1 = &gw1[0, 0]
-    g.b1 = &gb1[0]
-    g.w2 = &gw2[0, 0]
-    g.b2 = &gb2[0]
-    step = batch_size if batch_size > 0 else n
+    cdef Net* net = &work.net
     with nogil:
         for epoch in range(epochs):
             if rows != NULL:
@@ -231,13 +301,12 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
             start = 0
             while start < n:
                 size = min(step, n - start)
-                batch_rows = rows + start if rows != NULL else NULL
-                batch_gradient(&net, &x[0, 0], &y[0], batch_rows, size, &g,
-                               &a1[0], &z2[0], &d1[0])
-                momentum_step(net.w1, &vw1[0, 0], g.w1, d * h, eta, momentum)
-                momentum_step(net.b1, &vb1[0], g.b1, h, eta, momentum)
-                momentum_step(net.w2, &vw2[0, 0], g.w2, h * k, eta, momentum)
-                momentum_step(net.b2, &vb2[0], g.b2, k, eta, momentum)
+                batch_gradient(net, &x[0, 0], &y[0], rows + start if rows != NULL else NULL,
+                               size, &g, &work.s)
+                momentum_step(net.w1, v.w1, g.w1, d * h, eta, momentum)
+                momentum_step(net.b1, v.b1, g.b1, h, eta, momentum)
+                momentum_step(net.w2, v.w2, g.w2, h * k, eta, momentum)
+                momentum_step(net.b2, v.b2, g.b2, k, eta, momentum)
                 transpose(net.w2, h, k, net.w2t)
                 start = start + size
 
@@ -248,17 +317,10 @@ def gradient(const double[:, ::1] x, const int64_t[::1] y,                      
              double[:, ::1] gw1, double[::1] gb1,                                # OUT
              double[:, ::1] gw2, double[::1] gb2):                               # OUT
     """Summed gradient over all rows in order (the full-batch step's gradient)."""
-    cdef Py_ssize_t n = x.shape[0]
-    w2t_arr = np.empty((w2.shape[1], w2.shape[0]))  # kept alive: the Net points into it
-    cdef Net net = make_net(w1, b1, w2, b2, w2t_arr)
-    cdef double[::1] a1 = np.empty(net.h), d1 = np.empty(net.h), z2 = np.empty(net.k)
-    cdef Grad g
-    g.w1 = &gw1[0, 0]
-    g.b1 = &gb1[0]
-    g.w2 = &gw2[0, 0]
-    g.b2 = &gb2[0]
+    cdef _Work work = _Work(w1, b1, w2, b2)
+    cdef Grad g = grad_view(gw1, gb1, gw2, gb2)
     with nogil:
-        batch_gradient(&net, &x[0, 0], &y[0], NULL, n, &g, &a1[0], &z2[0], &d1[0])
+        batch_gradient(&work.net, &x[0, 0], &y[0], NULL, x.shape[0], &g, &work.s)
 
 
 def forward(const double[:, ::1] x,                                                # IN
@@ -266,16 +328,14 @@ def forward(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             double[:, ::1] proba):                                                 # OUT (n, k)
     """Softmax class probabilities for every row."""
-    cdef Py_ssize_t i, n = x.shape[0]
-    w2t_arr = np.empty((w2.shape[1], w2.shape[0]))  # kept alive: the Net points into it
-    cdef Net net = make_net(w1, b1, w2, b2, w2t_arr)
-    cdef double[::1] a1 = np.empty(net.h)
+    cdef Py_ssize_t i, k = w2.shape[1]
+    cdef _Work work = _Work(w1, b1, w2, b2)
     cdef double m
     with nogil:
-        for i in range(n):
-            hidden_row(&net, &x[i, 0], &a1[0])
-            m = logits_row(&net, &a1[0], &proba[i, 0])
-            softmax_row(&proba[i, 0], m, net.k)
+        for i in range(x.shape[0]):
+            m = forward_row(&work.net, &x[i, 0], &work.s)
+            softmax_row(work.s.z2, m, k)
+            memcpy(&proba[i, 0], work.s.z2, k * sizeof(double))
 
 
 def predict(const double[:, ::1] x,                                                # IN
@@ -283,40 +343,32 @@ def predict(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             int64_t[::1] labels):                                                  # OUT (n,)
     """Most probable class per row (first maximum wins, as numpy.argmax)."""
-    cdef Py_ssize_t i, c, best, n = x.shape[0]
-    w2t_arr = np.empty((w2.shape[1], w2.shape[0]))  # kept alive: the Net points into it
-    cdef Net net = make_net(w1, b1, w2, b2, w2t_arr)
-    cdef double[::1] a1 = np.empty(net.h), z2 = np.empty(net.k)
+    cdef Py_ssize_t i, c
+    cdef _Work work = _Work(w1, b1, w2, b2)
     cdef double m
     with nogil:
-        for i in range(n):
-            hidden_row(&net, &x[i, 0], &a1[0])
-            m = logits_row(&net, &a1[0], &z2[0])
-            best = 0
-            for c in range(net.k):
-                if z2[c] == m:
-                    best = c
-                    break
-            labels[i] = best
+        for i in range(x.shape[0]):
+            m = forward_row(&work.net, &x[i, 0], &work.s)
+            c = 0
+            while work.s.z2[c] != m:
+                c = c + 1
+            labels[i] = c
 
 
 def summed_loss(const double[:, ::1] x, const int64_t[::1] y,                     # IN
                 const double[:, ::1] w1, const double[::1] b1,                     # IN
                 const double[:, ::1] w2, const double[::1] b2):                    # IN
     """Cross-entropy summed over rows: log(sum(exp(z - max))) - (z[y] - max)."""
-    cdef Py_ssize_t i, c, n = x.shape[0]
-    w2t_arr = np.empty((w2.shape[1], w2.shape[0]))  # kept alive: the Net points into it
-    cdef Net net = make_net(w1, b1, w2, b2, w2t_arr)
-    cdef double[::1] a1 = np.empty(net.h), z2 = np.empty(net.k)
-    cdef double m, s, total = 0.0
+    cdef Py_ssize_t i, c, k = w2.shape[1]
+    cdef _Work work = _Work(w1, b1, w2, b2)
+    cdef double m, total = 0.0, sum_exp
     with nogil:
-        for i in range(n):
-            hidden_row(&net, &x[i, 0], &a1[0])
-            m = logits_row(&net, &a1[0], &z2[0])
-            s = 0.0
-            for c in range(net.k):
-                s = s + exp_nonpos(z2[c] - m)
-            total = total + (log(s) - (z2[y[i]] - m))
+        for i in range(x.shape[0]):
+            m = forward_row(&work.net, &x[i, 0], &work.s)
+            sum_exp = 0.0
+            for c in range(k):
+                sum_exp = sum_exp + exp_nonpos(work.s.z2[c] - m)
+            total = total + (log(sum_exp) - (work.s.z2[y[i]] - m))
     return total
 
 
