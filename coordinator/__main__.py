@@ -46,6 +46,9 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
               default=300.0, show_default=True, help="Longest a node may take for one task.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Node failures allowed per task before the round fails.")
+@click.option("--straggler-factor", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Re-run a task elsewhere once it runs this many times the round's median "
+                   "(0: never).")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed for the policies' random choices.")
 @click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
@@ -63,6 +66,7 @@ def cli(
     heartbeat_s: float,
     task_timeout_s: float,
     max_attempts: int,
+    straggler_factor: float,
     seed: int,
     token: str,
     max_shard_cache_mb: float,
@@ -81,7 +85,7 @@ def cli(
     caller = NodeCaller(token, counters)
     executor = RoundExecutor(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
-        counters=counters,
+        straggler_factor=straggler_factor, counters=counters,
     )
     store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
     service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
@@ -96,7 +100,7 @@ def cli(
     log_event(
         "coordinator_config", address=str(server.address), policy=policy, nodes=len(nodes),
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
-        seed=seed,
+        straggler_factor=straggler_factor, seed=seed,
     )
     health = HealthMonitor(registry, caller.probe, heartbeat_s)
     for signum in (signal.SIGTERM, signal.SIGINT):

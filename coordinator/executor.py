@@ -11,6 +11,11 @@ in-flight counts), call it with timeout = min(task timeout, time left), and on
   (at most `max_attempts` failures per task);
 - TaskRejected (the request's own fault): fail the whole round with that error.
 With no healthy node it waits for one, until the round's deadline: then RoundFailed.
+
+Stragglers: once half the tasks are done, a task whose current attempt has run longer than
+`straggler_factor` times the median task time (and at least STRAGGLER_MIN_EXTRA_S more) is
+started again on an idle node; the first result wins and the other is dropped (results are
+identical by determinism, so which one wins changes nothing but time).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ MAX_WORKERS = 256
 BUSY_BACKOFF_S = 0.05
 MAX_BUSY_BACKOFF_S = 1.0
 NO_NODE_POLL_S = 0.5
+STRAGGLER_MIN_EXTRA_S = 1.0
+WATCH_TICK_S = 0.1
 
 
 class NodeBusyError(Exception):
@@ -107,6 +114,7 @@ class RoundExecutor:
         *,
         task_timeout_s: float = 300.0,
         max_attempts: int = 5,
+        straggler_factor: float = 4.0,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,6 +122,7 @@ class RoundExecutor:
         self._call_node = call_node
         self._task_timeout_s = task_timeout_s
         self._max_attempts = max_attempts
+        self._straggler_factor = straggler_factor  # 0 turns re-execution off
         self.counters = counters or Counters()
         self._clock = clock
         self._dispatch = threading.Lock()
@@ -125,32 +134,36 @@ class RoundExecutor:
         if not tasks:
             return []
         start = self._clock()
-        round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label)
+        round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label, len(tasks))
         # First placements in task order, so a seeded policy places a fault-free round the
         # same way every time, whatever order the threads start in.
         first = [round_.reserve(set()) for _ in tasks]
         workers = min(len(tasks), MAX_WORKERS)
         pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        backups = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup")
         futures: list[cf.Future] = []
         try:
             futures = [
                 pool.submit(round_.run_task, i, task, first[i]) for i, task in enumerate(tasks)
             ]
-            grace_s = 1.0
-            done, pending = cf.wait(
-                futures, timeout=deadline_s + grace_s, return_when=cf.FIRST_EXCEPTION
-            )
-            for future in futures:
-                if future in done and future.exception() is not None:
-                    error = future.exception()
-                    if not isinstance(error, _Aborted):
+            while True:
+                round_.progress.wait(WATCH_TICK_S)
+                round_.progress.clear()
+                for future in futures:
+                    error = future.exception() if future.done() else None
+                    if error is not None and not isinstance(error, _Aborted):
                         raise error
-            if pending:
-                raise RoundFailed(
-                    f"round deadline of {deadline_s:g}s passed with {len(pending)} of "
-                    f"{len(tasks)} tasks unfinished"
-                )
-            return [f.result() for f in futures]
+                if all(slot.outcome is not None for slot in round_.slots):
+                    return [slot.outcome for slot in round_.slots]
+                if self._clock() > round_.deadline + 1.0:
+                    n_left = sum(slot.outcome is None for slot in round_.slots)
+                    raise RoundFailed(
+                        f"round deadline of {deadline_s:g}s passed with {n_left} of "
+                        f"{len(tasks)} tasks unfinished"
+                    )
+                if self._straggler_factor > 0:
+                    for i in round_.stragglers(self._straggler_factor):
+                        backups.submit(round_.run_backup, i, tasks[i])
         finally:
             round_.abort.set()
             # A task that never started still holds its first node's in-flight slot.
@@ -158,6 +171,18 @@ class RoundExecutor:
                 if future.cancel() and node is not None:
                     self._registry.end_task(node, None)
             pool.shutdown(wait=False)
+            backups.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Slot:
+    """One task's shared state between its first runner and a possible backup."""
+
+    outcome: TaskOutcome | None = None
+    node: str | None = None  # where the current attempt of the first runner runs
+    attempt_began: float | None = None
+    backup: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Round:
@@ -171,6 +196,7 @@ class _Round:
         deadline: float,
         deadline_s: float,
         label: str,
+        n_tasks: int,
     ) -> None:
         self.ex = executor
         self.policy = policy
@@ -179,6 +205,8 @@ class _Round:
         self.deadline_s = deadline_s
         self.label = label
         self.abort = threading.Event()
+        self.progress = threading.Event()  # a task finished or failed: look again
+        self.slots = [_Slot() for _ in range(n_tasks)]
 
     def reserve(self, exclude: set[str]) -> str | None:
         """Pick a node and count the task in flight on it, atomically with other picks."""
@@ -189,17 +217,76 @@ class _Round:
             self.ex._registry.begin_task(choice.address)
             return choice.address
 
-    def run_task(self, index: int, task: Any, node: str | None) -> TaskOutcome:
+    def stragglers(self, factor: float) -> list[int]:
+        """Tasks to start again elsewhere now (marks them so each is re-run at most once)."""
+        durations = sorted(
+            s.outcome.end_s - s.outcome.start_s for s in self.slots if s.outcome is not None
+        )
+        if not durations or 2 * len(durations) < len(self.slots):
+            return []
+        median = durations[len(durations) // 2]
+        limit = max(factor * median, median + STRAGGLER_MIN_EXTRA_S)
+        now = self.ex._clock()
+        views = self.ex._registry.views()
+        out = []
+        for i, slot in enumerate(self.slots):
+            with slot.lock:
+                if slot.outcome is not None or slot.backup or slot.attempt_began is None:
+                    continue
+                if now - slot.attempt_began <= limit:
+                    continue
+                if not any(v.in_flight == 0 and v.address != slot.node for v in views):
+                    continue  # no idle node to race it on
+                slot.backup = True
+            out.append(i)
+        return out
+
+    def run_task(self, index: int, task: Any, node: str | None) -> None:
+        try:
+            self._attempts(index, task, node, backup=False)
+        except Exception:
+            if self.slots[index].outcome is None:
+                raise  # a backup that already won makes this runner's failure moot
+        finally:
+            self.progress.set()
+
+    def run_backup(self, index: int, task: Any) -> None:
+        """A second runner for a straggler; its errors never fail the round."""
+        slot = self.slots[index]
+        self.ex.counters.add("stragglers")
+        log_event("task_straggler", round=self.label, shard=index, node=slot.node)
+        try:
+            self._attempts(index, task, None, backup=True, avoid=slot.node)
+        except Exception as exc:  # noqa: BLE001 - the first runner is still going
+            log_event("backup_failed", round=self.label, shard=index, reason=exc)
+        finally:
+            self.progress.set()
+
+    def _finish(self, index: int, outcome: TaskOutcome) -> bool:
+        """Record the first result for a task; False if another runner got there first."""
+        slot = self.slots[index]
+        with slot.lock:
+            if slot.outcome is not None:
+                return False
+            slot.outcome = outcome
+        self.progress.set()
+        return True
+
+    def _attempts(
+        self, index: int, task: Any, node: str | None, *, backup: bool, avoid: str | None = None
+    ) -> None:
         ex = self.ex
+        slot = self.slots[index]
         attempts = n_failed = 0
-        failures: list[str] = []
-        failed: set[str] = set()
+        failures: list[str] = [f"{avoid} straggler, re-run elsewhere"] if backup else []
+        failed: set[str] = {avoid} if avoid else set()
         busy: set[str] = set()
         backoff_s = BUSY_BACKOFF_S
         start_s: float | None = None
-        ex.counters.add("tasks")
+        if not backup:
+            ex.counters.add("tasks")
         while True:
-            if self.abort.is_set():
+            if self.abort.is_set() or slot.outcome is not None:
                 if node is not None:
                     ex._registry.end_task(node, None)
                 raise _Aborted()
@@ -211,7 +298,7 @@ class _Round:
             if node is None:
                 node = self.reserve(failed | busy)
             if node is None:
-                backoff_s = self._wait_for_node(failed, busy, backoff_s, remaining)
+                backoff_s = self._wait_for_node(failed, busy, backoff_s, remaining, avoid)
                 continue
             attempts += 1
             if attempts > 1:
@@ -219,6 +306,8 @@ class _Round:
             if start_s is None:
                 start_s = ex._clock() - self.start
             began = ex._clock()
+            if not backup:
+                slot.node, slot.attempt_began = node, began
             timeout_s = max(min(ex._task_timeout_s, self.deadline - began), 0.001)
             try:
                 value = ex._call_node(node, task, timeout_s, self.policy.may_decline)
@@ -253,20 +342,27 @@ class _Round:
             except BaseException:
                 ex._registry.end_task(node, None)
                 raise
-            ex._registry.end_task(node, ex._clock() - began)
-            end_s = ex._clock() - self.start
-            log_event(
-                "task_done",
-                round=self.label,
-                shard=index,
-                node=node,
-                attempts=attempts,
-                elapsed_s=ex._clock() - began,
+            elapsed_s = ex._clock() - began
+            ex._registry.end_task(node, elapsed_s)
+            outcome = TaskOutcome(
+                index, value, node, attempts, failures, start_s, ex._clock() - self.start
             )
-            return TaskOutcome(index, value, node, attempts, failures, start_s, end_s)
+            won = self._finish(index, outcome)
+            if not won:
+                ex.counters.add("results_dropped")
+            log_event(
+                "task_done", round=self.label, shard=index, node=node, attempts=attempts,
+                elapsed_s=elapsed_s, backup=backup, used=won,
+            )
+            return
 
     def _wait_for_node(
-        self, failed: set[str], busy: set[str], backoff_s: float, remaining: float
+        self,
+        failed: set[str],
+        busy: set[str],
+        backoff_s: float,
+        remaining: float,
+        avoid: str | None = None,
     ) -> float:
         """Nobody eligible: back off if all are busy, else wait for a node to come alive."""
         alive = {v.address for v in self.ex._registry.views()}
@@ -275,12 +371,15 @@ class _Round:
             self.abort.wait(min(backoff_s, remaining))
             busy.clear()
             return min(backoff_s * 2, MAX_BUSY_BACKOFF_S)
-        if alive:
+        if alive - {avoid}:
             # Only nodes that failed this task are alive (they came back): try them again;
             # --max-attempts still bounds the failures.
-            failed.clear()
+            failed.intersection_update({avoid} if avoid else set())
             return backoff_s
-        self.ex._registry.wait_for_alive(min(remaining, NO_NODE_POLL_S))
+        if alive:  # a backup whose only candidate is the straggler's own node
+            self.abort.wait(min(remaining, NO_NODE_POLL_S))
+        else:
+            self.ex._registry.wait_for_alive(min(remaining, NO_NODE_POLL_S))
         return backoff_s
 
     def _deadline_error(self, index: int, failures: list[str]) -> RoundFailed:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import coordinator.executor as executor_module
 from coordinator.executor import (
     NodeBusyError,
     NodeFailure,
@@ -238,3 +239,45 @@ def test_call_timeout_never_exceeds_time_left_to_deadline():
 
     RoundExecutor(registry, call, task_timeout_s=300).run([0], RoundRobin(), 2.0)
     assert 0 < seen[0] <= 2.0
+
+
+def test_straggler_is_rerun_on_an_idle_node_and_the_first_result_wins(monkeypatch):
+    monkeypatch.setattr(executor_module, "STRAGGLER_MIN_EXTRA_S", 0.2)
+    registry = make_registry(1, 2)
+    release = threading.Event()
+    calls = []
+
+    def call(node, task, timeout_s, may_decline):
+        calls.append((task, node))
+        if task == 3 and node == "n:2":
+            release.wait(5)  # a node that hangs on this task
+        return node
+
+    executor = RoundExecutor(registry, call, straggler_factor=4.0)
+    began = time.monotonic()
+    outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
+    elapsed = time.monotonic() - began
+    release.set()
+
+    assert elapsed < 2.0
+    assert outcomes[3].node == "n:1"
+    assert outcomes[3].failures == ["n:2 straggler, re-run elsewhere"]
+    assert (3, "n:2") in calls and (3, "n:1") in calls
+    assert executor.counters.as_dict()["stragglers"] == 1
+    assert [o.node for o in outcomes[:3]] == ["n:1", "n:2", "n:1"]
+
+
+def test_straggler_factor_zero_waits_for_the_slow_task(monkeypatch):
+    monkeypatch.setattr(executor_module, "STRAGGLER_MIN_EXTRA_S", 0.05)
+    registry = make_registry(1, 2)
+
+    def call(node, task, timeout_s, may_decline):
+        if task == 3:
+            time.sleep(0.5)
+        return node
+
+    executor = RoundExecutor(registry, call, straggler_factor=0)
+    outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
+
+    assert outcomes[3].node == "n:2" and outcomes[3].failures == []
+    assert "stragglers" not in executor.counters.as_dict()
