@@ -424,3 +424,22 @@ def test_bad_command_line_is_one_clear_line_and_a_non_zero_exit(tmp_path, args, 
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_straggling_node_is_overtaken_by_a_rerun_elsewhere(make_cluster):
+    cluster = make_cluster(nodes=1)
+    slow = cluster.add_node(0.0, "--load-delay", "0", "--extra-latency", "4")
+    coordinator = cluster.add_coordinator("round-robin", "--straggler-factor", "4")
+    fast = cluster.nodes[0]
+
+    result = run_round(coordinator, make_shards(4))
+
+    assert result.wall_s < 3.0  # the slow node alone would take 4 s or more
+    assert [r.n_samples for r in result.results] == [10 + i for i in range(4)]
+    assert {r.node for r in result.records} == {str(fast.address)}
+    overtaken = [r for r in result.records if r.failures]
+    assert overtaken and all(
+        r.failures == [f"{slow.address} straggler, re-run elsewhere"] for r in overtaken
+    )
+    assert status(coordinator).counters["stragglers"] == len(overtaken)
