@@ -75,10 +75,18 @@ cdef struct Scratch:
     Py_ssize_t n_active
     Py_ssize_t* iota      # (max(d, h, k),) 0, 1, 2, ...: "all rows in order" for accumulate_rows
     double* z2            # (k,) logits, then probabilities, then p - onehot(y)
-    double* d1            # (h,) gradient at the hidden pre-activations
+    # Row block (BLOCK rows) whose weight gradients are added in one register-tiled pass:
+    double* xt            # (d, BLOCK) the block's inputs, transposed
+    double* d1b           # (BLOCK, h) masked d1 per row
+    double* d2b           # (BLOCK, k) p - onehot(y) per row
+    double* z1t           # (h, BLOCK) z1 per row, transposed
+    Py_ssize_t* act_rows  # (h, BLOCK) per hidden unit, the block rows where it is active
+    Py_ssize_t* act_n     # (h,) how many of them
 
 
 cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept nogil
 cdef void softmax_row(double* z2, double m, Py_ssize_t k) noexcept nogil
-cdef void backward_row(const Net* net, const double* xr, Scratch* s, Grad* g) noexcept nogil
+cdef void backward_row(const Net* net, const double* xr, Scratch* s, Grad* g,
+                       Py_ssize_t r) noexcept nogil
+cdef void flush_block(const Net* net, Scratch* s, Grad* g, Py_ssize_t n_rows) noexcept nogil
 cdef uint64_t splitmix64(uint64_t* state) noexcept nogil
