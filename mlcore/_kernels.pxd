@@ -15,25 +15,22 @@ cdef extern from *:
     static inline double mlcore_exp_nonpos_unclamped(double t)
     {
         const double magic = 6755399441055744.0;   /* 1.5 * 2^52: x + magic rounds x */
-        double kd, k, r, p, scale;
+        double kd, k, r, r2, r4, r8, p, scale;
         uint64_t bits;
         kd = t * 1.4426950408889634 + magic;
         k = kd - magic;
         r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
-        p = 1.0 / 6227020800.0;
-        p = p * r + 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
+        /* Estrin's scheme: a short dependency chain, so vector lanes and loop iterations
+           overlap instead of waiting on 13 chained multiply-adds (Horner). */
+        r2 = r * r;
+        r4 = r2 * r2;
+        r8 = r4 * r4;
+        p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
+                        + ((1.0 / 24.0 + r * (1.0 / 120.0))
+                           + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
+                        + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
+                            + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
+                           + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
         memcpy(&bits, &kd, sizeof bits);           /* low bits of kd hold 2^51 + k */
         bits = (bits + 1023u) << 52;               /* exponent field k + 1023: 2^k */
         memcpy(&scale, &bits, sizeof scale);
