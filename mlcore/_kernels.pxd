@@ -37,6 +37,15 @@ cdef extern from *:
         return p * scale;
     }
 
+    /* v > 0 decided on the bits (positive doubles are positive int64s): an integer
+       compare, so no float compare stands in the way of branch-free code. */
+    static inline int mlcore_positive(double v)
+    {
+        int64_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        return bits > 0;
+    }
+
     static inline double mlcore_exp_nonpos(double t)
     {
         return mlcore_exp_nonpos_unclamped(t < -708.0 ? -708.0 : t);  /* exp(-708) ~ 3e-308 */
@@ -44,6 +53,7 @@ cdef extern from *:
     """
     double exp_nonpos "mlcore_exp_nonpos"(double t) noexcept nogil
     double exp_nonpos_unclamped "mlcore_exp_nonpos_unclamped"(double t) noexcept nogil
+    int positive "mlcore_positive"(double v) noexcept nogil
 
 
 cdef struct Net:

@@ -100,9 +100,9 @@ cdef void accumulate_rows(double* out, Py_ssize_t width, const double* coef,
 
 cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept nogil:
     """z1, mask, active and z2 = relu(z1) @ w2 + b2 for one row; returns max(z2)."""
-    cdef Py_ssize_t l, j, c, t, h = net.h, k = net.k, count = 0
-    cdef double v, m
-    cdef const double* w
+    cdef Py_ssize_t j, c, h = net.h, k = net.k, count = 0
+    cdef int pos
+    cdef double m
     cdef double* z1 = s.z1
     cdef double* z2 = s.z2
     memcpy(z1, net.b1, h * sizeof(double))
@@ -110,9 +110,10 @@ cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept n
     # Branch-free: the ReLU on/off pattern is unpredictable, and a float select inside a
     # loop would keep gcc from vectorising it (trapping-math), so build mask/active here.
     for j in range(h):
-        s.mask[j] = <double>(z1[j] > 0.0)
+        pos = positive(z1[j])
+        s.mask[j] = <double>pos
         s.active[count] = j
-        count = count + (z1[j] > 0.0)
+        count = count + pos
     s.n_active = count
     memcpy(z2, net.b2, k * sizeof(double))
     accumulate_rows(z2, k, z1, net.w2, s.active, count)
