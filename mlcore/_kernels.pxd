@@ -63,7 +63,6 @@ cdef struct Net:
     double* b1   # (h,)
     double* w2   # (h, k)
     double* b2   # (k,)
-    double* w2t  # (k, h): transposed copy of w2 for the backward pass
 
 
 cdef struct Grad:
@@ -77,14 +76,13 @@ cdef struct Grad:
 cdef struct Scratch:
     # Per-row work vectors, allocated once per kernel call.
     double* z1            # (h,) hidden pre-activations
-    double* mask          # (h,) 1.0 where z1 > 0 else 0.0
     Py_ssize_t* active    # (h,) indices j with z1[j] > 0, first n_active valid
     Py_ssize_t n_active
     Py_ssize_t* iota      # (max(d, h, k),) 0, 1, 2, ...: "all rows in order" for accumulate_rows
     double* z2            # (k,) logits, then probabilities, then p - onehot(y)
     # Row block (BLOCK rows) whose weight gradients are added in one register-tiled pass:
     double* xt            # (d, BLOCK) the block's inputs, transposed
-    double* d1b           # (BLOCK, h) masked d1 per row
+    double* d1b           # (BLOCK, h) d1 per row (0 at inactive units)
     double* d2b           # (BLOCK, k) p - onehot(y) per row
     double* z1t           # (h, BLOCK) z1 per row, transposed
     Py_ssize_t* act_rows  # (h, BLOCK) per hidden unit, the block rows where it is active

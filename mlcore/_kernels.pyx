@@ -18,10 +18,10 @@ Why the kernels look like this:
   matrices are loaded and stored once per block instead of once per row.
 * One inner kernel, accumulate_rows: out[j] += sum_t coef[t] * mat[t, j], tiled over 16
   columns whose partial sums live in registers across all t (8 independent SSE2 add chains
-  hide the add latency). Every product in the model (x @ w1, a1 @ w2, d2 @ w2.T and both
-  weight gradients) is this shape. The innermost loops run over a contiguous h or k axis;
-  none is a dot product (a dot product is a reduction and would stay scalar without
-  reassociation). That is why the backward pass keeps w2t, a (k, h) copy of w2.
+  hide the add latency). x @ w1, a1 @ w2 and both weight gradients have this shape; its
+  innermost loops run over a contiguous h or k axis. The one product of another shape,
+  d1 = d2 @ w2.T, is needed only at active hidden units: there each entry is dot4, a dot
+  product summed in four interleaved partial sums, a fixed order gcc can still vectorise.
 * Built for baseline x86-64 (SSE2). Measured on an AVX-512 machine: -mavx2 gave the same
   bits but was 1.8x slower (gcc then vectorises the wrong loop, with emulated gathers), so
   there is no -march flag. -ffp-contract=off (the distutils line above) forbids fusing
@@ -30,7 +30,7 @@ Why the kernels look like this:
   the weight gradients, so only active units are visited (an index list built without
   branches: the on/off pattern is unpredictable). Skipping drops exact zero terms only.
 * No float selects inside vector loops: with gcc's default -ftrapping-math they stop
-  vectorisation, so masks are 0/1 multipliers and the exp clamp sits outside the loop.
+  vectorisation, so the exp clamp sits outside the loop, behind a min check per row.
 * The whole training loop (all epochs, shuffles and steps) runs inside `with nogil`, so other
   Python threads (RPC health checks) keep running. Shapes and dtypes are checked once, in
   mlcore/model.py, before the kernels are entered; work buffers are allocated once per call.
@@ -72,6 +72,19 @@ cdef inline void accumulate_tile(double* out, Py_ssize_t width, const double* co
         out[u] = acc[u]
 
 
+cdef inline double dot4(const double* a, const double* b, Py_ssize_t n) noexcept nogil:
+    """sum a[c] * b[c] in a fixed pattern: four interleaved partial sums (vectorisable)."""
+    cdef Py_ssize_t c, lane
+    cdef double part[4]
+    part[0] = part[1] = part[2] = part[3] = 0.0
+    for c in range(0, n - n % 4, 4):
+        for lane in range(4):
+            part[lane] = part[lane] + a[c + lane] * b[c + lane]
+    for c in range(n - n % 4, n):
+        part[c % 4] = part[c % 4] + a[c] * b[c]
+    return (part[0] + part[1]) + (part[2] + part[3])
+
+
 cdef void accumulate_rows(double* out, Py_ssize_t width, const double* coef,
                           const double* mat, const Py_ssize_t* rows,
                           Py_ssize_t n) noexcept nogil:
@@ -99,7 +112,7 @@ cdef void accumulate_rows(double* out, Py_ssize_t width, const double* coef,
 
 
 cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept nogil:
-    """z1, mask, active and z2 = relu(z1) @ w2 + b2 for one row; returns max(z2)."""
+    """z1, active and z2 = relu(z1) @ w2 + b2 for one row; returns max(z2)."""
     cdef Py_ssize_t j, c, h = net.h, k = net.k, count = 0
     cdef int pos
     cdef double m
@@ -107,11 +120,9 @@ cdef double forward_row(const Net* net, const double* xr, Scratch* s) noexcept n
     cdef double* z2 = s.z2
     memcpy(z1, net.b1, h * sizeof(double))
     accumulate_rows(z1, h, xr, net.w1, s.iota, net.d)
-    # Branch-free: the ReLU on/off pattern is unpredictable, and a float select inside a
-    # loop would keep gcc from vectorising it (trapping-math), so build mask/active here.
+    # Branch-free: the ReLU on/off pattern is unpredictable.
     for j in range(h):
         pos = positive(z1[j])
-        s.mask[j] = <double>pos
         s.active[count] = j
         count = count + pos
     s.n_active = count
@@ -170,9 +181,10 @@ cdef void backward_row(const Net* net, const double* xr, Scratch* s, Grad* g,
         s.act_rows[j * BLOCK + s.act_n[j]] = r
         s.act_n[j] = s.act_n[j] + 1
     memset(d1, 0, h * sizeof(double))
-    accumulate_rows(d1, h, d2, net.w2t, s.iota, k)
+    for t in range(s.n_active):  # inactive units keep d1 = 0 (the ReLU derivative)
+        j = s.active[t]
+        d1[j] = dot4(net.w2 + j * k, d2, k)
     for j in range(h):
-        d1[j] = d1[j] * s.mask[j]
         g.b1[j] = g.b1[j] + d1[j]
     for l in range(net.d):
         s.xt[l * BLOCK + r] = xr[l]
@@ -200,13 +212,6 @@ cdef uint64_t splitmix64(uint64_t* state) noexcept nogil:
 
 
 # ------------------------------------------------------------------------- batch-level loops
-
-
-cdef void transpose(const double* a, Py_ssize_t rows, Py_ssize_t cols, double* out) noexcept nogil:
-    cdef Py_ssize_t i, j
-    for i in range(rows):
-        for j in range(cols):
-            out[j * rows + i] = a[i * cols + j]
 
 
 cdef void batch_gradient(const Net* net, const double* x, const int64_t* y,
@@ -255,21 +260,18 @@ cdef void shuffle(int64_t* order, Py_ssize_t n, uint64_t* state) noexcept nogil:
 
 
 cdef class _Work:
-    """Owns the numpy buffers behind a Net's w2t and a Scratch, so the pointers stay valid."""
-    cdef object w2t, z1, mask, active, iota, z2, xt, d1b, d2b, z1t, act_rows, act_n
+    """Owns the numpy buffers behind a Scratch, so its pointers stay valid."""
+    cdef object z1, active, iota, z2, xt, d1b, d2b, z1t, act_rows, act_n
     cdef Net net
     cdef Scratch s
 
     def __cinit__(self, const double[:, ::1] w1, const double[::1] b1,
                   const double[:, ::1] w2, const double[::1] b2):
         cdef Py_ssize_t h = w1.shape[1], k = w2.shape[1]
-        cdef double[:, ::1] w2t
-        cdef double[::1] z1, mask, z2, xt, d1b, d2b, z1t
+        cdef double[::1] z1, z2, xt, d1b, d2b, z1t
         cdef Py_ssize_t[::1] active, iota, act_rows, act_n
         cdef Py_ssize_t d = w1.shape[0]
-        self.w2t = w2t = np.empty((k, h))
         self.z1 = z1 = np.empty(h)
-        self.mask = mask = np.empty(h)
         self.active = active = np.empty(h, dtype=np.intp)
         self.iota = iota = np.arange(max(d, h, k, BLOCK), dtype=np.intp)
         self.xt = xt = np.empty(d * BLOCK)
@@ -287,10 +289,7 @@ cdef class _Work:
         self.net.b1 = <double*>&b1[0]
         self.net.w2 = <double*>&w2[0, 0]
         self.net.b2 = <double*>&b2[0]
-        self.net.w2t = &w2t[0, 0]
-        transpose(self.net.w2, h, k, self.net.w2t)
         self.s.z1 = &z1[0]
-        self.s.mask = &mask[0]
         self.s.active = &active[0]
         self.s.iota = &iota[0]
         self.s.n_active = 0
@@ -346,7 +345,6 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
                 momentum_step(net.b1, v.b1, g.b1, h, eta, momentum)
                 momentum_step(net.w2, v.w2, g.w2, h * k, eta, momentum)
                 momentum_step(net.b2, v.b2, g.b2, k, eta, momentum)
-                transpose(net.w2, h, k, net.w2t)
                 start = start + size
 
 
