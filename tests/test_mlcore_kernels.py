@@ -136,7 +136,7 @@ def test_training_releases_the_gil():
 
     def run() -> None:
         times["start"] = time.perf_counter()
-        train(params, x, y, epochs=60, eta=1e-5)
+        train(params, x, y, epochs=150, eta=1e-5)
         times["end"] = time.perf_counter()
 
     worker = threading.Thread(target=run)
