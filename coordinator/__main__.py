@@ -49,6 +49,8 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--straggler-factor", type=click.FloatRange(min=0), default=4.0, show_default=True,
               help="Re-run a task elsewhere once it runs this many times the round's median "
                    "(0: never).")
+@click.option("--straggler-min-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="...and only once it is this many seconds beyond the median.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed for the policies' random choices.")
 @click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
@@ -67,6 +69,7 @@ def cli(
     task_timeout_s: float,
     max_attempts: int,
     straggler_factor: float,
+    straggler_min_s: float,
     seed: int,
     token: str,
     max_shard_cache_mb: float,
@@ -85,7 +88,7 @@ def cli(
     caller = NodeCaller(token, counters)
     executor = RoundExecutor(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
-        straggler_factor=straggler_factor, counters=counters,
+        straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
     store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
     service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
@@ -100,7 +103,7 @@ def cli(
     log_event(
         "coordinator_config", address=str(server.address), policy=policy, nodes=len(nodes),
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
-        straggler_factor=straggler_factor, seed=seed,
+        straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
     )
     health = HealthMonitor(registry, caller.probe, heartbeat_s)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,7 @@ in-flight counts), call it with timeout = min(task timeout, time left), and on
 With no healthy node it waits for one, until the round's deadline: then RoundFailed.
 
 Stragglers: once half the tasks are done, a task whose current attempt has run longer than
-`straggler_factor` times the median task time (and at least STRAGGLER_MIN_EXTRA_S more) is
+`straggler_factor` times the median task time (and at least `straggler_min_s` more) is
 started again on an idle node; the first result wins and the other is dropped (results are
 identical by determinism, so which one wins changes nothing but time).
 """
@@ -36,7 +36,7 @@ MAX_WORKERS = 256
 BUSY_BACKOFF_S = 0.05
 MAX_BUSY_BACKOFF_S = 1.0
 NO_NODE_POLL_S = 0.5
-STRAGGLER_MIN_EXTRA_S = 1.0
+STRAGGLER_MIN_EXTRA_S = 10.0  # never re-run a task that is only a few seconds late
 WATCH_TICK_S = 0.1
 
 
@@ -115,6 +115,7 @@ class RoundExecutor:
         task_timeout_s: float = 300.0,
         max_attempts: int = 5,
         straggler_factor: float = 4.0,
+        straggler_min_s: float = STRAGGLER_MIN_EXTRA_S,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -123,6 +124,7 @@ class RoundExecutor:
         self._task_timeout_s = task_timeout_s
         self._max_attempts = max_attempts
         self._straggler_factor = straggler_factor  # 0 turns re-execution off
+        self._straggler_min_s = straggler_min_s
         self.counters = counters or Counters()
         self._clock = clock
         self._dispatch = threading.Lock()
@@ -162,7 +164,7 @@ class RoundExecutor:
                         f"{len(tasks)} tasks unfinished"
                     )
                 if self._straggler_factor > 0:
-                    for i in round_.stragglers(self._straggler_factor):
+                    for i in round_.stragglers(self._straggler_factor, self._straggler_min_s):
                         backups.submit(round_.run_backup, i, tasks[i])
         finally:
             round_.abort.set()
@@ -217,7 +219,7 @@ class _Round:
             self.ex._registry.begin_task(choice.address)
             return choice.address
 
-    def stragglers(self, factor: float) -> list[int]:
+    def stragglers(self, factor: float, min_extra_s: float) -> list[int]:
         """Tasks to start again elsewhere now (marks them so each is re-run at most once)."""
         durations = sorted(
             s.outcome.end_s - s.outcome.start_s for s in self.slots if s.outcome is not None
@@ -225,7 +227,7 @@ class _Round:
         if not durations or 2 * len(durations) < len(self.slots):
             return []
         median = durations[len(durations) // 2]
-        limit = max(factor * median, median + STRAGGLER_MIN_EXTRA_S)
+        limit = max(factor * median, median + min_extra_s)
         now = self.ex._clock()
         views = self.ex._registry.views()
         out = []

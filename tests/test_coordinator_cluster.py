@@ -430,7 +430,9 @@ def test_bad_command_line_is_one_clear_line_and_a_non_zero_exit(tmp_path, args, 
 def test_straggling_node_is_overtaken_by_a_rerun_elsewhere(make_cluster):
     cluster = make_cluster(nodes=1)
     slow = cluster.add_node(0.0, "--load-delay", "0", "--extra-latency", "4")
-    coordinator = cluster.add_coordinator("round-robin", "--straggler-factor", "4")
+    coordinator = cluster.add_coordinator(
+        "round-robin", "--straggler-factor", "4", "--straggler-min-s", "0.5"
+    )
     fast = cluster.nodes[0]
 
     result = run_round(coordinator, make_shards(4))

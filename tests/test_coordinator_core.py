@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-import coordinator.executor as executor_module
 from coordinator.executor import (
     NodeBusyError,
     NodeFailure,
@@ -241,8 +240,7 @@ def test_call_timeout_never_exceeds_time_left_to_deadline():
     assert 0 < seen[0] <= 2.0
 
 
-def test_straggler_is_rerun_on_an_idle_node_and_the_first_result_wins(monkeypatch):
-    monkeypatch.setattr(executor_module, "STRAGGLER_MIN_EXTRA_S", 0.2)
+def test_straggler_is_rerun_on_an_idle_node_and_the_first_result_wins():
     registry = make_registry(1, 2)
     release = threading.Event()
     calls = []
@@ -253,7 +251,7 @@ def test_straggler_is_rerun_on_an_idle_node_and_the_first_result_wins(monkeypatc
             release.wait(5)  # a node that hangs on this task
         return node
 
-    executor = RoundExecutor(registry, call, straggler_factor=4.0)
+    executor = RoundExecutor(registry, call, straggler_factor=4.0, straggler_min_s=0.2)
     began = time.monotonic()
     outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
     elapsed = time.monotonic() - began
@@ -267,8 +265,7 @@ def test_straggler_is_rerun_on_an_idle_node_and_the_first_result_wins(monkeypatc
     assert [o.node for o in outcomes[:3]] == ["n:1", "n:2", "n:1"]
 
 
-def test_straggler_factor_zero_waits_for_the_slow_task(monkeypatch):
-    monkeypatch.setattr(executor_module, "STRAGGLER_MIN_EXTRA_S", 0.05)
+def test_straggler_factor_zero_waits_for_the_slow_task():
     registry = make_registry(1, 2)
 
     def call(node, task, timeout_s, may_decline):
@@ -276,8 +273,22 @@ def test_straggler_factor_zero_waits_for_the_slow_task(monkeypatch):
             time.sleep(0.5)
         return node
 
-    executor = RoundExecutor(registry, call, straggler_factor=0)
+    executor = RoundExecutor(registry, call, straggler_factor=0, straggler_min_s=0.05)
     outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
 
     assert outcomes[3].node == "n:2" and outcomes[3].failures == []
     assert "stragglers" not in executor.counters.as_dict()
+
+
+def test_a_task_only_seconds_late_is_not_rerun():
+    registry = make_registry(1, 2)
+
+    def call(node, task, timeout_s, may_decline):
+        if task == 3:
+            time.sleep(0.5)  # far beyond 4x the median, but under straggler_min_s
+        return node
+
+    executor = RoundExecutor(registry, call, straggler_factor=4.0, straggler_min_s=2.0)
+    outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
+
+    assert outcomes[3].failures == [] and "stragglers" not in executor.counters.as_dict()
