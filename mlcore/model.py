@@ -10,6 +10,7 @@ and classical momentum (v = momentum * v + grad; W -= eta * v, v starting at zer
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,11 +121,11 @@ def train(
     """
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
+    if not _is_real(eta) or not (math.isfinite(eta) and eta > 0):
         raise ValueError(f"eta must be > 0 and finite, got {eta!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
         raise ValueError(f"batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
-    if not isinstance(momentum, (int, float)) or not (0.0 <= momentum < 1.0):
+    if not _is_real(momentum) or not (0.0 <= momentum < 1.0):
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     _check_seed(seed)
     out = _checked_params(params)
@@ -186,6 +187,10 @@ def _predict(p: Params, xs: np.ndarray) -> np.ndarray:
     labels = np.empty(xs.shape[0], dtype=np.int64)
     _kernels.predict(xs, *p.tensors(), labels)
     return labels
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_seed(seed: int) -> None:
