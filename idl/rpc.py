@@ -116,7 +116,9 @@ class ThriftServer:
         return thread
 
     def stop(self) -> None:
+        """Stop accepting; safe from a signal handler (closing the listener ends accept())."""
         self._stopping.set()
+        self._listener.close()
 
     def _serve_connection(self, conn: socket.socket, peer: tuple) -> None:
         try:
