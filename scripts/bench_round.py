@@ -1,0 +1,137 @@
+"""What the cluster costs: a round's wall time against the same work in one process.
+
+Starts a real local cluster with 1, 2 and 4 compute nodes, runs the seed's workload
+(3 rounds, 75 full-batch epochs, h = 24, 16 shards of the default letters data)
+through the real client, and reads the round and task times from its timing.txt.
+Side by side in the same run:
+
+- in-process: the same rounds trained and averaged in this one process;
+- ideal: the sum of the nodes' compute times divided by the cores in use
+  (min(nodes, cores)), i.e. a cluster with zero overhead. With more nodes than
+  cores the nodes time-slice and their compute times stretch, so a second ideal,
+  the in-process time divided by the cores in use, is printed beside it;
+- per-task overhead: rounds of near-empty tasks (1 epoch, h = 1), wall time per task.
+
+Usage: .venv/bin/python scripts/bench_round.py [--data DIR] [--nodes 1,2,4] [--rounds 3]
+Ends with one key=value line of headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_cluster import REPO, LocalCluster  # noqa: E402
+
+from client.timing import read_timing  # noqa: E402
+from mlcore.data import read_data_dir  # noqa: E402
+from mlcore.fedavg import fedavg  # noqa: E402
+from mlcore.model import Params, init_params, train  # noqa: E402
+
+
+def in_process_round_s(data_dir: Path, rounds: int, epochs: int, hidden: int,
+                       eta: float) -> float:
+    """Median seconds per round when one process does all the training and averaging."""
+    data = read_data_dir(data_dir)
+    params = init_params(data.n_features, hidden, data.n_classes, seed=1)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        updates = []
+        for _, shard in data.train:
+            out = train(params, shard.x, shard.y, epochs=epochs, eta=eta)
+            delta = Params.from_tensors([a - b for a, b in zip(out.params.tensors(),
+                                                               params.tensors(), strict=True)])
+            updates.append((delta, shard.n_rows))
+        params = fedavg(params, updates)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_cluster(workdir: Path, n_nodes: int, data_dir: Path, train_args: list[str]) -> list:
+    """Run the client on a fresh local cluster; return timing.txt's rows."""
+    timing = workdir / "timing.txt"
+    with LocalCluster(workdir) as cluster:
+        for _ in range(n_nodes):
+            cluster.add_node(0.0, "--load-delay", "0")
+        coordinator = cluster.add_coordinator("round-robin")
+        argv = [sys.executable, "-m", "client", coordinator.address.host,
+                str(coordinator.address.port), str(data_dir), *train_args,
+                "--timing", str(timing)]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
+        if done.returncode != 0:
+            sys.exit(f"bench_round: the client failed:\n{done.stderr}")
+    return read_timing(timing)[1]
+
+
+def summarise(rows: list[dict], n_nodes: int) -> dict[str, float]:
+    """Median over rounds (the first round pays shard uploads and is left out if possible)."""
+    rounds = [r for r in rows if r["kind"] == "round"]
+    steady = [r["round"] for r in rounds[1:]] or [rounds[0]["round"]]
+    wall, ideal, n_tasks = [], [], []
+    for round_no in steady:
+        tasks = [r for r in rows if r["kind"] == "task" and r["round"] == round_no]
+        row = next(r for r in rounds if r["round"] == round_no)
+        wall.append(float(row["round_s"]))
+        compute = sum(float(t["compute_s"]) for t in tasks)
+        ideal.append(compute / min(n_nodes, os.cpu_count() or 1))
+        n_tasks.append(len(tasks))
+    return {"wall_s": statistics.median(wall), "ideal_s": statistics.median(ideal),
+            "tasks": statistics.median(n_tasks)}
+
+
+def main() -> None:
+    import letters
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=letters.default_data_dir())
+    parser.add_argument("--nodes", default="1,2,4")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    node_counts = [int(n) for n in args.nodes.split(",")]
+    seed_args = [str(args.rounds), "75", "24", "1e-4"]
+    empty_args = ["4", "1", "1", "1e-4"]
+
+    local_s = in_process_round_s(args.data, args.rounds, 75, 24, 1e-4)
+    print(f"machine: {os.cpu_count()} cores; data {args.data}; workload: 16 shards x 75 "
+          f"epochs, h = 24 (seed's), {args.rounds} rounds")
+    print(f"in-process round: {local_s * 1000:.1f} ms (one process trains all shards)\n")
+    header = (f"{'nodes':>5} {'round ms':>9} {'ideal ms':>9} {'round/ideal':>11} "
+              f"{'in-proc/cores ms':>16} {'round/that':>10} "
+              f"{'empty-task round ms':>19} {'overhead/task ms':>16}")
+    print(header)
+    print("-" * len(header))
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+        for n in node_counts:
+            seed_run = summarise(run_cluster(Path(tmp) / f"seed-{n}", n, args.data, seed_args), n)
+            empty = summarise(run_cluster(Path(tmp) / f"empty-{n}", n, args.data, empty_args), n)
+            per_task_ms = empty["wall_s"] / empty["tasks"] * 1000
+            vs_ideal = seed_run["wall_s"] / seed_run["ideal_s"]
+            vs_local = seed_run["wall_s"] / local_s
+            scaled_s = local_s / min(n, os.cpu_count() or 1)
+            vs_scaled = seed_run["wall_s"] / scaled_s
+            print(f"{n:>5} {seed_run['wall_s'] * 1000:>9.1f} {seed_run['ideal_s'] * 1000:>9.1f} "
+                  f"{vs_ideal:>11.2f} {scaled_s * 1000:>16.1f} {vs_scaled:>10.2f} "
+                  f"{empty['wall_s'] * 1000:>19.1f} {per_task_ms:>16.2f}")
+            figures[n] = (vs_ideal, vs_local, per_task_ms, vs_scaled)
+    print("\nround = the client's wall time per round (send weights, schedule, train, return, "
+          "FedAvg, validate);\nideal = sum of node compute / cores in use; medians over "
+          "rounds 2.. (round 1 uploads the shards).")
+    print(" ".join(f"n{n}_vs_ideal={v[0]:.2f} n{n}_vs_inprocess_per_core={v[3]:.2f} "
+                   f"n{n}_vs_inprocess={v[1]:.2f} n{n}_overhead_per_task_ms={v[2]:.2f}"
+                   for n, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
