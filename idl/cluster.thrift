@@ -20,6 +20,10 @@ struct TrainConfig {
   3: i32 batch_size = 0,      // 0: full batch; step = eta * summed gradient
   4: double momentum = 0.0,
   5: i64 seed = 1,            // shuffles mini-batches; same seed, same bits
+  // Input standardisation, applied by the node to every row before training:
+  // x' = (x - feature_shift) * feature_scale. Empty lists: raw attributes (the seed's).
+  6: list<double> feature_shift = [],
+  7: list<double> feature_scale = [],
 }
 
 /** A training shard named by its content: the digest is sha256 of the file's bytes. */

@@ -638,10 +638,10 @@ class missing_shards_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.digests = []
-                    (_etype75, _size72) = iprot.readListBegin()
-                    for _i76 in range(_size72):
-                        _elem77 = iprot.readString()
-                        self.digests.append(_elem77)
+                    (_etype89, _size86) = iprot.readListBegin()
+                    for _i90 in range(_size86):
+                        _elem91 = iprot.readString()
+                        self.digests.append(_elem91)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -658,8 +658,8 @@ class missing_shards_args(object):
         if self.digests is not None:
             oprot.writeFieldBegin('digests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRING, len(self.digests))
-            for iter78 in self.digests:
-                oprot.writeString(iter78)
+            for iter92 in self.digests:
+                oprot.writeString(iter92)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -708,10 +708,10 @@ class missing_shards_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype82, _size79) = iprot.readListBegin()
-                    for _i83 in range(_size79):
-                        _elem84 = iprot.readString()
-                        self.success.append(_elem84)
+                    (_etype96, _size93) = iprot.readListBegin()
+                    for _i97 in range(_size93):
+                        _elem98 = iprot.readString()
+                        self.success.append(_elem98)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -728,8 +728,8 @@ class missing_shards_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRING, len(self.success))
-            for iter85 in self.success:
-                oprot.writeString(iter85)
+            for iter99 in self.success:
+                oprot.writeString(iter99)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()

@@ -103,16 +103,28 @@ class TrainConfig(object):
      - batch_size
      - momentum
      - seed
+     - feature_shift
+     - feature_scale
 
     """
 
 
-    def __init__(self, epochs=None, eta=None, batch_size=0, momentum=0.0000000000000000, seed=1,):
+    def __init__(self, epochs=None, eta=None, batch_size=0, momentum=0.0000000000000000, seed=1, feature_shift=[
+    ], feature_scale=[
+    ],):
         self.epochs = epochs
         self.eta = eta
         self.batch_size = batch_size
         self.momentum = momentum
         self.seed = seed
+        if feature_shift is self.thrift_spec[6][4]:
+            feature_shift = [
+            ]
+        self.feature_shift = feature_shift
+        if feature_scale is self.thrift_spec[7][4]:
+            feature_scale = [
+            ]
+        self.feature_scale = feature_scale
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -148,6 +160,26 @@ class TrainConfig(object):
                     self.seed = iprot.readI64()
                 else:
                     iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.LIST:
+                    self.feature_shift = []
+                    (_etype10, _size7) = iprot.readListBegin()
+                    for _i11 in range(_size7):
+                        _elem12 = iprot.readDouble()
+                        self.feature_shift.append(_elem12)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.LIST:
+                    self.feature_scale = []
+                    (_etype16, _size13) = iprot.readListBegin()
+                    for _i17 in range(_size13):
+                        _elem18 = iprot.readDouble()
+                        self.feature_scale.append(_elem18)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -177,6 +209,20 @@ class TrainConfig(object):
         if self.seed is not None:
             oprot.writeFieldBegin('seed', TType.I64, 5)
             oprot.writeI64(self.seed)
+            oprot.writeFieldEnd()
+        if self.feature_shift is not None:
+            oprot.writeFieldBegin('feature_shift', TType.LIST, 6)
+            oprot.writeListBegin(TType.DOUBLE, len(self.feature_shift))
+            for iter19 in self.feature_shift:
+                oprot.writeDouble(iter19)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.feature_scale is not None:
+            oprot.writeFieldBegin('feature_scale', TType.LIST, 7)
+            oprot.writeListBegin(TType.DOUBLE, len(self.feature_scale))
+            for iter20 in self.feature_scale:
+                oprot.writeDouble(iter20)
+            oprot.writeListEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -442,11 +488,11 @@ class ShardTask(object):
             elif fid == 5:
                 if ftype == TType.LIST:
                     self.weights = []
-                    (_etype10, _size7) = iprot.readListBegin()
-                    for _i11 in range(_size7):
-                        _elem12 = Tensor()
-                        _elem12.read(iprot)
-                        self.weights.append(_elem12)
+                    (_etype24, _size21) = iprot.readListBegin()
+                    for _i25 in range(_size21):
+                        _elem26 = Tensor()
+                        _elem26.read(iprot)
+                        self.weights.append(_elem26)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -500,8 +546,8 @@ class ShardTask(object):
         if self.weights is not None:
             oprot.writeFieldBegin('weights', TType.LIST, 5)
             oprot.writeListBegin(TType.STRUCT, len(self.weights))
-            for iter13 in self.weights:
-                iter13.write(oprot)
+            for iter27 in self.weights:
+                iter27.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.config is not None:
@@ -573,11 +619,11 @@ class TaskResult(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.delta = []
-                    (_etype17, _size14) = iprot.readListBegin()
-                    for _i18 in range(_size14):
-                        _elem19 = Tensor()
-                        _elem19.read(iprot)
-                        self.delta.append(_elem19)
+                    (_etype31, _size28) = iprot.readListBegin()
+                    for _i32 in range(_size28):
+                        _elem33 = Tensor()
+                        _elem33.read(iprot)
+                        self.delta.append(_elem33)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -620,8 +666,8 @@ class TaskResult(object):
         if self.delta is not None:
             oprot.writeFieldBegin('delta', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.delta))
-            for iter20 in self.delta:
-                iter20.write(oprot)
+            for iter34 in self.delta:
+                iter34.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.n_samples is not None:
@@ -825,22 +871,22 @@ class RoundRequest(object):
             elif fid == 3:
                 if ftype == TType.LIST:
                     self.weights = []
-                    (_etype24, _size21) = iprot.readListBegin()
-                    for _i25 in range(_size21):
-                        _elem26 = Tensor()
-                        _elem26.read(iprot)
-                        self.weights.append(_elem26)
+                    (_etype38, _size35) = iprot.readListBegin()
+                    for _i39 in range(_size35):
+                        _elem40 = Tensor()
+                        _elem40.read(iprot)
+                        self.weights.append(_elem40)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 4:
                 if ftype == TType.LIST:
                     self.shards = []
-                    (_etype30, _size27) = iprot.readListBegin()
-                    for _i31 in range(_size27):
-                        _elem32 = ShardRef()
-                        _elem32.read(iprot)
-                        self.shards.append(_elem32)
+                    (_etype44, _size41) = iprot.readListBegin()
+                    for _i45 in range(_size41):
+                        _elem46 = ShardRef()
+                        _elem46.read(iprot)
+                        self.shards.append(_elem46)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -886,15 +932,15 @@ class RoundRequest(object):
         if self.weights is not None:
             oprot.writeFieldBegin('weights', TType.LIST, 3)
             oprot.writeListBegin(TType.STRUCT, len(self.weights))
-            for iter33 in self.weights:
-                iter33.write(oprot)
+            for iter47 in self.weights:
+                iter47.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.shards is not None:
             oprot.writeFieldBegin('shards', TType.LIST, 4)
             oprot.writeListBegin(TType.STRUCT, len(self.shards))
-            for iter34 in self.shards:
-                iter34.write(oprot)
+            for iter48 in self.shards:
+                iter48.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.config is not None:
@@ -996,10 +1042,10 @@ class TaskRecord(object):
             elif fid == 5:
                 if ftype == TType.LIST:
                     self.failures = []
-                    (_etype38, _size35) = iprot.readListBegin()
-                    for _i39 in range(_size35):
-                        _elem40 = iprot.readString()
-                        self.failures.append(_elem40)
+                    (_etype52, _size49) = iprot.readListBegin()
+                    for _i53 in range(_size49):
+                        _elem54 = iprot.readString()
+                        self.failures.append(_elem54)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1063,8 +1109,8 @@ class TaskRecord(object):
         if self.failures is not None:
             oprot.writeFieldBegin('failures', TType.LIST, 5)
             oprot.writeListBegin(TType.STRING, len(self.failures))
-            for iter41 in self.failures:
-                oprot.writeString(iter41)
+            for iter55 in self.failures:
+                oprot.writeString(iter55)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.timings is not None:
@@ -1142,22 +1188,22 @@ class RoundResult(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.results = []
-                    (_etype45, _size42) = iprot.readListBegin()
-                    for _i46 in range(_size42):
-                        _elem47 = TaskResult()
-                        _elem47.read(iprot)
-                        self.results.append(_elem47)
+                    (_etype59, _size56) = iprot.readListBegin()
+                    for _i60 in range(_size56):
+                        _elem61 = TaskResult()
+                        _elem61.read(iprot)
+                        self.results.append(_elem61)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
             elif fid == 2:
                 if ftype == TType.LIST:
                     self.records = []
-                    (_etype51, _size48) = iprot.readListBegin()
-                    for _i52 in range(_size48):
-                        _elem53 = TaskRecord()
-                        _elem53.read(iprot)
-                        self.records.append(_elem53)
+                    (_etype65, _size62) = iprot.readListBegin()
+                    for _i66 in range(_size62):
+                        _elem67 = TaskRecord()
+                        _elem67.read(iprot)
+                        self.records.append(_elem67)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1189,15 +1235,15 @@ class RoundResult(object):
         if self.results is not None:
             oprot.writeFieldBegin('results', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.results))
-            for iter54 in self.results:
-                iter54.write(oprot)
+            for iter68 in self.results:
+                iter68.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.records is not None:
             oprot.writeFieldBegin('records', TType.LIST, 2)
             oprot.writeListBegin(TType.STRUCT, len(self.records))
-            for iter55 in self.records:
-                iter55.write(oprot)
+            for iter69 in self.records:
+                iter69.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.wall_s is not None:
@@ -1391,11 +1437,11 @@ class ClusterStatus(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.nodes = []
-                    (_etype59, _size56) = iprot.readListBegin()
-                    for _i60 in range(_size56):
-                        _elem61 = NodeStatus()
-                        _elem61.read(iprot)
-                        self.nodes.append(_elem61)
+                    (_etype73, _size70) = iprot.readListBegin()
+                    for _i74 in range(_size70):
+                        _elem75 = NodeStatus()
+                        _elem75.read(iprot)
+                        self.nodes.append(_elem75)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1407,11 +1453,11 @@ class ClusterStatus(object):
             elif fid == 3:
                 if ftype == TType.MAP:
                     self.counters = {}
-                    (_ktype63, _vtype64, _size62) = iprot.readMapBegin()
-                    for _i66 in range(_size62):
-                        _key67 = iprot.readString()
-                        _val68 = iprot.readI64()
-                        self.counters[_key67] = _val68
+                    (_ktype77, _vtype78, _size76) = iprot.readMapBegin()
+                    for _i80 in range(_size76):
+                        _key81 = iprot.readString()
+                        _val82 = iprot.readI64()
+                        self.counters[_key81] = _val82
                     iprot.readMapEnd()
                 else:
                     iprot.skip(ftype)
@@ -1428,8 +1474,8 @@ class ClusterStatus(object):
         if self.nodes is not None:
             oprot.writeFieldBegin('nodes', TType.LIST, 1)
             oprot.writeListBegin(TType.STRUCT, len(self.nodes))
-            for iter69 in self.nodes:
-                iter69.write(oprot)
+            for iter83 in self.nodes:
+                iter83.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.policy is not None:
@@ -1439,9 +1485,9 @@ class ClusterStatus(object):
         if self.counters is not None:
             oprot.writeFieldBegin('counters', TType.MAP, 3)
             oprot.writeMapBegin(TType.STRING, TType.I64, len(self.counters))
-            for kiter70, viter71 in self.counters.items():
-                oprot.writeString(kiter70)
-                oprot.writeI64(viter71)
+            for kiter84, viter85 in self.counters.items():
+                oprot.writeString(kiter84)
+                oprot.writeI64(viter85)
             oprot.writeMapEnd()
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
@@ -1938,6 +1984,10 @@ TrainConfig.thrift_spec = (
     (3, TType.I32, 'batch_size', None, 0, ),  # 3
     (4, TType.DOUBLE, 'momentum', None, 0.0000000000000000, ),  # 4
     (5, TType.I64, 'seed', None, 1, ),  # 5
+    (6, TType.LIST, 'feature_shift', (TType.DOUBLE, None, False), [
+    ], ),  # 6
+    (7, TType.LIST, 'feature_scale', (TType.DOUBLE, None, False), [
+    ], ),  # 7
 )
 all_structs.append(ShardRef)
 ShardRef.thrift_spec = (
