@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster: coordinator {coordinator.address}, {len(cluster.nodes)} nodes "
               f"({', '.join(str(n.address) for n in cluster.nodes)}), logs in {workdir}",
               flush=True)
+        pids = " ".join(str(p.pid) for p in [*cluster.coordinators, *cluster.nodes])
+        print(f"cluster: pids {pids}", flush=True)
         if not client_args:
             print("no client arguments given: cluster up, Ctrl-C stops it", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
