@@ -83,10 +83,21 @@ class TrainOutcome:
     error: float
 
 
-def init_params(d: int, h: int, k: int, seed: int, scale: float = 0.01) -> Params:
-    """Uniform in [-scale, scale) from numpy default_rng(seed), drawn w1, b1, w2, b2 in order.
+INIT_SCHEMES = ("uniform", "he", "he-normal", "glorot", "glorot-normal")
 
-    Biases are initialised like the weights (not zero), so every tensor depends on the seed.
+
+def init_params(
+    d: int, h: int, k: int, seed: int, scale: float = 0.01, *, scheme: str = "uniform"
+) -> Params:
+    """Initial weights from numpy default_rng(seed), drawn w1, b1, w2, b2 in order.
+
+    scheme "uniform" (the seed's default): every tensor uniform in [-scale, scale); biases are
+    drawn like the weights, so every tensor depends on the seed. The field's schemes keep each
+    layer's activations at a useful size whatever its width, so SGD can use larger steps; their
+    biases are zero and `scale` is ignored:
+    "he" / "he-normal": uniform in +-sqrt(6 / fan_in) / normal with std sqrt(2 / fan_in)
+    (for ReLU layers); "glorot" / "glorot-normal": the same with fan_in + fan_out in place of
+    fan_in / 2, i.e. +-sqrt(6 / (fan_in + fan_out)) / std sqrt(2 / (fan_in + fan_out)).
     """
     for name, value in (("d", d), ("h", h), ("k", k)):
         if not isinstance(value, (int, np.integer)) or value < 1:
@@ -94,13 +105,28 @@ def init_params(d: int, h: int, k: int, seed: int, scale: float = 0.01) -> Param
     _check_seed(seed)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be > 0 and finite, got {scale!r}")
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(INIT_SCHEMES)}; got {scheme!r}")
     rng = np.random.default_rng(seed)
-    return Params(
-        w1=rng.uniform(-scale, scale, size=(d, h)),
-        b1=rng.uniform(-scale, scale, size=h),
-        w2=rng.uniform(-scale, scale, size=(h, k)),
-        b2=rng.uniform(-scale, scale, size=k),
-    )
+    if scheme == "uniform":
+        return Params(
+            w1=rng.uniform(-scale, scale, size=(d, h)),
+            b1=rng.uniform(-scale, scale, size=h),
+            w2=rng.uniform(-scale, scale, size=(h, k)),
+            b2=rng.uniform(-scale, scale, size=k),
+        )
+    family, _, kind = scheme.partition("-")
+
+    def layer(fan_in: int, fan_out: int) -> np.ndarray:
+        variance = 2.0 / fan_in if family == "he" else 2.0 / (fan_in + fan_out)
+        if kind == "normal":
+            return rng.normal(0.0, math.sqrt(variance), size=(fan_in, fan_out))
+        limit = math.sqrt(3.0 * variance)
+        return rng.uniform(-limit, limit, size=(fan_in, fan_out))
+
+    w1 = layer(d, h)
+    w2 = layer(h, k)
+    return Params(w1=w1, b1=np.zeros(h), w2=w2, b2=np.zeros(k))
 
 
 def train(
