@@ -108,6 +108,8 @@ def _decode_task(task: ShardTask) -> Task:
         batch_size=config.batch_size if config.batch_size is not None else 0,
         momentum=config.momentum if config.momentum is not None else 0.0,
         seed=config.seed if config.seed is not None else 1,
+        feature_shift=tuple(config.feature_shift or ()),
+        feature_scale=tuple(config.feature_scale or ()),
     )
     return Task(
         digest=task.shard.digest,

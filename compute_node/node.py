@@ -109,7 +109,7 @@ class ComputeNodeCore:
         """Run one task from receipt to reply; raises the errors declared above."""
         received = time.perf_counter()
         params = params_from_arrays(task.weights)
-        check_settings(task.settings)
+        check_settings(task.settings, params.d)
         _check_timeout(task.timeout_s)
         check_digest(task.digest)
         shard = self.store.get(task.digest)

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlcore.data import Dataset
 from mlcore.model import Params, train
+from mlcore.standardize import check_standardization, standardize
 
 # Activations for n rows take about n * (h + k) doubles several times over; bound the
 # product so one request cannot make the node swap (64M values = 512 MB per copy).
@@ -40,6 +41,9 @@ class TrainSettings:
     batch_size: int = 0
     momentum: float = 0.0
     seed: int = 1
+    # Input standardisation x' = (x - shift) * scale; both empty = raw attributes (the seed's).
+    feature_shift: tuple[float, ...] = ()
+    feature_scale: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,12 @@ def params_from_arrays(arrays: Sequence[np.ndarray]) -> Params:
         raise InvalidTask(f"weights: {exc}") from None
 
 
-def check_settings(settings: TrainSettings) -> None:
-    """Raise InvalidTask naming the first hyperparameter out of range."""
+def check_settings(settings: TrainSettings, d: int | None = None) -> None:
+    """Raise InvalidTask naming the first hyperparameter out of range.
+
+    With d (the model's input width) the standardisation lists are checked too: both empty,
+    or both d finite values.
+    """
     if settings.epochs < 1:
         raise InvalidTask(f"config.epochs must be >= 1, got {settings.epochs}")
     if not (math.isfinite(settings.eta) and settings.eta > 0):
@@ -90,6 +98,11 @@ def check_settings(settings: TrainSettings) -> None:
         raise InvalidTask(f"config.momentum must be in [0, 1), got {settings.momentum}")
     if not 0 <= settings.seed < 2**63:
         raise InvalidTask(f"config.seed must be in [0, 2**63), got {settings.seed}")
+    if d is not None and (settings.feature_shift or settings.feature_scale):
+        try:
+            check_standardization(settings.feature_shift, settings.feature_scale, d)
+        except ValueError as exc:
+            raise InvalidTask(f"config.{exc}") from None
 
 
 def check_fit(params: Params, shard: Dataset, shard_name: str) -> None:
@@ -114,14 +127,29 @@ def check_fit(params: Params, shard: Dataset, shard_name: str) -> None:
         )
 
 
+def shard_inputs(shard: Dataset, settings: TrainSettings) -> np.ndarray:
+    """The rows training sees: standardised into a NEW array when the task says so.
+
+    The shard is the node's cached Dataset, shared by every later task (possibly with other
+    statistics), so it is never modified in place.
+    """
+    if not (settings.feature_shift or settings.feature_scale):
+        return shard.x
+    try:
+        return standardize(shard.x, settings.feature_shift, settings.feature_scale)
+    except ValueError as exc:
+        raise InvalidTask(f"config.{exc}") from None
+
+
 def run_training(params: Params, shard: Dataset, settings: TrainSettings) -> TrainOutput:
     """Train from `params` on the shard; the delta is new minus given, tensor by tensor."""
     given = [a.copy() for a in params.tensors()]  # the delta must not depend on train's aliasing
     start = time.perf_counter()
+    x = shard_inputs(shard, settings)
     try:
         outcome = train(
             params,
-            shard.x,
+            x,
             shard.y,
             epochs=settings.epochs,
             eta=settings.eta,

@@ -164,6 +164,28 @@ def test_train_delta_is_bitwise_equal_to_in_process_training(node_factory):
     assert node.load().tasks_done == 1
 
 
+def test_standardised_task_trains_on_shifted_scaled_rows_and_leaves_the_cache_raw(node):
+    data = make_shard(seed=6)
+    params = init_params(D, H, K, seed=5, scheme="he")
+    node.put_shard(digest_of(data), data, "")
+    shard = parse_data(data, "local")
+    shift = [float(v) for v in shard.x.mean(axis=0)]
+    scale = [float(v) for v in 1 / shard.x.std(axis=0)]
+
+    standardised = node.train(make_task(data, params, epochs=2, eta=1e-3, batch_size=32,
+                                        momentum=0.9, feature_shift=shift, feature_scale=scale))
+    raw = node.train(make_task(data, params, epochs=2, eta=1e-3, batch_size=32, momentum=0.9))
+
+    x = (shard.x - np.array(shift)) * np.array(scale)
+    for result, rows in ((standardised, x), (raw, shard.x)):
+        want = train(params, rows, shard.y, epochs=2, eta=1e-3, batch_size=32, momentum=0.9)
+        delta = decode_tensors(result.delta)
+        for got, new, old in zip(delta, want.params.tensors(), params.tensors(), strict=True):
+            assert np.array_equal(got, new - old)
+        assert result.train_loss == want.loss
+    assert not np.array_equal(decode_tensors(standardised.delta)[0], decode_tensors(raw.delta)[0])
+
+
 def test_unknown_digest_is_shard_missing_until_it_is_put(node):
     data = make_shard(seed=4)
     task = make_task(data)
@@ -243,6 +265,12 @@ TRUNCATED[0] = Tensor(shape=TRUNCATED[0].shape, data=TRUNCATED[0].data[:-8])
         ({"batch_size": -1}, "batch_size"),
         ({"momentum": 1.0}, "momentum"),
         ({"seed": -1}, "seed"),
+        ({"feature_shift": [0.0] * D, "feature_scale": [1.0] * (D - 1)}, "feature_scale has 15"),
+        ({"feature_shift": [0.0] * (D + 1), "feature_scale": [1.0] * D}, "feature_shift has 17"),
+        ({"feature_shift": [0.0] * D}, "feature_scale has 0 values"),
+        ({"feature_shift": [math.nan] * D, "feature_scale": [1.0] * D}, "feature_shift[0]"),
+        ({"feature_shift": [0.0] * D, "feature_scale": [1.0] * 3 + [math.inf] * 13},
+         "feature_scale[3]"),
         ({"weights": _weights(init_params(D, H, K, 1))[:3]}, "expected 4 tensors"),
         ({"weights": [*_weights(GOOD)[:2], *_weights(init_params(H + 1, 4, K, 1))[2:]]}, "agree"),
         ({"weights": TRUNCATED}, "bytes"),
