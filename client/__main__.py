@@ -62,7 +62,8 @@ def _print_round(report: RoundReport) -> None:
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog="To see the cluster: python -m client status HOST:PORT [--watch [SECONDS]].")
 @click.argument("coordinator_ip")
 @click.argument("coordinator_port", type=click.IntRange(1, 65535))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -130,6 +131,11 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
 
 
 def main() -> None:
+    """`status ...` shows the cluster; anything else is the training command."""
+    if sys.argv[1:2] == ["status"]:
+        from client.status import status_command
+
+        status_command(args=sys.argv[2:], prog_name="python -m client status")
     train(prog_name="python -m client")
 
 

@@ -12,6 +12,7 @@ import click
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
+from compute_node.metrics import MeteredNodeHandler, NodeMetrics
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
@@ -82,6 +83,10 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     help="Tasks trained at once; the rest queue.",
 )
 @click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve Prometheus metrics on this port (0 = any free port) [off].",
+)
+@click.option(
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO", show_default=True,
 )
@@ -100,6 +105,7 @@ def cli(
     token: str,
     max_shard_cache_mb: float,
     workers: int,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Serve shard training tasks on PORT (0 = any free port), loaded with LOAD_PROBABILITY."""
@@ -111,7 +117,8 @@ def cli(
         LoadConfig(load_probability, load_delay, crash_probability, extra_latency, seed)
     )
     core = ComputeNodeCore(store, load, workers=workers, token=token)
-    handler = ComputeNodeHandler(core)
+    metrics = NodeMetrics() if metrics_port is not None else None
+    handler = MeteredNodeHandler(core, metrics) if metrics else ComputeNodeHandler(core)
     try:
         server = ThriftServer(ComputeNode.Processor(handler), host, port, name="compute_node")
     except OSError as exc:
@@ -124,6 +131,12 @@ def cli(
         shards_indexed=store.n_indexed, crash_probability=crash_probability,
         extra_latency_s=extra_latency,
     )
+    if metrics:
+        try:
+            metrics.serve(host, metrics_port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {host}:{metrics_port}: "
+                                       f"{exc.strerror or exc}") from None
     registrar = None
     if coordinators:
         advertised = Address(advertise_host or server.address.host, server.address.port)

@@ -1,0 +1,106 @@
+"""Prometheus metrics for a compute node, on an optional `--metrics-port`.
+
+Gauges and counters are read from the node's own load() at scrape time, so they can
+never disagree with what the coordinator sees; the service-time histogram is fed by a
+handler subclass that observes every train() reply. Metrics live in their own
+registry (no process-wide globals), served over HTTP by prometheus-client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from compute_node.handler import ComputeNodeHandler
+from compute_node.node import ComputeNodeCore
+from idl.events import log_event
+from idl.gen.ttypes import (
+    DatasetError,
+    InvalidRequest,
+    NodeBusy,
+    ShardMissing,
+    ShardTask,
+    TaskResult,
+    Unauthorized,
+)
+from idl.rpc import Address
+
+SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_OUTCOMES = ((NodeBusy, "busy"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),
+             (DatasetError, "dataset_error"), (Unauthorized, "unauthorized"))
+
+
+class NodeMetrics:
+    """The node's metrics registry: load figures on scrape, plus a service-time histogram."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.service_s = Histogram(
+            "fedcluster_node_service_seconds",
+            "Node-measured time of each completed train task, request received to reply.",
+            buckets=SERVICE_BUCKETS_S, registry=self.registry,
+        )
+        self.train_calls = Counter(
+            "fedcluster_node_train_calls", "train() calls by outcome.", ["outcome"],
+            registry=self.registry,
+        )
+
+    def watch(self, handler: ComputeNodeHandler) -> None:
+        """Report `handler.load()` on every scrape."""
+        self.registry.register(_LoadCollector(handler))
+
+    def serve(self, host: str, port: int) -> Address:
+        """Serve /metrics on host:port (0 = any free port); return the bound address."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        address = Address(host, server.server_port)
+        log_event("metrics_listening", address=str(address), url=f"http://{address}/metrics")
+        return address
+
+
+class _LoadCollector:
+    """Turns NodeLoad into metric families at scrape time."""
+
+    def __init__(self, handler: ComputeNodeHandler) -> None:
+        self._handler = handler
+
+    def collect(self) -> Iterator[Metric]:
+        load = self._handler.load()
+        yield GaugeMetricFamily("fedcluster_node_tasks_in_flight",
+                                "Tasks accepted and not yet replied to.",
+                                value=load.tasks_in_flight)
+        yield CounterMetricFamily("fedcluster_node_tasks_done", "Tasks trained and replied to.",
+                                  value=load.tasks_done)
+        yield CounterMetricFamily("fedcluster_node_tasks_rejected",
+                                  "Tasks turned away as busy (simulated load or no worker).",
+                                  value=load.tasks_rejected)
+        yield GaugeMetricFamily("fedcluster_node_recent_service_seconds",
+                                "Moving average of accepted tasks' service time.",
+                                value=load.recent_service_s)
+        yield GaugeMetricFamily("fedcluster_node_shards_cached",
+                                "Distinct shards this node can train on without an upload.",
+                                value=load.shards_cached)
+        yield GaugeMetricFamily("fedcluster_node_load_probability",
+                                "Configured probability of simulated load.",
+                                value=load.load_probability)
+
+
+class MeteredNodeHandler(ComputeNodeHandler):
+    """ComputeNodeHandler that records each train() outcome and service time."""
+
+    def __init__(self, core: ComputeNodeCore, metrics: NodeMetrics, address: str = "") -> None:
+        super().__init__(core, address)
+        self._metrics = metrics
+        metrics.watch(self)
+
+    def train(self, task: ShardTask) -> TaskResult:
+        try:
+            result = super().train(task)
+        except Exception as exc:
+            outcome = next((name for cls, name in _OUTCOMES if isinstance(exc, cls)), "error")
+            self._metrics.train_calls.labels(outcome).inc()
+            raise
+        self._metrics.train_calls.labels("ok").inc()
+        self._metrics.service_s.observe(result.timings.total_s)
+        return result
