@@ -18,6 +18,7 @@ from idl.events import configure_logging
 from idl.rpc import Address
 from idl.tensors import TensorError
 from mlcore.data import DataError
+from mlcore.model import INIT_SCHEMES
 
 POLICY_NAMES = {"1": "random", "2": "load-aware", "3": "round-robin"}
 
@@ -76,6 +77,11 @@ def _print_round(report: RoundReport) -> None:
               help="Mini-batch size inside a node's epochs; 0 = the seed's full batch.")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Momentum of mini-batch SGD.")
+@click.option("--standardize/--no-standardize", default=False, show_default=True,
+              help="Standardise inputs with mean and std from the training shards "
+                   "(stored with the model).")
+@click.option("--init", "init", type=click.Choice(INIT_SCHEMES), default="uniform",
+              show_default=True, help="Initial weights: the seed's uniform +-0.01, or He/Glorot.")
 @click.option("--policy", type=click.Choice(["", "1", "2", "3", "random", "load-aware",
                                              "round-robin"]),
               default="", help="Override the coordinator's scheduling policy for this run.")
@@ -95,7 +101,8 @@ def _print_round(report: RoundReport) -> None:
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: int, epochs: int,
-          h: int, eta: float, seed: int, batch_size: int, momentum: float, policy: str,
+          h: int, eta: float, seed: int, batch_size: int, momentum: float, standardize: bool,
+          init: str, policy: str,
           coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
           checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
           log_level: str) -> None:
@@ -111,7 +118,8 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
     addresses = [first] + [a for a in (coordinators or []) if a != first]
     config = RunConfig(
         data_dir=data_dir, rounds=rounds, epochs=epochs, hidden=h, eta=eta, seed=seed,
-        batch_size=batch_size, momentum=momentum, policy=POLICY_NAMES.get(policy, policy),
+        batch_size=batch_size, momentum=momentum, standardize=standardize, init=init,
+        policy=POLICY_NAMES.get(policy, policy),
         round_deadline_s=round_deadline_s, token=token, timing_path=timing_path,
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
     )

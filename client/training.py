@@ -22,6 +22,7 @@ from mlcore.checkpoint import load_model, save_model
 from mlcore.data import DataDir, read_data_dir
 from mlcore.fedavg import fedavg
 from mlcore.model import Params, error_rate, init_params
+from mlcore.standardize import Standardization, fit_standardization
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class RunConfig:
     seed: int = 1
     batch_size: int = 0
     momentum: float = 0.0
+    standardize: bool = False
+    init: str = "uniform"
     policy: str = ""
     round_deadline_s: float = 600.0
     token: str = ""
@@ -44,8 +47,10 @@ class RunConfig:
     model_out: Path | None = None
     resume: bool = False
 
-    def identity(self, shard_digests: list[str]) -> dict[str, object]:
+    def identity(self, shard_digests: list[str],
+                 standardization: Standardization | None = None) -> dict[str, object]:
         """What a checkpoint must match to be resumed: the maths, not the plumbing."""
+        stats = standardization.to_meta() if standardization is not None else {}
         return {
             "data": hashlib.sha256("".join(shard_digests).encode()).hexdigest(),
             "epochs": self.epochs,
@@ -54,6 +59,9 @@ class RunConfig:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "momentum": self.momentum,
+            "init": self.init,
+            "standardize": self.standardize,
+            **stats,
         }
 
 
@@ -104,13 +112,23 @@ def _start_state(config: RunConfig, data: DataDir, identity: dict) -> tuple[Para
         params, meta = load_model(ckpt)
         saved = meta.get("identity", {})
         if saved != identity:
-            changed = sorted(k for k in identity if saved.get(k) != identity[k])
+            changed = sorted(k for k in identity.keys() | saved.keys()
+                             if saved.get(k) != identity.get(k))
             raise ResumeMismatch(
                 f"checkpoint {ckpt} was written by a run with different {', '.join(changed)}; "
                 "use the original settings, or drop --resume to start over"
             )
         return params, int(meta["round"])
-    return init_params(data.n_features, config.hidden, data.n_classes, config.seed), 0
+    params = init_params(data.n_features, config.hidden, data.n_classes, config.seed,
+                         scheme=config.init)
+    return params, 0
+
+
+def input_standardization(config: RunConfig, data: DataDir) -> Standardization | None:
+    """Statistics from the training shards (in shard order) when the run standardises."""
+    if not config.standardize:
+        return None
+    return fit_standardization([dataset.x for _, dataset in data.train])
 
 
 def run_training(
@@ -121,12 +139,19 @@ def run_training(
     """Run the configured rounds through the coordinators; return the final weights."""
     data = read_data_dir(config.data_dir)
     refs, paths = shard_refs(data)
-    identity = config.identity([r.digest for r in refs])
+    stats = input_standardization(config, data)
+    identity = config.identity([r.digest for r in refs], stats)
     params, done = _start_state(config, data, identity)
+    # Validation rows go through the same transform the nodes apply to the training rows.
+    val_x = stats.apply(data.validate.x) if stats is not None else data.validate.x
+    model_meta = {"init": config.init,
+                  "standardization": stats.to_meta() if stats is not None else None}
     summary = RunSummary(params=params, resumed_from=done)
     job_id = uuid.uuid4().hex[:12]
     train_config = TrainConfig(epochs=config.epochs, eta=config.eta, batch_size=config.batch_size,
-                               momentum=config.momentum, seed=config.seed)
+                               momentum=config.momentum, seed=config.seed,
+                               feature_shift=list(stats.shift) if stats else [],
+                               feature_scale=list(stats.scale) if stats else [])
     meta = {"job": job_id, "data_dir": config.data_dir, "shards": len(refs),
             "rows": sum(r.n_rows for r in refs), **asdict_str(config)}
     timing = TimingWriter(config.timing_path, meta, append=done > 0)
@@ -141,24 +166,25 @@ def run_training(
             )
             result = link.run_round(request)
             params = aggregate(params, result)
-            val_error = error_rate(params, data.validate.x, data.validate.y)
+            val_error = error_rate(params, val_x, data.validate.y)
             seconds = time.perf_counter() - started
             report = _report(round_no, config.rounds, result, val_error, seconds)
             _write_round(timing, round_no, result, report)
             if config.checkpoint_path is not None:
                 save_model(config.checkpoint_path, params,
-                           {"round": round_no, "identity": identity, "job": job_id})
+                           {"round": round_no, "identity": identity, "job": job_id,
+                            **model_meta})
             summary.reports.append(report)
             on_round(report)
     finally:
         timing.close()
         link.close()
     summary.params = params
-    summary.validation_error = error_rate(params, data.validate.x, data.validate.y)
+    summary.validation_error = error_rate(params, val_x, data.validate.y)
     if config.model_out is not None:
         save_model(config.model_out, params,
                    {"round": config.rounds, "identity": identity,
-                    "validation_error": summary.validation_error})
+                    "validation_error": summary.validation_error, **model_meta})
     return summary
 
 
