@@ -12,6 +12,7 @@ import click
 from coordinator.executor import Counters, RoundExecutor
 from coordinator.handler import CoordinatorHandler
 from coordinator.health import HealthMonitor
+from coordinator.metrics import CoordinatorMetrics, MeteredCoordinatorHandler
 from coordinator.node_calls import NodeCaller
 from coordinator.nodes_file import NodesFileError, read_nodes_file
 from coordinator.policies import policy_name
@@ -56,6 +57,8 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
 @click.option("--max-shard-cache-mb", type=click.FloatRange(min=1), default=1024.0,
               show_default=True, help="Bound on shard bytes kept for forwarding to nodes.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (0 = any free port) [off].")
 @click.option(
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO", show_default=True,
@@ -73,6 +76,7 @@ def cli(
     seed: int,
     token: str,
     max_shard_cache_mb: float,
+    metrics_port: int | None,
     log_level: str,
 ) -> None:
     """Coordinate rounds on PORT (0 = any free port) with POLICY: 1|random, 2|load-aware,
@@ -92,9 +96,10 @@ def cli(
     )
     store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
     service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
+    metrics = CoordinatorMetrics() if metrics_port is not None else None
     try:
         server = ThriftServer(
-            Coordinator.Processor(CoordinatorHandler(service)), host, port, name="coordinator"
+            Coordinator.Processor(_handler(service, metrics)), host, port, name="coordinator"
         )
     except OSError as exc:
         reason = exc.strerror or exc
@@ -105,6 +110,12 @@ def cli(
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
     )
+    if metrics:
+        try:
+            metrics.serve(host, metrics_port)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {host}:{metrics_port}: "
+                                       f"{exc.strerror or exc}") from None
     health = HealthMonitor(registry, caller.probe, heartbeat_s)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
@@ -114,6 +125,11 @@ def cli(
     health.stop()
     caller.close()
     log_event("stopped", address=str(server.address))
+
+
+def _handler(service: CoordinatorService, metrics: CoordinatorMetrics | None):
+    """The Thrift handler; with --metrics-port, one that also times rounds."""
+    return MeteredCoordinatorHandler(service, metrics) if metrics else CoordinatorHandler(service)
 
 
 def _read_nodes(path: Path | None) -> list:

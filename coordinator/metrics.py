@@ -1,0 +1,112 @@
+"""Prometheus metrics for the coordinator, on an optional `--metrics-port`.
+
+Per-node figures and the counters are read from the service's status() at scrape
+time, the same numbers `python -m client status` prints; the round-duration histogram
+is fed by a handler subclass that times each run_round. Own registry, no globals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from coordinator.handler import CoordinatorHandler
+from coordinator.service import CoordinatorService
+from idl.events import log_event
+from idl.gen.ttypes import RoundRequest, RoundResult, ShardMissing
+from idl.rpc import Address
+
+ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Always exported (0 until they happen), so dashboards need no special cases.
+KNOWN_COUNTERS = ("rounds", "rounds_failed", "tasks", "retries", "failures", "rejections")
+
+
+class CoordinatorMetrics:
+    """The coordinator's metrics registry: status() on scrape plus a round histogram."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.round_s = Histogram(
+            "fedcluster_coordinator_round_seconds",
+            "Wall time of run_round calls, by outcome (ok, failed, shard_missing).", ["outcome"],
+            buckets=ROUND_BUCKETS_S, registry=self.registry,
+        )
+
+    def watch(self, service: CoordinatorService) -> None:
+        """Report `service.status()` on every scrape."""
+        self.registry.register(_StatusCollector(service))
+
+    def serve(self, host: str, port: int) -> Address:
+        """Serve /metrics on host:port (0 = any free port); return the bound address."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        address = Address(host, server.server_port)
+        log_event("metrics_listening", address=str(address), url=f"http://{address}/metrics")
+        return address
+
+
+class _StatusCollector:
+    """Turns ClusterStatus into metric families at scrape time."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._service.status()
+        per_node = {
+            "alive": GaugeMetricFamily("fedcluster_coordinator_node_alive",
+                                       "1 if the node answers, 0 if marked dead.", labels=["node"]),
+            "in_flight": GaugeMetricFamily("fedcluster_coordinator_node_tasks_in_flight",
+                                           "Tasks this coordinator has on the node now.",
+                                           labels=["node"]),
+            "done": CounterMetricFamily("fedcluster_coordinator_node_tasks_done",
+                                        "Tasks the node completed for this coordinator.",
+                                        labels=["node"]),
+            "failures": CounterMetricFamily("fedcluster_coordinator_node_failures",
+                                            "Calls to the node that failed.", labels=["node"]),
+            "load": GaugeMetricFamily("fedcluster_coordinator_node_load_probability",
+                                      "Load probability the node reports.", labels=["node"]),
+            "seen": GaugeMetricFamily("fedcluster_coordinator_node_last_seen_seconds",
+                                      "Seconds since the node last answered (-1: never).",
+                                      labels=["node"]),
+        }
+        for n in status.nodes or []:
+            per_node["alive"].add_metric([n.address], 1.0 if n.alive else 0.0)
+            per_node["in_flight"].add_metric([n.address], n.tasks_in_flight)
+            per_node["done"].add_metric([n.address], n.tasks_done)
+            per_node["failures"].add_metric([n.address], n.failures)
+            per_node["load"].add_metric([n.address], n.load_probability)
+            per_node["seen"].add_metric([n.address], n.last_seen_s_ago)
+        yield from per_node.values()
+        counters = dict.fromkeys(KNOWN_COUNTERS, 0) | dict(status.counters or {})
+        for name in ("nodes_alive", "shards_cached"):  # levels, not counts
+            if name in counters:
+                yield GaugeMetricFamily(f"fedcluster_coordinator_{name}", name.replace("_", " "),
+                                        value=counters.pop(name))
+        for name, value in sorted(counters.items()):
+            yield CounterMetricFamily(f"fedcluster_coordinator_{name}",
+                                      f"Coordinator counter '{name}'.", value=value)
+
+
+class MeteredCoordinatorHandler(CoordinatorHandler):
+    """CoordinatorHandler that times every run_round call into the round histogram."""
+
+    def __init__(self, service: CoordinatorService, metrics: CoordinatorMetrics) -> None:
+        super().__init__(service)
+        self._metrics = metrics
+        metrics.watch(service)
+
+    def run_round(self, request: RoundRequest) -> RoundResult:
+        began = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = super().run_round(request)
+            outcome = "ok"
+            return result
+        except ShardMissing:
+            outcome = "shard_missing"  # the client uploads and asks again: not a failure
+            raise
+        finally:
+            self._metrics.round_s.labels(outcome).observe(time.perf_counter() - began)
