@@ -148,15 +148,18 @@ class RoundExecutor:
             futures = [
                 pool.submit(round_.run_task, i, task, first[i]) for i, task in enumerate(tasks)
             ]
+            last_look = self._clock()
             while True:
                 round_.progress.wait(WATCH_TICK_S)
                 round_.progress.clear()
-                for future in futures:
-                    error = future.exception() if future.done() else None
-                    if error is not None and not isinstance(error, _Aborted):
-                        raise error
-                if all(slot.outcome is not None for slot in round_.slots):
+                # O(1) per wake-up: tasks finish thousands of times a second at scale.
+                if round_.errors:
+                    raise round_.errors[0]
+                if round_.n_done == len(tasks):
                     return [slot.outcome for slot in round_.slots]
+                if self._clock() - last_look < WATCH_TICK_S:
+                    continue
+                last_look = self._clock()
                 if self._clock() > round_.deadline + 1.0:
                     n_left = sum(slot.outcome is None for slot in round_.slots)
                     raise RoundFailed(
@@ -209,6 +212,9 @@ class _Round:
         self.abort = threading.Event()
         self.progress = threading.Event()  # a task finished or failed: look again
         self.slots = [_Slot() for _ in range(n_tasks)]
+        self.n_done = 0  # slots with an outcome (under done_lock)
+        self.errors: list[BaseException] = []  # first-runner failures that fail the round
+        self.done_lock = threading.Lock()
 
     def reserve(self, exclude: set[str]) -> str | None:
         """Pick a node and count the task in flight on it, atomically with other picks."""
@@ -246,8 +252,11 @@ class _Round:
     def run_task(self, index: int, task: Any, node: str | None) -> None:
         try:
             self._attempts(index, task, node, backup=False)
-        except Exception:
+        except Exception as exc:
             if self.slots[index].outcome is None:
+                if not isinstance(exc, _Aborted):
+                    with self.done_lock:
+                        self.errors.append(exc)
                 raise  # a backup that already won makes this runner's failure moot
         finally:
             self.progress.set()
@@ -271,6 +280,8 @@ class _Round:
             if slot.outcome is not None:
                 return False
             slot.outcome = outcome
+        with self.done_lock:
+            self.n_done += 1
         self.progress.set()
         return True
 

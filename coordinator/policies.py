@@ -32,7 +32,9 @@ class Policy(Protocol):
         ...
 
 
-def _eligible(nodes: Sequence[NodeView], exclude: Collection[str]) -> list[NodeView]:
+def _eligible(nodes: Sequence[NodeView], exclude: Collection[str]) -> Sequence[NodeView]:
+    if not exclude:  # the common case; same sequence, so the same seeded choices
+        return nodes
     return [n for n in nodes if n.address not in exclude]
 
 
@@ -58,16 +60,21 @@ class RoundRobin:
 
     def __init__(self, seed: int = 1) -> None:
         self._last: str | None = None
+        self._last_pos = -1  # where _last was in the previous call's list: O(1) when it is
 
     def pick(self, nodes: Sequence[NodeView], exclude: Collection[str]) -> NodeView | None:
         if not nodes:
             return None
-        addresses = [n.address for n in nodes]
-        start = addresses.index(self._last) + 1 if self._last in addresses else 0
+        if 0 <= self._last_pos < len(nodes) and nodes[self._last_pos].address == self._last:
+            start = self._last_pos + 1
+        else:
+            addresses = [n.address for n in nodes]
+            start = addresses.index(self._last) + 1 if self._last in addresses else 0
         for offset in range(len(nodes)):
-            node = nodes[(start + offset) % len(nodes)]
+            pos = (start + offset) % len(nodes)
+            node = nodes[pos]
             if node.address not in exclude:
-                self._last = node.address
+                self._last, self._last_pos = node.address, pos
                 return node
         return None
 

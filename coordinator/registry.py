@@ -60,6 +60,10 @@ class Registry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._nodes: dict[str, NodeState] = {}  # keyed by "host:port"
+        # views() is called for every task placement: keep the alive nodes' views built and
+        # replace one entry per change, so a pick costs a list copy, not N objects.
+        self._views: list[NodeView] | None = None
+        self._view_pos: dict[str, int] = {}
         self._changed = threading.Condition()
         self._probe_interval_s = probe_interval_s
         self._max_backoff_s = max_backoff_s
@@ -71,6 +75,7 @@ class Registry:
             if str(address) in self._nodes:
                 return False
             self._nodes[str(address)] = NodeState(address)
+            self._views = None
             self._changed.notify_all()
         log_event("node_added", node=str(address))
         return True
@@ -99,6 +104,7 @@ class Registry:
                 node.load_probability = float(load.get("load_probability", node.load_probability))
                 node.reported_service_s = float(load.get("recent_service_s", 0.0))
                 node.reported_in_flight = int(load.get("tasks_in_flight", 0))
+            self._refresh(node)
             if revived:
                 self._changed.notify_all()
         if revived:
@@ -119,6 +125,7 @@ class Registry:
                 max(node.backoff_s * 2, self._probe_interval_s), self._max_backoff_s
             )
             node.next_probe_at = self._clock() + node.backoff_s
+            self._refresh(node)
         if was_alive:
             log_event("node_dead", node=str(address), reason=reason)
 
@@ -138,18 +145,21 @@ class Registry:
     def views(self) -> list[NodeView]:
         """Snapshot of the alive nodes for a policy, in registration order."""
         with self._changed:
-            return [
-                NodeView(
-                    address=str(n.address),
-                    in_flight=n.in_flight,
-                    service_s=n.service_s
-                    if n.service_s is not None
-                    else (n.reported_service_s or None),
-                    load_probability=n.load_probability,
-                )
-                for n in self._nodes.values()
-                if n.alive
-            ]
+            if self._views is None:
+                alive = [n for n in self._nodes.values() if n.alive]
+                self._views = [_view(n) for n in alive]
+                self._view_pos = {str(n.address): i for i, n in enumerate(alive)}
+            return list(self._views)
+
+    def _refresh(self, node: NodeState) -> None:
+        """Bring `node`'s cached view up to date (caller holds the lock)."""
+        if self._views is None:
+            return
+        pos = self._view_pos.get(str(node.address))
+        if node.alive and pos is not None:
+            self._views[pos] = _view(node)
+        else:  # joined or left the alive set: rebuild on the next views()
+            self._views = None
 
     def n_alive(self) -> int:
         with self._changed:
@@ -160,6 +170,7 @@ class Registry:
             node = self._nodes.get(str(address))
             if node is not None:
                 node.in_flight += 1
+                self._refresh(node)
 
     def end_task(self, address: Address | str, elapsed_s: float | None) -> None:
         """A task left the node; `elapsed_s` is its round trip when it succeeded."""
@@ -171,11 +182,16 @@ class Registry:
             if elapsed_s is not None:
                 node.tasks_done += 1
                 node.last_seen = self._clock()
+                if node.alive:  # an answered task is as good as a heartbeat: skip the probe
+                    node.next_probe_at = max(
+                        node.next_probe_at, node.last_seen + self._probe_interval_s
+                    )
                 node.service_s = (
                     elapsed_s
                     if node.service_s is None
                     else EMA_WEIGHT * elapsed_s + (1 - EMA_WEIGHT) * node.service_s
                 )
+            self._refresh(node)
 
     def wait_for_alive(self, timeout_s: float) -> bool:
         """Block until some node is alive or `timeout_s` passes; True if one is alive."""
@@ -206,3 +222,12 @@ class Registry:
                 )
                 for n in self._nodes.values()
             ]
+
+
+def _view(n: NodeState) -> NodeView:
+    return NodeView(
+        address=str(n.address),
+        in_flight=n.in_flight,
+        service_s=n.service_s if n.service_s is not None else (n.reported_service_s or None),
+        load_probability=n.load_probability,
+    )
