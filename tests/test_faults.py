@@ -22,7 +22,7 @@ import pytest
 from test_training_e2e import default_data, model_bytes, run_client
 
 from client.timing import read_timing
-from harness import REPO, LocalCluster, ServerProcess, start_node
+from harness import REPO, LocalCluster, ServerProcess
 from idl.gen import ComputeNode, Coordinator
 from idl.rpc import connect
 from mlcore.checkpoint import load_model
@@ -218,16 +218,21 @@ def test_nodes_crashing_at_random_over_five_rounds(
     seeds = iter(range(1, 1000))
 
     def crashy_node() -> ServerProcess:
-        return start_node(
-            cluster.workdir, 0.0, "--load-delay", "0", "--crash-probability", "0.2",
-            "--seed", str(next(seeds)), "--coordinator", str(coordinator.address),
-            "--heartbeat-s", "0.2",
-        )
+        """Started without waiting for it: it may take a task and crash before any ping."""
+        seed = next(seeds)
+        log_path = cluster.workdir / f"crashy-{seed}.log"
+        argv = [sys.executable, "-m", "compute_node", "0", "0.0", "--load-delay", "0",
+                "--crash-probability", "0.2", "--seed", str(seed),
+                "--coordinator", str(coordinator.address), "--heartbeat-s", "0.2"]
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+        node = ServerProcess(popen, coordinator.address, log_path, argv)  # address unused
+        cluster.nodes.append(node)  # stopped by PID with the cluster
+        return node
 
     live = [crashy_node() for _ in range(4)]
-    cluster.nodes.extend(live)
     wait_for(lambda: coordinator_status(coordinator).counters.get("nodes_alive", 0) == 4,
-             15, "four registered nodes")
+             30, "four registered nodes")
     stopping = threading.Event()
     restarts: list[int] = []
 
@@ -236,7 +241,6 @@ def test_nodes_crashing_at_random_over_five_rounds(
             for i, node in enumerate(live):
                 if node.popen.poll() is not None and not stopping.is_set():
                     live[i] = crashy_node()
-                    cluster.nodes.append(live[i])
                     restarts.append(node.pid)
             stopping.wait(0.05)
 
