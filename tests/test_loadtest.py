@@ -138,10 +138,11 @@ def test_failed_requests_are_recorded_as_errors(make_cluster, tmp_path: Path) ->
     for r in raw:
         assert (r["ok"] == "1") == (r["kind"] == "status"), r
     assert any("no" in r["error"].lower() and "node" in r["error"].lower() for r in raw)
+    assert {r["kind"] for r in raw} == {"train", "status"}  # client 0 draws train first
     summary = {r["kind"]: r for r in read_csv(tmp_path / "nonodes" / "summary.csv")}
-    if "train" in {r["kind"] for r in raw}:
-        assert summary["train"]["error_rate"] == "1.0000"
-        assert summary["train"]["throughput_rps"] == "0.000"
+    assert summary["train"]["error_rate"] == "1.0000"
+    assert summary["train"]["throughput_rps"] == "0.000"
+    assert summary["status"]["error_rate"] == "0.0000"
     check_summary_against_raw(list(summary.values()), raw)
 
 
