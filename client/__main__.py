@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.progress import with_progress
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
 from idl.events import configure_logging
 from idl.rpc import Address
@@ -124,8 +125,8 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
     )
     try:
-        summary = run_training(config, lambda paths: CoordinatorLink(addresses, paths),
-                               on_round=_print_round)
+        links = with_progress(lambda paths: CoordinatorLink(addresses, paths), rounds)
+        summary = run_training(config, links, on_round=_print_round)
     except (DataError, ResumeMismatch, TensorError) as exc:
         raise click.ClickException(str(exc)) from None
     except RoundFailed as exc:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 import urllib.request
 from pathlib import Path
@@ -126,3 +132,69 @@ def test_metrics_endpoints_report_the_run(make_cluster, tmp_path: Path) -> None:
         assert n["fedcluster_node_tasks_rejected_total"][()] == 0
         assert n["fedcluster_node_shards_cached"][()] > 0
         assert n["fedcluster_node_recent_service_seconds"][()] > 0
+
+
+def run_on_terminal(argv: list[str], timeout_s: float = 120.0) -> tuple[int, str, str]:
+    """Run `argv` with stdout on a pseudo-terminal (100 columns); exit code, output, stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            cwd=REPO)
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        stderr = proc.communicate(timeout=10)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return proc.returncode, b"".join(chunks).decode(errors="replace"), stderr
+
+
+@pytest.mark.slow
+def test_client_on_a_terminal_shows_task_progress_then_round_lines(make_cluster,
+                                                                   tmp_path: Path) -> None:
+    # Every task sleeps 0.1 s on one of two nodes: a round takes about a second.
+    cluster = make_cluster(nodes=2, loads=[1.0, 1.0], node_args=("--load-delay", "0.1"))
+    address = cluster.coordinator.address
+
+    code, output, stderr = run_on_terminal(
+        [sys.executable, "-m", "client", address.host, str(address.port),
+         str(letters.default_data_dir()), "2", "1", "4", "1e-4",
+         "--timing", str(tmp_path / "timing.txt")])
+
+    assert code == 0, stderr
+    counts = {int(k) for k in re.findall(r"\b(\d+)/16 \[", output)}
+    assert 0 in counts and any(0 < k < 16 for k in counts), output[-2000:]
+    assert "task" in output
+    lines = [line.strip("\r") for line in output.splitlines()]
+    assert any(re.search(r"round 1/2  validation error .* retries 0", line) for line in lines)
+    assert any("round 2/2  validation error" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_piped_client_prints_plain_lines_only(make_cluster, tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=2)
+
+    done = client(cluster.coordinator.address.host, str(cluster.coordinator.address.port),
+                  str(letters.default_data_dir()), "2", "1", "4", "1e-4",
+                  "--timing", str(tmp_path / "timing.txt"))
+
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stdout and "/16 [" not in done.stdout + done.stderr
+    assert [line.split("  ")[0] for line in done.stdout.splitlines()] == [
+        "round 1/2", "round 2/2", "final validation error " + done.stdout.split()[-1]]
