@@ -1,0 +1,311 @@
+/* MLP d -> h -> k (ReLU, softmax, cross-entropy) training kernels in C, for _kernels.pyx.
+
+   Why C with GCC vector types: the hot loops are small matrix products whose innermost axis
+   is h or k (contiguous); written with a 4-double vector type (v4d) they compile to AVX-512
+   (32 registers), AVX2 or SSE2 code from ONE source, chosen at run time by the CPU
+   (mlcore_select_isa). Every vector operation is lane-wise IEEE +, -, *, / with no fused
+   multiply-add (-ffp-contract=off, set in _kernels.pyx) and every sum runs in one fixed order
+   written in the source, so all paths give the same bits. The path-specific parts are only
+   the instruction set and the register tiling, never the arithmetic.
+
+   The per-row work of a block of rows is fused: forward, softmax and backward run on block
+   buffers that stay in L1, the weight gradients are added once per block, and the ReLU
+   sparsity (about half the hidden units are off) is used through bit masks. The one body,
+   _mlp_impl.h, is included once per instruction set. */
+#ifndef MLCORE_MLP_H
+#define MLCORE_MLP_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define MLCORE_X86 1
+#include <immintrin.h>
+#else
+#define MLCORE_X86 0
+#endif
+
+/* v4d values never cross a non-inlined call boundary between paths: the ABI note is moot */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define MLCORE_ALWAYS_INLINE static inline __attribute__((always_inline))
+#define MLCORE_BLOCK_MAX 64 /* rows per block: one bit each in a uint64_t column mask */
+
+typedef double mlcore_v4d __attribute__((vector_size(32)));
+typedef int64_t mlcore_v4di __attribute__((vector_size(32)));
+typedef uint64_t mlcore_v4du __attribute__((vector_size(32)));
+/* memory access type: aligned (all buffers are) and allowed to alias double */
+typedef double mlcore_v4d_mem __attribute__((vector_size(32), aligned(32), may_alias));
+
+/* ------------------------------------------------------------------ scalar exp (shared) */
+
+/* exp(t) for t <= 0 (softmax arguments are logit - max) from +, -, * and a bit shift only,
+   so the bits depend on IEEE-754 alone, not on the libm version or the CPU's libm code
+   path. Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then Taylor to r^13 (truncation
+   < 1e-17 relative), then scale by 2^k built in the exponent bits. Needs t >= -708 (2^k
+   stays normal): the clamp below. The vector version in _mlp_impl.h is the same formula
+   lane by lane, so both give the same bits. */
+static inline double mlcore_exp_nonpos(double t)
+{
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52: x + magic rounds x */
+    double kd, k, r, r2, r4, r8, p, scale;
+    uint64_t bits;
+    t = t < -708.0 ? -708.0 : t; /* exp(-708) ~ 3e-308 */
+    kd = t * 1.4426950408889634 + magic;
+    k = kd - magic;
+    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
+    /* Estrin's scheme: a short dependency chain. */
+    r2 = r * r;
+    r4 = r2 * r2;
+    r8 = r4 * r4;
+    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
+                    + ((1.0 / 24.0 + r * (1.0 / 120.0))
+                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
+                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
+                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
+                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
+    memcpy(&bits, &kd, sizeof bits); /* low bits of kd hold 2^51 + k */
+    bits = (bits + 1023u) << 52;     /* exponent field k + 1023: 2^k */
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* ------------------------------------------------------------------------ the network */
+
+/* Padded, aligned working copy of the model plus every buffer one kernel call needs, in one
+   allocation. hp and kp are h and k rounded up to a multiple of 4; the padding holds exact
+   zeros that stay zero (zero weights get zero gradients), so padded hidden units are never
+   active and padded classes are masked out of the softmax. */
+typedef struct {
+    ptrdiff_t d, h, k, hp, kp, hw; /* hw: 64-bit words per row mask (ceil(hp / 64)) */
+    ptrdiff_t block;               /* rows per block, <= MLCORE_BLOCK_MAX */
+    double *w1, *b1, *w2, *b2;     /* (d, hp), (hp), (hp, kp), (kp) */
+    double *w2t;                   /* (k, hp): w2 transposed, for d1 = d2 @ w2.T */
+    double *gw1, *gb1, *gw2, *gb2; /* summed gradients, same layouts */
+    double *vw1, *vb1, *vw2, *vb2; /* momentum velocities, same layouts */
+    double *xb;                    /* (block, d) the block's input rows */
+    double *z1;                    /* (block, hp) hidden pre-activations */
+    double *z2;                    /* (block, kp) logits -> probabilities -> p - onehot(y) */
+    double *d1;                    /* (block, hp) hidden deltas, 0 at inactive units */
+    uint64_t *rowmask;             /* (block, hw) bit j: unit j active in that row */
+    uint64_t *colmask;             /* (hp) bit r: unit active in block row r */
+    int64_t *order;                /* (n) row order for shuffled mini-batches, or NULL */
+    void *mem;
+} mlcore_net;
+
+static inline ptrdiff_t mlcore_round4(ptrdiff_t v) { return (v + 3) & ~(ptrdiff_t)3; }
+
+static inline void mlcore_net_free(mlcore_net *net)
+{
+    free(net->mem);
+    net->mem = NULL;
+}
+
+/* Allocate everything for a (d, h, k) model; n_order > 0 also reserves a row-order vector.
+   Returns 0 on success, -1 when out of memory. */
+static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, ptrdiff_t k,
+                                   ptrdiff_t n_order)
+{
+    ptrdiff_t hp = mlcore_round4(h), kp = mlcore_round4(k), hw = (hp + 63) / 64, blk;
+    size_t doubles, off = 0;
+    double *base;
+    /* Block rows: enough to amortise the gradient loads, few enough that the block
+       buffers (z1, d1: block * hp doubles each) stay in L1/L2. */
+    blk = hp <= 32 ? 32 : (hp <= 128 ? 16 : 16);
+    net->d = d; net->h = h; net->k = k; net->hp = hp; net->kp = kp; net->hw = hw;
+    net->block = blk;
+#define MLCORE_SZ(v) ((((size_t)(v)) + 7) & ~(size_t)7) /* doubles, keeps 64-byte alignment */
+    doubles = 3 * (MLCORE_SZ(d * hp) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp) + MLCORE_SZ(kp))
+              + MLCORE_SZ(k * hp) + MLCORE_SZ(blk * d) + 2 * MLCORE_SZ(blk * hp)
+              + MLCORE_SZ(blk * kp) + MLCORE_SZ(blk * hw) + MLCORE_SZ(hp) + MLCORE_SZ(n_order);
+    base = NULL;
+    if (posix_memalign((void **)&base, 64, doubles * sizeof(double)) != 0) return -1;
+    memset(base, 0, doubles * sizeof(double));
+    net->mem = base;
+#define MLCORE_TAKE(ptr, type, count) \
+    do { ptr = (type *)(base + off); off += MLCORE_SZ(count); } while (0)
+    MLCORE_TAKE(net->w1, double, d * hp);
+    MLCORE_TAKE(net->b1, double, hp);
+    MLCORE_TAKE(net->w2, double, hp * kp);
+    MLCORE_TAKE(net->b2, double, kp);
+    MLCORE_TAKE(net->gw1, double, d * hp);
+    MLCORE_TAKE(net->gb1, double, hp);
+    MLCORE_TAKE(net->gw2, double, hp * kp);
+    MLCORE_TAKE(net->gb2, double, kp);
+    MLCORE_TAKE(net->vw1, double, d * hp);
+    MLCORE_TAKE(net->vb1, double, hp);
+    MLCORE_TAKE(net->vw2, double, hp * kp);
+    MLCORE_TAKE(net->vb2, double, kp);
+    MLCORE_TAKE(net->w2t, double, k * hp);
+    MLCORE_TAKE(net->xb, double, blk * d);
+    MLCORE_TAKE(net->z1, double, blk * hp);
+    MLCORE_TAKE(net->d1, double, blk * hp);
+    MLCORE_TAKE(net->z2, double, blk * kp);
+    MLCORE_TAKE(net->rowmask, uint64_t, blk * hw);
+    MLCORE_TAKE(net->colmask, uint64_t, hp);
+    if (n_order > 0) MLCORE_TAKE(net->order, int64_t, n_order);
+    else net->order = NULL;
+#undef MLCORE_TAKE
+#undef MLCORE_SZ
+    return 0;
+}
+
+/* w2t = w2[:, :k] transposed; called whenever w2 changes. */
+static inline void mlcore_net_transpose_w2(mlcore_net *net)
+{
+    ptrdiff_t j, c;
+    for (c = 0; c < net->k; c++)
+        for (j = 0; j < net->hp; j++) net->w2t[c * net->hp + j] = net->w2[j * net->kp + c];
+}
+
+/* Copy the caller's C-contiguous (d, h), (h), (h, k), (k) tensors in (padding stays 0). */
+static inline void mlcore_net_load(mlcore_net *net, const double *w1, const double *b1,
+                                   const double *w2, const double *b2)
+{
+    ptrdiff_t i;
+    for (i = 0; i < net->d; i++) memcpy(net->w1 + i * net->hp, w1 + i * net->h, net->h * 8);
+    memcpy(net->b1, b1, net->h * 8);
+    for (i = 0; i < net->h; i++) memcpy(net->w2 + i * net->kp, w2 + i * net->k, net->k * 8);
+    memcpy(net->b2, b2, net->k * 8);
+    mlcore_net_transpose_w2(net);
+}
+
+/* Copy the padded tensors t1 (d, hp), t2 (hp), t3 (hp, kp), t4 (kp) out, unpadded. */
+static inline void mlcore_net_unload(const mlcore_net *net, const double *t1, const double *t2,
+                                     const double *t3, const double *t4, double *w1,
+                                     double *b1, double *w2, double *b2)
+{
+    ptrdiff_t i;
+    for (i = 0; i < net->d; i++) memcpy(w1 + i * net->h, t1 + i * net->hp, net->h * 8);
+    memcpy(b1, t2, net->h * 8);
+    for (i = 0; i < net->h; i++) memcpy(w2 + i * net->k, t3 + i * net->kp, net->k * 8);
+    memcpy(b2, t4, net->k * 8);
+}
+
+static inline uint64_t mlcore_splitmix64(uint64_t *state)
+{
+    uint64_t z;
+    *state += 0x9E3779B97F4A7C15ull;
+    z = *state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Fisher-Yates over the current order, drawing from SplitMix64 (reference.py mirrors it). */
+static inline void mlcore_shuffle(int64_t *order, ptrdiff_t n, uint64_t *state)
+{
+    ptrdiff_t i, j;
+    int64_t tmp;
+    for (i = n - 1; i > 0; i--) {
+        j = (ptrdiff_t)(mlcore_splitmix64(state) % (uint64_t)(i + 1));
+        tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+}
+
+/* ------------------------------------------------------ one body per instruction set */
+
+typedef void (*mlcore_train_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t,
+                                ptrdiff_t, double, ptrdiff_t, double, uint64_t);
+typedef void (*mlcore_gradient_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t);
+typedef void (*mlcore_evaluate_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t,
+                                   double *, int64_t *, double *);
+typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
+
+#define MLP_ISA generic
+#define MLP_RT 2
+#define MLP_NV 2
+#define MLP_KV 4
+#include "_mlp_impl.h"
+#undef MLP_ISA
+#undef MLP_RT
+#undef MLP_NV
+#undef MLP_KV
+
+#if MLCORE_X86
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#define MLP_ISA avx2
+#define MLP_RT 4
+#define MLP_NV 3
+#define MLP_KV 8
+#define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
+#include "_mlp_impl.h"
+#undef MLP_ISA
+#undef MLP_RT
+#undef MLP_NV
+#undef MLP_KV
+#undef MLP_MOVEMASK
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512vl,avx512dq")
+#define MLP_ISA avx512
+#define MLP_RT 4
+#define MLP_NV 6
+#define MLP_KV 8
+#define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
+#include "_mlp_impl.h"
+#undef MLP_ISA
+#undef MLP_RT
+#undef MLP_NV
+#undef MLP_KV
+#undef MLP_MOVEMASK
+#pragma GCC pop_options
+#endif
+
+/* ------------------------------------------------------------------ run-time dispatch */
+
+typedef struct {
+    const char *name;
+    mlcore_train_fn train;
+    mlcore_gradient_fn gradient;
+    mlcore_evaluate_fn evaluate;
+    mlcore_exp_fn exp_array;
+} mlcore_isa_t;
+
+#define MLCORE_N_ISA 3
+static const mlcore_isa_t mlcore_isas[MLCORE_N_ISA] = {
+#if MLCORE_X86
+    {"sse2", mlcore_train_generic, mlcore_gradient_generic, mlcore_evaluate_generic,
+     mlcore_exp_array_generic},
+    {"avx2", mlcore_train_avx2, mlcore_gradient_avx2, mlcore_evaluate_avx2,
+     mlcore_exp_array_avx2},
+    {"avx512", mlcore_train_avx512, mlcore_gradient_avx512, mlcore_evaluate_avx512,
+     mlcore_exp_array_avx512},
+#else
+    {"generic", mlcore_train_generic, mlcore_gradient_generic, mlcore_evaluate_generic,
+     mlcore_exp_array_generic},
+    {NULL, NULL, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+#endif
+};
+
+/* Whether this CPU (and OS) can run path i. */
+static inline int mlcore_isa_supported(int i)
+{
+    if (i < 0 || i >= MLCORE_N_ISA || mlcore_isas[i].name == NULL) return 0;
+#if MLCORE_X86
+    __builtin_cpu_init();
+    if (i == 1) return __builtin_cpu_supports("avx2");
+    if (i == 2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")
+               && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#endif
+    return 1;
+}
+
+static inline int mlcore_best_isa(void)
+{
+    int i;
+    for (i = MLCORE_N_ISA - 1; i > 0; i--)
+        if (mlcore_isa_supported(i)) return i;
+    return 0;
+}
+
+#endif /* MLCORE_MLP_H */

@@ -1,0 +1,467 @@
+/* The kernels' body for one instruction set: included by _mlp.h once per path, with
+   MLP_ISA (name suffix), MLP_RT (rows per register tile of the dense products), MLP_NV
+   (4-double vectors per such tile), MLP_KV (vectors per class tile) and optionally
+   MLP_MOVEMASK. Only the tiling and the instructions vary between inclusions; every
+   element's sum runs in the order written here, so the bits do not.
+
+   Summation orders (per element, all paths):
+     z1[i,j]  = b1[j] + x[i,0] w1[0,j] + x[i,1] w1[1,j] + ...           (left to right)
+     z2[i,c]  = b2[c] + sum over active j ascending of z1[i,j] w2[j,c]
+     softmax  = e / s, e = exp(z2 - max), s = (s0 + s1) + (s2 + s3), s_l summing the e[c]
+                with c % 4 == l in ascending c
+     d2       = p - onehot(y);  d1[i,j] = (z1[i,j] > 0) * sum over c ascending of d2[i,c] w2[j,c]
+     gradients: sums over the batch's rows in the order given, row by row. */
+
+#define MLP_CAT2(a, b) a##_##b
+#define MLP_CAT(a, b) MLP_CAT2(a, b)
+#define F(name) MLP_CAT(mlcore_##name, MLP_ISA)
+#define V mlcore_v4d
+#define VI mlcore_v4di
+#define LD(p) ((V)(*(const mlcore_v4d_mem *)(p)))
+#define ST(p, v) (*(mlcore_v4d_mem *)(p) = (v))
+#define SPLAT(s) ((V){(s), (s), (s), (s)})
+
+#ifndef MLP_MOVEMASK
+MLCORE_ALWAYS_INLINE int F(movemask)(VI m)
+{
+    return (int)(((uint64_t)m[0] >> 63) | (((uint64_t)m[1] >> 63) << 1)
+                 | (((uint64_t)m[2] >> 63) << 2) | (((uint64_t)m[3] >> 63) << 3));
+}
+#define MLP_MOVEMASK(m) F(movemask)(m)
+#define MLP_OWN_MOVEMASK
+#endif
+
+MLCORE_ALWAYS_INLINE V F(blend)(VI mask, V a, V b) /* mask ? a : b, lane by lane */
+{
+    return (V)(((VI)a & mask) | ((VI)b & ~mask));
+}
+
+/* exp(t), t <= 0: mlcore_exp_nonpos lane by lane (same operations, same bits). */
+MLCORE_ALWAYS_INLINE V F(vexp)(V t)
+{
+    const V lo = SPLAT(-708.0), magic = SPLAT(6755399441055744.0);
+    V kd, k, r, r2, r4, r8, p;
+    mlcore_v4du bits;
+    t = F(blend)(t < lo, lo, t);
+    kd = t * 1.4426950408889634 + magic;
+    k = kd - magic;
+    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
+    r2 = r * r;
+    r4 = r2 * r2;
+    r8 = r4 * r4;
+    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
+                    + ((1.0 / 24.0 + r * (1.0 / 120.0))
+                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
+                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
+                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
+                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
+    bits = (mlcore_v4du)kd;
+    bits = (bits + 1023u) << 52;
+    return p * (V)bits;
+}
+
+static void F(exp_array)(const double *t, double *out, ptrdiff_t n)
+{
+    ptrdiff_t i;
+    double tail[4];
+    for (i = 0; i + 4 <= n; i += 4) {
+        V v;
+        memcpy(&v, t + i, sizeof v);
+        v = F(vexp)(v);
+        memcpy(out + i, &v, sizeof v);
+    }
+    if (i < n) {
+        V v = SPLAT(0.0);
+        memcpy(&v, t + i, (size_t)(n - i) * 8);
+        v = F(vexp)(v);
+        memcpy(tail, &v, sizeof tail);
+        memcpy(out + i, tail, (size_t)(n - i) * 8);
+    }
+}
+
+/* ------------------------------------------------------------- dense register tiles */
+
+/* out[r, v] = init[r, v] + sum over t ascending of coef[r*crs + t*ccs] * b[t*bs + v]
+   for rt rows and nv vectors (compile-time constants once inlined: acc stays in registers,
+   and each load of b serves rt rows). init NULL means 0. */
+MLCORE_ALWAYS_INLINE void F(tile)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is,
+                                  const double *coef, ptrdiff_t crs, ptrdiff_t ccs,
+                                  const double *b, ptrdiff_t bs, ptrdiff_t len, const int rt,
+                                  const int nv)
+{
+    V acc[MLP_RT][MLP_NV], bv[MLP_NV], c;
+    ptrdiff_t t;
+    int r, v;
+    for (r = 0; r < rt; r++)
+        for (v = 0; v < nv; v++) acc[r][v] = init ? LD(init + r * is + 4 * v) : SPLAT(0.0);
+    for (t = 0; t < len; t++) {
+        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + 4 * v);
+        for (r = 0; r < rt; r++) {
+            c = SPLAT(coef[r * crs + t * ccs]);
+            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + c * bv[v];
+        }
+    }
+    for (r = 0; r < rt; r++)
+        for (v = 0; v < nv; v++) ST(out + r * os + 4 * v, acc[r][v]);
+}
+
+/* The tile product over `rows` rows and `nvec` vectors (see tile). is = 0 uses one init
+   row for all rows (a bias). */
+static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is,
+                     const double *coef, ptrdiff_t crs, ptrdiff_t ccs, const double *b,
+                     ptrdiff_t bs, ptrdiff_t len, ptrdiff_t rows, ptrdiff_t nvec)
+{
+    ptrdiff_t r0, v0;
+    int nv, full;
+    for (v0 = 0; v0 < nvec; v0 += MLP_NV) {
+        nv = nvec - v0 < MLP_NV ? (int)(nvec - v0) : MLP_NV;
+        for (r0 = 0; r0 < rows; r0 += full ? MLP_RT : 1) {
+            double *o = out + r0 * os + 4 * v0;
+            const double *in = init ? init + r0 * is + 4 * v0 : NULL;
+            const double *cf = coef + r0 * crs, *bb = b + 4 * v0;
+            full = rows - r0 >= MLP_RT;
+#define MLP_TILE(NV_)                                                                \
+    case NV_:                                                                        \
+        if (full) F(tile)(o, os, in, is, cf, crs, ccs, bb, bs, len, MLP_RT, NV_);   \
+        else F(tile)(o, os, in, is, cf, crs, ccs, bb, bs, len, 1, NV_);             \
+        break;
+            switch (nv) {
+                MLP_TILE(1)
+                MLP_TILE(2)
+#if MLP_NV >= 3
+                MLP_TILE(3)
+#endif
+#if MLP_NV >= 4
+                MLP_TILE(4)
+#endif
+#if MLP_NV >= 5
+                MLP_TILE(5)
+#endif
+#if MLP_NV >= 6
+                MLP_TILE(6)
+#endif
+            }
+#undef MLP_TILE
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- sparse products */
+
+/* z2[r, v0 + v] = b2 + sum over active j ascending of z1[r, j] w2[j, v0 + v], for nv
+   vectors. Outer loop over 64-unit words of the masks, so that slice of w2 stays in L1
+   while every row of the block uses it; partial sums go through z2 between words. */
+MLCORE_ALWAYS_INLINE void F(z2_tile)(mlcore_net *net, ptrdiff_t nrows, ptrdiff_t v0,
+                                     const int nv)
+{
+    const ptrdiff_t hp = net->hp, kp = net->kp, hw = net->hw;
+    const double *w2 = net->w2 + 4 * v0;
+    V acc[MLP_KV];
+    ptrdiff_t w, r, j;
+    int v;
+    uint64_t bits;
+    for (w = 0; w < hw; w++) {
+        for (r = 0; r < nrows; r++) {
+            const double *z1r = net->z1 + r * hp;
+            double *out = net->z2 + r * kp + 4 * v0;
+            const double *init = w == 0 ? net->b2 + 4 * v0 : out;
+            for (v = 0; v < nv; v++) acc[v] = LD(init + 4 * v);
+            bits = net->rowmask[r * hw + w];
+            while (bits) {
+                j = w * 64 + __builtin_ctzll(bits);
+                bits &= bits - 1;
+                V c = SPLAT(z1r[j]);
+                const double *row = w2 + j * kp;
+                for (v = 0; v < nv; v++) acc[v] = acc[v] + c * LD(row + 4 * v);
+            }
+            for (v = 0; v < nv; v++) ST(out + 4 * v, acc[v]);
+        }
+    }
+}
+
+/* gw2[j, v0 + v] += sum over block rows r ascending where j is active of
+   z1[r, j] d2[r, v0 + v]. */
+MLCORE_ALWAYS_INLINE void F(gw2_tile)(mlcore_net *net, ptrdiff_t v0, const int nv)
+{
+    const ptrdiff_t hp = net->hp, kp = net->kp;
+    V acc[MLP_KV];
+    ptrdiff_t j, r;
+    int v;
+    uint64_t bits;
+    for (j = 0; j < net->h; j++) {
+        bits = net->colmask[j];
+        if (!bits) continue;
+        double *g = net->gw2 + j * kp + 4 * v0;
+        for (v = 0; v < nv; v++) acc[v] = LD(g + 4 * v);
+        while (bits) {
+            r = __builtin_ctzll(bits);
+            bits &= bits - 1;
+            V c = SPLAT(net->z1[r * hp + j]);
+            const double *d2r = net->z2 + r * kp + 4 * v0;
+            for (v = 0; v < nv; v++) acc[v] = acc[v] + c * LD(d2r + 4 * v);
+        }
+        for (v = 0; v < nv; v++) ST(g + 4 * v, acc[v]);
+    }
+}
+
+#define MLP_KV_SWITCH(CALL)                         \
+    switch (nv) {                                   \
+        case 1: CALL(1); break;                     \
+        case 2: CALL(2); break;                     \
+        case 3: CALL(3); break;                     \
+        case 4: CALL(4); break;                     \
+        MLP_KV_MORE(CALL)                           \
+    }
+#if MLP_KV >= 8
+#define MLP_KV_MORE(CALL) \
+    case 5: CALL(5); break; case 6: CALL(6); break; case 7: CALL(7); break; case 8: CALL(8); break;
+#else
+#define MLP_KV_MORE(CALL)
+#endif
+
+static void F(z2)(mlcore_net *net, ptrdiff_t nrows)
+{
+    ptrdiff_t v0, kv = net->kp / 4;
+    int nv;
+    for (v0 = 0; v0 < kv; v0 += MLP_KV) {
+        nv = kv - v0 < MLP_KV ? (int)(kv - v0) : MLP_KV;
+#define MLP_CALL(NV_) F(z2_tile)(net, nrows, v0, NV_)
+        MLP_KV_SWITCH(MLP_CALL)
+#undef MLP_CALL
+    }
+}
+
+static void F(gw2)(mlcore_net *net)
+{
+    ptrdiff_t v0, kv = net->kp / 4;
+    int nv;
+    for (v0 = 0; v0 < kv; v0 += MLP_KV) {
+        nv = kv - v0 < MLP_KV ? (int)(kv - v0) : MLP_KV;
+#define MLP_CALL(NV_) F(gw2_tile)(net, v0, NV_)
+        MLP_KV_SWITCH(MLP_CALL)
+#undef MLP_CALL
+    }
+}
+
+/* ---------------------------------------------------------------------- block passes */
+
+/* z1, the active-unit row masks and the logits z2 for the block's rows xb (nrows, d). */
+static void F(block_forward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
+{
+    const ptrdiff_t hp = net->hp, hw = net->hw;
+    ptrdiff_t r, v;
+    F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / 4);
+    for (r = 0; r < nrows; r++) {
+        uint64_t *mask = net->rowmask + r * hw;
+        const double *z1r = net->z1 + r * hp;
+        for (v = 0; v < hw; v++) mask[v] = 0;
+        for (v = 0; v < hp; v += 4)
+            mask[v / 64] |= (uint64_t)MLP_MOVEMASK(LD(z1r + v) > SPLAT(0.0)) << (v % 64);
+    }
+    F(z2)(net, nrows);
+}
+
+/* Lanes of the last class vector that hold real classes (the rest is padding). */
+MLCORE_ALWAYS_INLINE VI F(last_lanes)(const mlcore_net *net)
+{
+    ptrdiff_t valid = net->k - (net->kp - 4);
+    VI lanes = {0, 1, 2, 3};
+    return lanes < (VI){valid, valid, valid, valid};
+}
+
+/* In place on z2: logits -> softmax probabilities (padding 0); with y, then p - onehot(y)
+   and gb2 += that, rows in order. */
+static void F(softmax_rows)(mlcore_net *net, ptrdiff_t nrows, const int64_t *y)
+{
+    const ptrdiff_t kp = net->kp, last = kp - 4;
+    const VI keep = F(last_lanes)(net);
+    const V ninf = SPLAT(-HUGE_VAL);
+    ptrdiff_t r, c;
+    for (r = 0; r < nrows; r++) {
+        double *z = net->z2 + r * kp;
+        V mv = F(blend)(keep, LD(z + last), ninf), e, sum = SPLAT(0.0), inv;
+        double m, s;
+        for (c = 0; c < last; c += 4) {
+            V a = LD(z + c);
+            mv = F(blend)(a > mv, a, mv);
+        }
+        m = mv[0] > mv[1] ? mv[0] : mv[1];
+        m = mv[2] > m ? mv[2] : m;
+        m = mv[3] > m ? mv[3] : m;
+        for (c = 0; c < kp; c += 4) {
+            e = F(vexp)(LD(z + c) - m);
+            if (c == last) e = (V)((VI)e & keep);
+            ST(z + c, e);
+            sum = sum + e;
+        }
+        s = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+        inv = SPLAT(1.0 / s);
+        for (c = 0; c < kp; c += 4) ST(z + c, LD(z + c) * inv);
+        if (y) {
+            z[y[r]] = z[y[r]] - 1.0;
+            for (c = 0; c < kp; c += 4) ST(net->gb2 + c, LD(net->gb2 + c) + LD(z + c));
+        }
+    }
+}
+
+/* Backward pass of a block whose z2 holds p - onehot(y): adds its rows' gradients. */
+static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
+{
+    const ptrdiff_t hp = net->hp, kp = net->kp, hw = net->hw;
+    ptrdiff_t r, v, j;
+    uint64_t bits;
+    /* d1 = (d2 @ w2.T) masked by z1 > 0; gb1 += d1, rows in order. */
+    F(dense)(net->d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / 4);
+    for (r = 0; r < nrows; r++) {
+        double *d1r = net->d1 + r * hp;
+        const double *z1r = net->z1 + r * hp;
+        for (v = 0; v < hp; v += 4) {
+            V dv = (V)((VI)LD(d1r + v) & (LD(z1r + v) > SPLAT(0.0)));
+            ST(d1r + v, dv);
+            ST(net->gb1 + v, LD(net->gb1 + v) + dv);
+        }
+    }
+    /* Column masks (rows where each unit is active) from the row masks. */
+    memset(net->colmask, 0, (size_t)hp * sizeof(uint64_t));
+    for (r = 0; r < nrows; r++)
+        for (v = 0; v < hw; v++) {
+            bits = net->rowmask[r * hw + v];
+            while (bits) {
+                j = v * 64 + __builtin_ctzll(bits);
+                bits &= bits - 1;
+                net->colmask[j] |= (uint64_t)1 << r;
+            }
+        }
+    F(gw2)(net);
+    /* gw1[l, :] += sum over rows of x[r, l] d1[r, :] */
+    F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, net->d1, hp, nrows, net->d, hp / 4);
+}
+
+/* Summed gradient over rows (row indices, or NULL: rows 0..n-1 in order) into net->g*. */
+static void F(batch_gradient)(mlcore_net *net, const double *x, const int64_t *y,
+                              const int64_t *rows, ptrdiff_t n)
+{
+    const ptrdiff_t d = net->d, hp = net->hp, kp = net->kp;
+    int64_t yb[MLCORE_BLOCK_MAX];
+    ptrdiff_t b0, nr, r;
+    memset(net->gw1, 0, (size_t)(d * hp) * 8);
+    memset(net->gb1, 0, (size_t)hp * 8);
+    memset(net->gw2, 0, (size_t)(hp * kp) * 8);
+    memset(net->gb2, 0, (size_t)kp * 8);
+    for (b0 = 0; b0 < n; b0 += net->block) {
+        const double *xb;
+        nr = n - b0 < net->block ? n - b0 : net->block;
+        if (rows) {
+            for (r = 0; r < nr; r++) {
+                memcpy(net->xb + r * d, x + rows[b0 + r] * d, (size_t)d * 8);
+                yb[r] = y[rows[b0 + r]];
+            }
+            xb = net->xb;
+        } else {
+            memcpy(yb, y + b0, (size_t)nr * sizeof(int64_t));
+            xb = x + b0 * d;
+        }
+        F(block_forward)(net, xb, nr);
+        F(softmax_rows)(net, nr, yb);
+        F(block_backward)(net, xb, nr);
+    }
+}
+
+/* v = mu * v + g; w -= eta * v (mu = 0 gives exactly w -= eta * g). size % 4 == 0. */
+static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, double eta,
+                    double mu)
+{
+    ptrdiff_t i;
+    for (i = 0; i < size; i += 4) {
+        V vv = LD(vel + i) * mu + LD(g + i);
+        ST(vel + i, vv);
+        ST(w + i, LD(w + i) - vv * eta);
+    }
+}
+
+/* ---------------------------------------------------------------------- entry points */
+
+/* Epochs of (mini-)batch descent on the net's padded weights; batch 0 = full batch in
+   row order, else rows reshuffled each epoch from seed (net->order must hold n). */
+static void F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
+                     ptrdiff_t epochs, double eta, ptrdiff_t batch, double mu, uint64_t seed)
+{
+    const ptrdiff_t d = net->d, hp = net->hp, kp = net->kp;
+    ptrdiff_t epoch, start, size, i, step = batch > 0 ? batch : n;
+    int64_t *rows = batch > 0 ? net->order : NULL;
+    uint64_t state = seed;
+    if (rows)
+        for (i = 0; i < n; i++) rows[i] = i;
+    for (epoch = 0; epoch < epochs; epoch++) {
+        if (rows) mlcore_shuffle(rows, n, &state);
+        for (start = 0; start < n; start += size) {
+            size = n - start < step ? n - start : step;
+            if (rows) F(batch_gradient)(net, x, y, rows + start, size);
+            else F(batch_gradient)(net, x + start * d, y + start, NULL, size);
+            F(step)(net->w1, net->vw1, net->gw1, d * hp, eta, mu);
+            F(step)(net->b1, net->vb1, net->gb1, hp, eta, mu);
+            F(step)(net->w2, net->vw2, net->gw2, hp * kp, eta, mu);
+            F(step)(net->b2, net->vb2, net->gb2, kp, eta, mu);
+            mlcore_net_transpose_w2(net);
+        }
+    }
+}
+
+static void F(gradient)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n)
+{
+    F(batch_gradient)(net, x, y, NULL, n);
+}
+
+/* One forward pass over rows in order: any of proba (n, k), labels (n) (first maximum
+   wins, as numpy.argmax) and *loss (cross-entropy summed over rows in order; needs y). */
+static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
+                        double *proba, int64_t *labels, double *loss)
+{
+    const ptrdiff_t d = net->d, k = net->k, kp = net->kp, last = kp - 4;
+    const VI keep = F(last_lanes)(net);
+    ptrdiff_t b0, nr, r, c, best;
+    double total = 0.0, m;
+    for (b0 = 0; b0 < n; b0 += net->block) {
+        nr = n - b0 < net->block ? n - b0 : net->block;
+        F(block_forward)(net, x + b0 * d, nr);
+        for (r = 0; r < nr; r++) {
+            const double *z = net->z2 + r * kp;
+            best = 0;
+            for (c = 1; c < k; c++)
+                if (z[c] > z[best]) best = c;
+            m = z[best];
+            if (labels) labels[b0 + r] = best;
+            if (loss) {
+                V sum = SPLAT(0.0), e;
+                for (c = 0; c < kp; c += 4) {
+                    e = F(vexp)(LD(z + c) - m);
+                    if (c == last) e = (V)((VI)e & keep);
+                    sum = sum + e;
+                }
+                total = total + (log((sum[0] + sum[1]) + (sum[2] + sum[3]))
+                                 - (z[y[b0 + r]] - m));
+            }
+        }
+        if (proba) {
+            F(softmax_rows)(net, nr, NULL);
+            for (r = 0; r < nr; r++)
+                memcpy(proba + (b0 + r) * k, net->z2 + r * kp, (size_t)k * 8);
+        }
+    }
+    if (loss) *loss = total;
+}
+
+#undef MLP_KV_SWITCH
+#undef MLP_KV_MORE
+#ifdef MLP_OWN_MOVEMASK
+#undef MLP_MOVEMASK
+#undef MLP_OWN_MOVEMASK
+#endif
+#undef MLP_CAT2
+#undef MLP_CAT
+#undef F
+#undef V
+#undef VI
+#undef LD
+#undef ST
+#undef SPLAT
