@@ -179,6 +179,19 @@ class RoundExecutor:
             backups.shutdown(wait=False, cancel_futures=True)
 
 
+def _node_times(value: Any) -> tuple[float, float] | None:
+    """(busy_s, load_delay_s) from a result's node-measured `timings`, if it carries them."""
+    t = getattr(value, "timings", None)
+    try:
+        busy_s = float(t.total_s) - float(t.wait_s)
+        delay_s = float(t.load_delay_s)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not (0 <= delay_s <= busy_s < float("inf")):
+        return None  # a node reporting nonsense teaches the scheduler nothing
+    return busy_s, delay_s
+
+
 @dataclass
 class _Slot:
     """One task's shared state between its first runner and a possible backup."""
@@ -356,7 +369,7 @@ class _Round:
                 ex._registry.end_task(node, None)
                 raise
             elapsed_s = ex._clock() - began
-            ex._registry.end_task(node, elapsed_s)
+            ex._registry.end_task(node, elapsed_s, _node_times(value))
             outcome = TaskOutcome(
                 index, value, node, attempts, failures, start_s, ex._clock() - self.start
             )

@@ -82,9 +82,12 @@ class RoundRobin:
 class LoadAware:
     """Least expected completion time: (in_flight + 1) * service time; ties by seeded rng.
 
-    A node never measured takes the mean service time of those that were (0 if none), so
-    new nodes get work without being flooded. Tasks sent under this policy may be declined
-    by a loaded node (the seed's semantics); the executor then tries another node.
+    `service_s` is the registry's expected time a task occupies the node (steady time plus
+    p times its load delay). A node never measured takes the mean of those that were, so
+    new nodes get work without being flooded; with nothing measured at all, (1 + p) stands
+    in for the service time, so the first round already leans away from loaded nodes.
+    Tasks sent under this policy may be declined by a loaded node (the seed's semantics);
+    the executor then tries another node.
     """
 
     name = "load-aware"
@@ -98,11 +101,14 @@ class LoadAware:
         if not eligible:
             return None
         known = [n.service_s for n in nodes if n.service_s is not None]
-        default_s = sum(known) / len(known) if known else 0.0
-        costs = [
-            (n.in_flight + 1) * (default_s if n.service_s is None else n.service_s)
-            for n in eligible
-        ]
+        if known:
+            default_s = sum(known) / len(known)
+            costs = [
+                (n.in_flight + 1) * (default_s if n.service_s is None else n.service_s)
+                for n in eligible
+            ]
+        else:  # nothing measured yet: a loaded node's task is likely to take longer
+            costs = [(n.in_flight + 1) * (1 + n.load_probability) for n in eligible]
         best = min(costs)
         # Equal costs (e.g. nothing measured yet) must not all land on the first node.
         limit = best * (1 + 1e-9) + 1e-12

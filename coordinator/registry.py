@@ -27,6 +27,10 @@ class NodeState:
     tasks_done: int = 0
     failures: int = 0
     service_s: float | None = None  # this coordinator's EMA of a task's round trip
+    # From the node's own timings: the steady part of a task (compute, excluding queueing
+    # and the simulated load delay) and the size of a load delay when one happens.
+    steady_s: float | None = None
+    delay_s: float = 0.0
     reported_service_s: float = 0.0
     reported_in_flight: int = 0
     load_probability: float = 0.0
@@ -172,8 +176,17 @@ class Registry:
                 node.in_flight += 1
                 self._refresh(node)
 
-    def end_task(self, address: Address | str, elapsed_s: float | None) -> None:
-        """A task left the node; `elapsed_s` is its round trip when it succeeded."""
+    def end_task(
+        self,
+        address: Address | str,
+        elapsed_s: float | None,
+        node_times: tuple[float, float] | None = None,
+    ) -> None:
+        """A task left the node; `elapsed_s` is its round trip when it succeeded.
+
+        `node_times` = (busy_s, load_delay_s) as the node measured them: busy is the time
+        from getting a worker to replying, so it excludes the queue the round trip includes.
+        """
         with self._changed:
             node = self._nodes.get(str(address))
             if node is None:
@@ -186,11 +199,13 @@ class Registry:
                     node.next_probe_at = max(
                         node.next_probe_at, node.last_seen + self._probe_interval_s
                     )
-                node.service_s = (
-                    elapsed_s
-                    if node.service_s is None
-                    else EMA_WEIGHT * elapsed_s + (1 - EMA_WEIGHT) * node.service_s
-                )
+                node.service_s = _ema(node.service_s, elapsed_s)
+                if node_times is not None:
+                    busy_s, delay_s = node_times
+                    node.steady_s = _ema(node.steady_s, max(busy_s - delay_s, 0.0))
+                    if delay_s > 0:
+                        node.delay_s = delay_s if node.delay_s == 0 else _ema(node.delay_s,
+                                                                              delay_s)
             self._refresh(node)
 
     def wait_for_alive(self, timeout_s: float) -> bool:
@@ -224,10 +239,28 @@ class Registry:
             ]
 
 
+def _ema(average: float | None, sample: float) -> float:
+    return sample if average is None else EMA_WEIGHT * sample + (1 - EMA_WEIGHT) * average
+
+
+def expected_service_s(n: NodeState) -> float | None:
+    """Expected time a task occupies the node once it starts, or None if never measured.
+
+    With the node's own timings: steady time plus p times the load delay seen there (p as
+    the node reports it), an expectation a handful of noisy samples cannot swing. Without:
+    this coordinator's round-trip average, else what the node reports.
+    """
+    if n.steady_s is not None:
+        return n.steady_s + n.load_probability * n.delay_s
+    if n.service_s is not None:
+        return n.service_s
+    return n.reported_service_s or None
+
+
 def _view(n: NodeState) -> NodeView:
     return NodeView(
         address=str(n.address),
         in_flight=n.in_flight,
-        service_s=n.service_s if n.service_s is not None else (n.reported_service_s or None),
+        service_s=expected_service_s(n),
         load_probability=n.load_probability,
     )
