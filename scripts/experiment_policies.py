@@ -1,0 +1,155 @@
+"""Which scheduling policy finishes rounds first, under which load? Measured, not argued.
+
+For each load setting (all nodes p = 0.2, all 0.5, all 0.8, mixed [0.1, 0.5, 0.2, 0.9])
+and each policy (random, round-robin, load-aware) it starts a fresh local cluster of 4
+real compute nodes (same per-node seeds every time, so every policy meets the same
+draws), runs the same job through the real client, and reads the client's round times
+from timing.txt. A loaded node sleeps --load-delay before training with probability p;
+under load-aware a node may also decline a task with probability p (the seed's
+semantics) and the coordinator sends it elsewhere.
+
+Prints a table of mean and p95 round time per policy and setting, saves a grouped bar
+plot (PNG), and ends with one key=value line of headline figures.
+
+Usage: .venv/bin/python scripts/experiment_policies.py [--rounds 10] [--load-delay 0.25]
+       [--plot experiment_policies.png] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_cluster import REPO, LocalCluster  # noqa: E402
+
+from client.timing import read_timing  # noqa: E402
+
+POLICIES = ["random", "round-robin", "load-aware"]
+SETTINGS: dict[str, list[float]] = {
+    "all 0.2": [0.2] * 4,
+    "all 0.5": [0.5] * 4,
+    "all 0.8": [0.8] * 4,
+    "mixed": [0.1, 0.5, 0.2, 0.9],
+}
+
+
+def run_job(workdir: Path, loads: list[float], policy: str,
+            args: argparse.Namespace) -> list[float]:
+    """The client's wall time of every round of one job on a fresh 4-node cluster."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    timing = workdir / "timing.txt"
+    with LocalCluster(workdir) as cluster:
+        for i, p in enumerate(loads):
+            cluster.add_node(p, "--load-delay", str(args.load_delay), "--seed", str(i + 1),
+                             "--log-level", "WARNING")
+        coordinator = cluster.add_coordinator(policy, "--seed", "1", "--log-level", "WARNING")
+        argv = [
+            sys.executable, "-m", "client", coordinator.address.host,
+            str(coordinator.address.port), str(args.data), str(args.rounds), str(args.epochs),
+            str(args.hidden), str(args.eta), "--timing", str(timing),
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"client failed ({policy}, loads {loads}):\n{done.stderr[-2000:]}")
+    rows = [r for r in read_timing(timing)[1] if r["kind"] == "round"]
+    return [float(r["round_s"]) for r in rows]
+
+
+def p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95))
+
+
+def plot(results: dict[tuple[str, str], list[float]], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(SETTINGS)
+    x = np.arange(len(settings))
+    width = 0.26
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for k, policy in enumerate(POLICIES):
+        means = [statistics.mean(results[(s, policy)]) for s in settings]
+        tails = [p95(results[(s, policy)]) for s in settings]
+        pos = x + (k - 1) * width
+        bars = ax.bar(pos, means, width, label=f"{policy} (mean)")
+        ax.scatter(pos, tails, marker="_", s=300, color=bars.patches[0].get_facecolor(),
+                   linewidths=3, zorder=3)
+    ax.scatter([], [], marker="_", s=300, color="black", label="p95 (tick)")
+    ax.set_xticks(x, [f"{s}\n{SETTINGS[s]}" if s == "mixed" else s for s in settings])
+    ax.set_xlabel("node load probability p")
+    ax.set_ylabel("round time (s)")
+    ax.set_title(f"Round time by scheduling policy: 4 nodes, load delay {args.load_delay:g} s, "
+                 f"{args.rounds} rounds", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import letters
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=letters.default_data_dir())
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--hidden", type=int, default=24)
+    parser.add_argument("--eta", type=float, default=1e-4)
+    parser.add_argument("--load-delay", type=float, default=0.25, help="seconds (default 0.25)")
+    parser.add_argument("--plot", type=Path, default=Path("experiment_policies.png"))
+    parser.add_argument("--workdir", type=Path, default=None, help="logs and timing files")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help="comma-separated subset of: " + ", ".join(SETTINGS))
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+    for name in list(SETTINGS):
+        if name not in chosen:
+            del SETTINGS[name]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="policies-"))
+
+    results: dict[tuple[str, str], list[float]] = {}
+    print(f"{'setting':<10} {'loads':<22} {'policy':<12} {'mean_s':>8} {'p95_s':>8} "
+          f"{'rounds':>6}", flush=True)
+    for setting, loads in SETTINGS.items():
+        for policy in POLICIES:
+            slug = f"{setting.replace(' ', '_')}-{policy}"
+            times = run_job(workdir / slug, loads, policy, args)
+            results[(setting, policy)] = times
+            print(f"{setting:<10} {str(loads):<22} {policy:<12} {statistics.mean(times):8.3f} "
+                  f"{p95(times):8.3f} {len(times):6d}", flush=True)
+    plot(results, args.plot, args)
+    print(f"plot: {args.plot}  logs: {workdir}", flush=True)
+
+    summary = {"load_delay_s": args.load_delay, "rounds": args.rounds, "epochs": args.epochs}
+    for setting in SETTINGS:
+        best = min(POLICIES, key=lambda p, s=setting: statistics.mean(results[(s, p)]))
+        summary[f"best_{setting.replace(' ', '_')}"] = best
+    if "mixed" in SETTINGS:
+        la = statistics.mean(results[("mixed", "load-aware")])
+        for other in ("random", "round-robin"):
+            summary[f"mixed_speedup_vs_{other}"] = round(
+                statistics.mean(results[("mixed", other)]) / la, 2)
+    summary["plot"] = str(args.plot)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
