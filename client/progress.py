@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from tqdm import tqdm
-
 from client.coordinator_link import CoordinatorLink
 from idl.gen import Coordinator
 from idl.gen.ttypes import RoundRequest, RoundResult
@@ -70,6 +68,8 @@ class ProgressLink:
 
     def run_round(self, request: RoundRequest,
                   on_failover: Callable[[Address, str], None] | None = None) -> RoundResult:
+        from tqdm import tqdm  # only terminals pay for the import
+
         total = len(request.shards or [])
         bar = tqdm(total=total, desc=f"round {request.round}/{self._rounds}", unit="task",
                    leave=False, file=self._stream, dynamic_ncols=True, mininterval=0.1)

@@ -12,7 +12,6 @@ import click
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
-from compute_node.metrics import MeteredNodeHandler, NodeMetrics
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
@@ -117,8 +116,13 @@ def cli(
         LoadConfig(load_probability, load_delay, crash_probability, extra_latency, seed)
     )
     core = ComputeNodeCore(store, load, workers=workers, token=token)
-    metrics = NodeMetrics() if metrics_port is not None else None
-    handler = MeteredNodeHandler(core, metrics) if metrics else ComputeNodeHandler(core)
+    metrics = None
+    handler = ComputeNodeHandler(core)
+    if metrics_port is not None:  # imported only when asked for: prometheus-client is optional
+        from compute_node.metrics import MeteredNodeHandler, NodeMetrics
+
+        metrics = NodeMetrics()
+        handler = MeteredNodeHandler(core, metrics)
     try:
         server = ThriftServer(ComputeNode.Processor(handler), host, port, name="compute_node")
     except OSError as exc:

@@ -12,7 +12,6 @@ import click
 from coordinator.executor import Counters, RoundExecutor
 from coordinator.handler import CoordinatorHandler
 from coordinator.health import HealthMonitor
-from coordinator.metrics import CoordinatorMetrics, MeteredCoordinatorHandler
 from coordinator.node_calls import NodeCaller
 from coordinator.nodes_file import NodesFileError, read_nodes_file
 from coordinator.policies import policy_name
@@ -96,7 +95,11 @@ def cli(
     )
     store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
     service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
-    metrics = CoordinatorMetrics() if metrics_port is not None else None
+    metrics = None
+    if metrics_port is not None:  # imported only when asked for: prometheus-client is optional
+        from coordinator.metrics import CoordinatorMetrics
+
+        metrics = CoordinatorMetrics()
     try:
         server = ThriftServer(
             Coordinator.Processor(_handler(service, metrics)), host, port, name="coordinator"
@@ -127,9 +130,13 @@ def cli(
     log_event("stopped", address=str(server.address))
 
 
-def _handler(service: CoordinatorService, metrics: CoordinatorMetrics | None):
+def _handler(service: CoordinatorService, metrics) -> CoordinatorHandler:
     """The Thrift handler; with --metrics-port, one that also times rounds."""
-    return MeteredCoordinatorHandler(service, metrics) if metrics else CoordinatorHandler(service)
+    if metrics is None:
+        return CoordinatorHandler(service)
+    from coordinator.metrics import MeteredCoordinatorHandler
+
+    return MeteredCoordinatorHandler(service, metrics)
 
 
 def _read_nodes(path: Path | None) -> list:
