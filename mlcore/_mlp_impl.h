@@ -249,14 +249,16 @@ static void F(gw2)(mlcore_net *net)
 static void F(block_forward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
 {
     const ptrdiff_t hp = net->hp, hw = net->hw;
-    ptrdiff_t r, v;
+    ptrdiff_t r, v, w;
     F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / 4);
     for (r = 0; r < nrows; r++) {
-        uint64_t *mask = net->rowmask + r * hw;
         const double *z1r = net->z1 + r * hp;
-        for (v = 0; v < hw; v++) mask[v] = 0;
-        for (v = 0; v < hp; v += 4)
-            mask[v / 64] |= (uint64_t)MLP_MOVEMASK(LD(z1r + v) > SPLAT(0.0)) << (v % 64);
+        for (w = 0; w < hw; w++) {
+            uint64_t word = 0; /* built in a register: no store-to-load chain */
+            for (v = 64 * w; v < hp && v < 64 * (w + 1); v += 4)
+                word |= (uint64_t)MLP_MOVEMASK(LD(z1r + v) > SPLAT(0.0)) << (v % 64);
+            net->rowmask[r * hw + w] = word;
+        }
     }
     F(z2)(net, nrows);
 }
@@ -270,68 +272,85 @@ MLCORE_ALWAYS_INLINE VI F(last_lanes)(const mlcore_net *net)
 }
 
 /* In place on z2: logits -> softmax probabilities (padding 0); with y, then p - onehot(y)
-   and gb2 += that, rows in order. */
+   and gb2 += that, rows in order. In three passes over the block so that the rows' exp
+   chains overlap instead of waiting on each row's horizontal max, sum and division. */
 static void F(softmax_rows)(mlcore_net *net, ptrdiff_t nrows, const int64_t *y)
 {
     const ptrdiff_t kp = net->kp, last = kp - 4;
     const VI keep = F(last_lanes)(net);
-    const V ninf = SPLAT(-HUGE_VAL);
+    const V ninf = SPLAT(-HUGE_VAL), one = SPLAT(1.0);
+    double m[MLCORE_BLOCK_MAX], s[MLCORE_BLOCK_MAX];
     ptrdiff_t r, c;
     for (r = 0; r < nrows; r++) {
-        double *z = net->z2 + r * kp;
-        V mv = F(blend)(keep, LD(z + last), ninf), e, sum = SPLAT(0.0), inv;
-        double m, s;
+        const double *z = net->z2 + r * kp;
+        V mv = F(blend)(keep, LD(z + last), ninf);
+        double mr;
         for (c = 0; c < last; c += 4) {
             V a = LD(z + c);
             mv = F(blend)(a > mv, a, mv);
         }
-        m = mv[0] > mv[1] ? mv[0] : mv[1];
-        m = mv[2] > m ? mv[2] : m;
-        m = mv[3] > m ? mv[3] : m;
-        for (c = 0; c < kp; c += 4) {
-            e = F(vexp)(LD(z + c) - m);
-            if (c == last) e = (V)((VI)e & keep);
+        mr = mv[0] > mv[1] ? mv[0] : mv[1];
+        mr = mv[2] > mr ? mv[2] : mr;
+        m[r] = mv[3] > mr ? mv[3] : mr;
+    }
+    for (r = 0; r < nrows; r++) {
+        double *z = net->z2 + r * kp;
+        V e, sum = SPLAT(0.0), mr = SPLAT(m[r]);
+        for (c = 0; c < last; c += 4) {
+            e = F(vexp)(LD(z + c) - mr);
             ST(z + c, e);
             sum = sum + e;
         }
-        s = (sum[0] + sum[1]) + (sum[2] + sum[3]);
-        inv = SPLAT(1.0 / s);
-        for (c = 0; c < kp; c += 4) ST(z + c, LD(z + c) * inv);
+        e = (V)((VI)F(vexp)(LD(z + last) - mr) & keep);
+        ST(z + last, e);
+        sum = sum + e;
+        s[r] = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+    }
+    for (r = 0; r < nrows; r++) {
+        double *z = net->z2 + r * kp;
+        const V inv = SPLAT(1.0 / s[r]);
         if (y) {
-            z[y[r]] = z[y[r]] - 1.0;
-            for (c = 0; c < kp; c += 4) ST(net->gb2 + c, LD(net->gb2 + c) + LD(z + c));
+            const VI yv = {y[r], y[r], y[r], y[r]};
+            VI lanes = {0, 1, 2, 3};
+            for (c = 0; c < kp; c += 4) {
+                /* p - onehot(y): subtract 1.0 in lane y, 0.0 elsewhere (exact) */
+                V p = LD(z + c) * inv - (V)((VI)one & (lanes == yv));
+                ST(z + c, p);
+                lanes = lanes + 4;
+            }
+        } else {
+            for (c = 0; c < kp; c += 4) ST(z + c, LD(z + c) * inv);
         }
     }
+    if (y) /* gb2 += d2, rows in order; the sum stays in a register along the rows */
+        for (c = 0; c < kp; c += 4) {
+            V acc = LD(net->gb2 + c);
+            for (r = 0; r < nrows; r++) acc = acc + LD(net->z2 + r * kp + c);
+            ST(net->gb2 + c, acc);
+        }
 }
 
 /* Backward pass of a block whose z2 holds p - onehot(y): adds its rows' gradients. */
 static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
 {
-    const ptrdiff_t hp = net->hp, kp = net->kp, hw = net->hw;
-    ptrdiff_t r, v, j;
-    uint64_t bits;
+    const ptrdiff_t hp = net->hp, kp = net->kp;
+    ptrdiff_t r, v;
     /* d1 = (d2 @ w2.T) masked by z1 > 0; gb1 += d1, rows in order. */
     F(dense)(net->d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / 4);
-    for (r = 0; r < nrows; r++) {
-        double *d1r = net->d1 + r * hp;
-        const double *z1r = net->z1 + r * hp;
-        for (v = 0; v < hp; v += 4) {
-            V dv = (V)((VI)LD(d1r + v) & (LD(z1r + v) > SPLAT(0.0)));
-            ST(d1r + v, dv);
-            ST(net->gb1 + v, LD(net->gb1 + v) + dv);
+    for (v = 0; v < hp; v += 4) { /* column-wise: the gb1 and mask sums stay in registers */
+        V acc = LD(net->gb1 + v);
+        VI cols = {0, 0, 0, 0};
+        for (r = 0; r < nrows; r++) {
+            const int64_t bit = (int64_t)((uint64_t)1 << r);
+            VI on = LD(net->z1 + r * hp + v) > SPLAT(0.0);
+            V dv = (V)((VI)LD(net->d1 + r * hp + v) & on);
+            ST(net->d1 + r * hp + v, dv);
+            acc = acc + dv;
+            cols = cols | (on & (VI){bit, bit, bit, bit});
         }
+        ST(net->gb1 + v, acc);
+        memcpy(net->colmask + v, &cols, sizeof cols); /* bit r: unit active in block row r */
     }
-    /* Column masks (rows where each unit is active) from the row masks. */
-    memset(net->colmask, 0, (size_t)hp * sizeof(uint64_t));
-    for (r = 0; r < nrows; r++)
-        for (v = 0; v < hw; v++) {
-            bits = net->rowmask[r * hw + v];
-            while (bits) {
-                j = v * 64 + __builtin_ctzll(bits);
-                bits &= bits - 1;
-                net->colmask[j] |= (uint64_t)1 << r;
-            }
-        }
     F(gw2)(net);
     /* gw1[l, :] += sum over rows of x[r, l] d1[r, :] */
     F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, net->d1, hp, nrows, net->d, hp / 4);
