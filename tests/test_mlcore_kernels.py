@@ -83,12 +83,59 @@ def test_training_does_not_modify_its_input():
     assert _digest(params) == before
 
 
-def test_own_exp_is_within_one_ulp_of_numpy():
+@pytest.fixture(params=_kernels.isa_names())
+def isa(request):
+    """Run the test on each compiled code path this CPU supports (sse2, avx2, avx512)."""
+    previous = _kernels.set_isa(request.param)
+    yield request.param
+    _kernels.set_isa(previous)
+
+
+def test_own_exp_is_within_one_ulp_of_numpy(isa):
     t = -np.concatenate([np.linspace(0.0, 708.0, 200_001), np.geomspace(1e-300, 700.0, 50_001)])
     got = np.empty_like(t)
     _kernels.exp_nonpos_array(t, got)
     want = np.exp(t)
     assert np.max(np.abs(got - want) / np.spacing(want)) <= 1.0
+    scalar = np.empty_like(t)
+    _kernels.exp_nonpos_scalar(t, scalar)
+    np.testing.assert_array_equal(got, scalar)
+
+
+def test_code_paths_exist_and_default_to_the_best():
+    names = _kernels.isa_names()
+    assert names[0] in ("sse2", "generic")
+    assert _kernels.isa() == names[-1]
+    with pytest.raises(ValueError, match="unknown code path"):
+        _kernels.set_isa("avx9000")
+
+
+@pytest.mark.parametrize(("h", "scale"), [(24, 0.3), (5, 1.0), (70, 0.2), (256, 0.1)])
+def test_every_code_path_matches_the_reference_and_gives_the_same_bits(h, scale):
+    """Each path against the numpy reference, and all paths bit for bit against each other
+    (they differ in instructions only: no FMA, the same summation order)."""
+    params, x, y = _problem(h=h)
+    params = init_params(params.d, h, params.k, seed=3, scale=scale)
+    kwargs = dict(epochs=3, eta=1e-3, batch_size=37, momentum=0.9, seed=5)
+    want = reference.train(params, x, y, **kwargs)
+    want_grad = reference.gradients(params, x, y)
+    digests = {}
+    previous = _kernels.set_isa(None)
+    try:
+        for name in _kernels.isa_names():
+            _kernels.set_isa(name)
+            got = train(params, x, y, **kwargs)
+            _assert_close(got.params, want)
+            grad = gradient(params, x, y)
+            _assert_close(grad, want_grad)
+            proba = predict_proba(got.params, x)
+            np.testing.assert_allclose(proba, reference.forward(got.params, x)[2], rtol=RTOL)
+            full = train(params, x, y, epochs=2, eta=1e-3)
+            digests[name] = (_digest(got.params), _digest(grad), _digest(full.params),
+                             proba.tobytes(), got.loss, got.error)
+    finally:
+        _kernels.set_isa(previous)
+    assert len(set(digests.values())) == 1, {k: v[:3] for k, v in digests.items()}
 
 
 def test_training_is_bitwise_reproducible_run_to_run():
@@ -122,12 +169,14 @@ def test_training_is_bitwise_reproducible_across_processes():
         _digest(train(params, x, y, epochs=5, eta=1e-3).params),
         _digest(train(params, x, y, epochs=5, eta=1e-3, batch_size=20, momentum=0.9).params),
     ]
-    child = subprocess.run(
-        [sys.executable, "-c", _CHILD], cwd=REPO, capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "2", "PYTHONPATH": str(REPO)},
-    )
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.split() == here
+    for path in _kernels.isa_names():  # the same bits whichever path the child runs
+        child = subprocess.run(
+            [sys.executable, "-c", _CHILD], cwd=REPO, capture_output=True, text=True,
+            timeout=60, env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "2",
+                             "PYTHONPATH": str(REPO), "MLCORE_ISA": path},
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split() == here, path
 
 
 def test_training_releases_the_gil():
