@@ -34,7 +34,9 @@ from idl.events import log_event
 
 MAX_WORKERS = 256
 BUSY_BACKOFF_S = 0.05
-MAX_BUSY_BACKOFF_S = 1.0
+# A decline is one draw of a node's load, not a promise of load for its whole service time:
+# ask again soon. The node's retry_after hint is honoured only up to this.
+MAX_BUSY_BACKOFF_S = 0.25
 NO_NODE_POLL_S = 0.5
 STRAGGLER_MIN_EXTRA_S = 10.0  # never re-run a task that is only a few seconds late
 WATCH_TICK_S = 0.1
