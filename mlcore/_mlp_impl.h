@@ -89,7 +89,8 @@ MLCORE_ALWAYS_INLINE void F(tile)(double *out, ptrdiff_t os, const double *init,
                                   const double *b, ptrdiff_t bs, ptrdiff_t len, const int rt,
                                   const int nv)
 {
-    V acc[MLP_RT][MLP_NV], bv[MLP_NV], c;
+    V acc[MLP_RT][MLP_NV], bv[MLP_NV];
+    double c;
     ptrdiff_t t;
     int r, v;
     for (r = 0; r < rt; r++)
@@ -97,8 +98,8 @@ MLCORE_ALWAYS_INLINE void F(tile)(double *out, ptrdiff_t os, const double *init,
     for (t = 0; t < len; t++) {
         for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + 4 * v);
         for (r = 0; r < rt; r++) {
-            c = SPLAT(coef[r * crs + t * ccs]);
-            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + c * bv[v];
+            c = coef[r * crs + t * ccs];
+            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);
         }
     }
     for (r = 0; r < rt; r++)
@@ -127,7 +128,9 @@ static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is
         break;
             switch (nv) {
                 MLP_TILE(1)
+#if MLP_NV >= 2
                 MLP_TILE(2)
+#endif
 #if MLP_NV >= 3
                 MLP_TILE(3)
 #endif
@@ -170,9 +173,9 @@ MLCORE_ALWAYS_INLINE void F(z2_tile)(mlcore_net *net, ptrdiff_t nrows, ptrdiff_t
             while (bits) {
                 j = w * 64 + __builtin_ctzll(bits);
                 bits &= bits - 1;
-                V c = SPLAT(z1r[j]);
+                const double c = z1r[j];
                 const double *row = w2 + j * kp;
-                for (v = 0; v < nv; v++) acc[v] = acc[v] + c * LD(row + 4 * v);
+                for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(row + 4 * v) * SPLAT(c);
             }
             for (v = 0; v < nv; v++) ST(out + 4 * v, acc[v]);
         }
@@ -196,9 +199,9 @@ MLCORE_ALWAYS_INLINE void F(gw2_tile)(mlcore_net *net, ptrdiff_t v0, const int n
         while (bits) {
             r = __builtin_ctzll(bits);
             bits &= bits - 1;
-            V c = SPLAT(net->z1[r * hp + j]);
+            const double c = net->z1[r * hp + j];
             const double *d2r = net->z2 + r * kp + 4 * v0;
-            for (v = 0; v < nv; v++) acc[v] = acc[v] + c * LD(d2r + 4 * v);
+            for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(d2r + 4 * v) * SPLAT(c);
         }
         for (v = 0; v < nv; v++) ST(g + 4 * v, acc[v]);
     }
