@@ -110,11 +110,14 @@ def test_code_paths_exist_and_default_to_the_best():
         _kernels.set_isa("avx9000")
 
 
-@pytest.mark.parametrize(("h", "scale"), [(24, 0.3), (5, 1.0), (70, 0.2), (256, 0.1)])
-def test_every_code_path_matches_the_reference_and_gives_the_same_bits(h, scale):
+@pytest.mark.parametrize(
+    ("h", "k", "scale"), [(24, 26, 0.3), (5, 26, 1.0), (70, 26, 0.2), (256, 26, 0.1),
+                          (3, 2, 1.0), (9, 41, 0.5)])
+def test_every_code_path_matches_the_reference_and_gives_the_same_bits(h, k, scale):
     """Each path against the numpy reference, and all paths bit for bit against each other
-    (they differ in instructions only: no FMA, the same summation order)."""
-    params, x, y = _problem(h=h)
+    (they differ in instructions only: no FMA, the same summation order). The shapes cover
+    padding (h, k not multiples of 4), several 64-unit mask words and several class tiles."""
+    params, x, y = _problem(h=h, k=k)
     params = init_params(params.d, h, params.k, seed=3, scale=scale)
     kwargs = dict(epochs=3, eta=1e-3, batch_size=37, momentum=0.9, seed=5)
     want = reference.train(params, x, y, **kwargs)
