@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"the client exited with {code}:\n{client_log[-2000:]}", file=sys.stderr)
     title = (f"{args.nodes} nodes; rounds {args.rounds}, epochs {args.epochs}, H {args.hidden}, "
-             f"eta {args.eta:g}, batch {args.batch_size}, momentum {args.momentum:g}, "
+             f"eta {args.eta:g}, batch {args.batch_size},\nmomentum {args.momentum:g}, "
              f"init {args.init}, {'standardised' if args.standardize else 'raw'} inputs")
     if points:
         plot(points, args.target, hit, phases["cluster_ready_s"], args.plot, title)
