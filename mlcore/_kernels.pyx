@@ -11,13 +11,13 @@ Why the kernels look like this:
   blocking and threading change the summation order. exp() is our own, built from +, -, *
   only, so the bits do not depend on the libm version or on which libm code path a CPU takes.
 * Vectorised by hand, one source for every instruction set. The hot loops are written with
-  a 4-double GCC vector type and compiled three times (SSE2, AVX2, AVX-512 with 32
-  registers); the best path the CPU supports is chosen at import (set_isa() or the
+  GCC vector types and compiled three times (SSE2 with 2-double vectors, AVX2 and AVX-512
+  with 4-double vectors, the latter with 32 registers); the best path the CPU supports is chosen at import (set_isa() or the
   MLCORE_ISA environment variable override it). The paths differ in registers and
   instructions only: every operation is lane-wise IEEE arithmetic with no fused
   multiply-add (-ffp-contract=off above), so they give the same bits, and the tests check
   that. No -march flag: the module runs on any x86-64 (and on other CPUs, generic path).
-* Fused per block of rows. Forward pass, softmax and backward pass of 16-32 rows run on
+* Fused per block of rows. Forward pass, softmax and backward pass of 8-32 rows run on
   block buffers that stay in L1; no (n, h) or (n, k) temporaries. The dense products
   (x @ w1, d2 @ w2.T, x.T @ d1) are register-tiled so each weight load serves four rows.
 * ReLU sparsity: about half the hidden units are off in a row; bit masks of the active

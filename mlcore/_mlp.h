@@ -1,10 +1,10 @@
 /* MLP d -> h -> k (ReLU, softmax, cross-entropy) training kernels in C, for _kernels.pyx.
 
    Why C with GCC vector types: the hot loops are small matrix products whose innermost axis
-   is h or k (contiguous); written with a 4-double vector type (v4d) they compile to AVX-512
-   (32 registers), AVX2 or SSE2 code from ONE source, chosen at run time by the CPU
-   (mlcore_select_isa). Every vector operation is lane-wise IEEE +, -, *, / with no fused
-   multiply-add (-ffp-contract=off, set in _kernels.pyx) and every sum runs in one fixed order
+   is h or k (contiguous); written with GCC vector types (4 doubles, or 2 where only SSE2
+   exists) they compile to AVX-512 (32 registers), AVX2 or SSE2 code from ONE source, chosen
+   at run time by the CPU (mlcore_best_isa, _kernels.set_isa). Every vector operation is
+   lane-wise IEEE +, -, *, / with no fused multiply-add (-ffp-contract=off, set in _kernels.pyx) and every sum runs in one fixed order
    written in the source, so all paths give the same bits. The path-specific parts are only
    the instruction set and the register tiling, never the arithmetic.
 
@@ -37,8 +37,12 @@
 typedef double mlcore_v4d __attribute__((vector_size(32)));
 typedef int64_t mlcore_v4di __attribute__((vector_size(32)));
 typedef uint64_t mlcore_v4du __attribute__((vector_size(32)));
-/* memory access type: aligned (all buffers are) and allowed to alias double */
+typedef double mlcore_v2d __attribute__((vector_size(16)));
+typedef int64_t mlcore_v2di __attribute__((vector_size(16)));
+typedef uint64_t mlcore_v2du __attribute__((vector_size(16)));
+/* memory access types: aligned (all buffers are) and allowed to alias double */
 typedef double mlcore_v4d_mem __attribute__((vector_size(32), aligned(32), may_alias));
+typedef double mlcore_v2d_mem __attribute__((vector_size(16), aligned(16), may_alias));
 
 /* ------------------------------------------------------------------ scalar exp (shared) */
 
@@ -219,10 +223,12 @@ typedef void (*mlcore_evaluate_fn)(mlcore_net *, const double *, const int64_t *
 typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 
 #define MLP_ISA generic
-#define MLP_RT 2
+#define MLP_W 2
+#define MLP_RT 4
 #define MLP_NV 2
-#define MLP_KV 4
+#define MLP_KV 7
 #include "_mlp_impl.h"
+#undef MLP_W
 #undef MLP_ISA
 #undef MLP_RT
 #undef MLP_NV
@@ -232,6 +238,7 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #define MLP_ISA avx2
+#define MLP_W 4
 #define MLP_RT 4
 #define MLP_NV 3
 #define MLP_KV 8
@@ -241,12 +248,14 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #undef MLP_RT
 #undef MLP_NV
 #undef MLP_KV
+#undef MLP_W
 #undef MLP_MOVEMASK
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx2,avx512f,avx512vl,avx512dq")
 #define MLP_ISA avx512
+#define MLP_W 4
 #define MLP_RT 4
 #define MLP_NV 6
 #define MLP_KV 8
@@ -256,6 +265,7 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #undef MLP_RT
 #undef MLP_NV
 #undef MLP_KV
+#undef MLP_W
 #undef MLP_MOVEMASK
 #pragma GCC pop_options
 #endif

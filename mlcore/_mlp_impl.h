@@ -1,7 +1,8 @@
 /* The kernels' body for one instruction set: included by _mlp.h once per path, with
-   MLP_ISA (name suffix), MLP_RT (rows per register tile of the dense products), MLP_NV
-   (4-double vectors per such tile), MLP_KV (vectors per class tile) and optionally
-   MLP_MOVEMASK. Only the tiling and the instructions vary between inclusions; every
+   MLP_ISA (name suffix), MLP_W (doubles per vector: 4, or 2 where the machine has only
+   128-bit registers, since gcc handles 256-bit vector types badly without AVX), MLP_RT (rows
+   per register tile of the dense products), MLP_NV (vectors per such tile), MLP_KV (vectors
+   per class tile) and optionally MLP_MOVEMASK. Only the tiling and the instructions vary between inclusions; every
    element's sum runs in the order written here, so the bits do not.
 
    Summation orders (per element, all paths):
@@ -15,17 +16,33 @@
 #define MLP_CAT2(a, b) a##_##b
 #define MLP_CAT(a, b) MLP_CAT2(a, b)
 #define F(name) MLP_CAT(mlcore_##name, MLP_ISA)
+#define W MLP_W
+#if MLP_W == 4
 #define V mlcore_v4d
 #define VI mlcore_v4di
-#define LD(p) ((V)(*(const mlcore_v4d_mem *)(p)))
-#define ST(p, v) (*(mlcore_v4d_mem *)(p) = (v))
+#define VU mlcore_v4du
+#define VMEM mlcore_v4d_mem
 #define SPLAT(s) ((V){(s), (s), (s), (s)})
+#define ISPLAT(s) ((VI){(s), (s), (s), (s)})
+#define LANES ((VI){0, 1, 2, 3})
+#else
+#define V mlcore_v2d
+#define VI mlcore_v2di
+#define VU mlcore_v2du
+#define VMEM mlcore_v2d_mem
+#define SPLAT(s) ((V){(s), (s)})
+#define ISPLAT(s) ((VI){(s), (s)})
+#define LANES ((VI){0, 1})
+#endif
+#define LD(p) ((V)(*(const VMEM *)(p)))
+#define ST(p, v) (*(VMEM *)(p) = (v))
 
 #ifndef MLP_MOVEMASK
 MLCORE_ALWAYS_INLINE int F(movemask)(VI m)
 {
-    return (int)(((uint64_t)m[0] >> 63) | (((uint64_t)m[1] >> 63) << 1)
-                 | (((uint64_t)m[2] >> 63) << 2) | (((uint64_t)m[3] >> 63) << 3));
+    int bits = 0, lane;
+    for (lane = 0; lane < W; lane++) bits |= (int)((uint64_t)m[lane] >> 63) << lane;
+    return bits;
 }
 #define MLP_MOVEMASK(m) F(movemask)(m)
 #define MLP_OWN_MOVEMASK
@@ -41,7 +58,7 @@ MLCORE_ALWAYS_INLINE V F(vexp)(V t)
 {
     const V lo = SPLAT(-708.0), magic = SPLAT(6755399441055744.0);
     V kd, k, r, r2, r4, r8, p;
-    mlcore_v4du bits;
+    VU bits;
     t = F(blend)(t < lo, lo, t);
     kd = t * 1.4426950408889634 + magic;
     k = kd - magic;
@@ -55,27 +72,25 @@ MLCORE_ALWAYS_INLINE V F(vexp)(V t)
                     + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
                         + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
                        + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
-    bits = (mlcore_v4du)kd;
+    bits = (VU)kd;
     bits = (bits + 1023u) << 52;
     return p * (V)bits;
 }
 
 static void F(exp_array)(const double *t, double *out, ptrdiff_t n)
 {
-    ptrdiff_t i;
-    double tail[4];
-    for (i = 0; i + 4 <= n; i += 4) {
-        V v;
+    ptrdiff_t i, j;
+    V v;
+    for (i = 0; i + W <= n; i += W) {
         memcpy(&v, t + i, sizeof v);
         v = F(vexp)(v);
         memcpy(out + i, &v, sizeof v);
     }
     if (i < n) {
-        V v = SPLAT(0.0);
-        memcpy(&v, t + i, (size_t)(n - i) * 8);
+        v = SPLAT(0.0);
+        for (j = 0; j < n - i; j++) v[j] = t[i + j];
         v = F(vexp)(v);
-        memcpy(tail, &v, sizeof tail);
-        memcpy(out + i, tail, (size_t)(n - i) * 8);
+        for (j = 0; j < n - i; j++) out[i + j] = v[j];
     }
 }
 
@@ -94,16 +109,16 @@ MLCORE_ALWAYS_INLINE void F(tile)(double *out, ptrdiff_t os, const double *init,
     ptrdiff_t t;
     int r, v;
     for (r = 0; r < rt; r++)
-        for (v = 0; v < nv; v++) acc[r][v] = init ? LD(init + r * is + 4 * v) : SPLAT(0.0);
+        for (v = 0; v < nv; v++) acc[r][v] = init ? LD(init + r * is + W * v) : SPLAT(0.0);
     for (t = 0; t < len; t++) {
-        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + 4 * v);
+        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);
         for (r = 0; r < rt; r++) {
             c = coef[r * crs + t * ccs];
             for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);
         }
     }
     for (r = 0; r < rt; r++)
-        for (v = 0; v < nv; v++) ST(out + r * os + 4 * v, acc[r][v]);
+        for (v = 0; v < nv; v++) ST(out + r * os + W * v, acc[r][v]);
 }
 
 /* The tile product over `rows` rows and `nvec` vectors (see tile). is = 0 uses one init
@@ -117,9 +132,9 @@ static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is
     for (v0 = 0; v0 < nvec; v0 += MLP_NV) {
         nv = nvec - v0 < MLP_NV ? (int)(nvec - v0) : MLP_NV;
         for (r0 = 0; r0 < rows; r0 += full ? MLP_RT : 1) {
-            double *o = out + r0 * os + 4 * v0;
-            const double *in = init ? init + r0 * is + 4 * v0 : NULL;
-            const double *cf = coef + r0 * crs, *bb = b + 4 * v0;
+            double *o = out + r0 * os + W * v0;
+            const double *in = init ? init + r0 * is + W * v0 : NULL;
+            const double *cf = coef + r0 * crs, *bb = b + W * v0;
             full = rows - r0 >= MLP_RT;
 #define MLP_TILE(NV_)                                                                \
     case NV_:                                                                        \
@@ -158,7 +173,7 @@ MLCORE_ALWAYS_INLINE void F(z2_tile)(mlcore_net *net, ptrdiff_t nrows, ptrdiff_t
                                      const int nv)
 {
     const ptrdiff_t hp = net->hp, kp = net->kp, hw = net->hw;
-    const double *w2 = net->w2 + 4 * v0;
+    const double *w2 = net->w2 + W * v0;
     V acc[MLP_KV];
     ptrdiff_t w, r, j;
     int v;
@@ -166,18 +181,18 @@ MLCORE_ALWAYS_INLINE void F(z2_tile)(mlcore_net *net, ptrdiff_t nrows, ptrdiff_t
     for (w = 0; w < hw; w++) {
         for (r = 0; r < nrows; r++) {
             const double *z1r = net->z1 + r * hp;
-            double *out = net->z2 + r * kp + 4 * v0;
-            const double *init = w == 0 ? net->b2 + 4 * v0 : out;
-            for (v = 0; v < nv; v++) acc[v] = LD(init + 4 * v);
+            double *out = net->z2 + r * kp + W * v0;
+            const double *init = w == 0 ? net->b2 + W * v0 : out;
+            for (v = 0; v < nv; v++) acc[v] = LD(init + W * v);
             bits = net->rowmask[r * hw + w];
             while (bits) {
                 j = w * 64 + __builtin_ctzll(bits);
                 bits &= bits - 1;
                 const double c = z1r[j];
                 const double *row = w2 + j * kp;
-                for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(row + 4 * v) * SPLAT(c);
+                for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(row + W * v) * SPLAT(c);
             }
-            for (v = 0; v < nv; v++) ST(out + 4 * v, acc[v]);
+            for (v = 0; v < nv; v++) ST(out + W * v, acc[v]);
         }
     }
 }
@@ -194,16 +209,16 @@ MLCORE_ALWAYS_INLINE void F(gw2_tile)(mlcore_net *net, ptrdiff_t v0, const int n
     for (j = 0; j < net->h; j++) {
         bits = net->colmask[j];
         if (!bits) continue;
-        double *g = net->gw2 + j * kp + 4 * v0;
-        for (v = 0; v < nv; v++) acc[v] = LD(g + 4 * v);
+        double *g = net->gw2 + j * kp + W * v0;
+        for (v = 0; v < nv; v++) acc[v] = LD(g + W * v);
         while (bits) {
             r = __builtin_ctzll(bits);
             bits &= bits - 1;
             const double c = net->z1[r * hp + j];
-            const double *d2r = net->z2 + r * kp + 4 * v0;
-            for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(d2r + 4 * v) * SPLAT(c);
+            const double *d2r = net->z2 + r * kp + W * v0;
+            for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(d2r + W * v) * SPLAT(c);
         }
-        for (v = 0; v < nv; v++) ST(g + 4 * v, acc[v]);
+        for (v = 0; v < nv; v++) ST(g + W * v, acc[v]);
     }
 }
 
@@ -213,18 +228,22 @@ MLCORE_ALWAYS_INLINE void F(gw2_tile)(mlcore_net *net, ptrdiff_t v0, const int n
         case 2: CALL(2); break;                     \
         case 3: CALL(3); break;                     \
         case 4: CALL(4); break;                     \
+        case 5: CALL(5); break;                     \
+        case 6: CALL(6); break;                     \
+        case 7: CALL(7); break;                     \
         MLP_KV_MORE(CALL)                           \
     }
-#if MLP_KV >= 8
-#define MLP_KV_MORE(CALL) \
-    case 5: CALL(5); break; case 6: CALL(6); break; case 7: CALL(7); break; case 8: CALL(8); break;
-#else
+#if MLP_KV == 8
+#define MLP_KV_MORE(CALL) case 8: CALL(8); break;
+#elif MLP_KV == 7
 #define MLP_KV_MORE(CALL)
+#else
+#error "MLP_KV must be 7 or 8"
 #endif
 
 static void F(z2)(mlcore_net *net, ptrdiff_t nrows)
 {
-    ptrdiff_t v0, kv = net->kp / 4;
+    ptrdiff_t v0, kv = net->kp / W;
     int nv;
     for (v0 = 0; v0 < kv; v0 += MLP_KV) {
         nv = kv - v0 < MLP_KV ? (int)(kv - v0) : MLP_KV;
@@ -236,7 +255,7 @@ static void F(z2)(mlcore_net *net, ptrdiff_t nrows)
 
 static void F(gw2)(mlcore_net *net)
 {
-    ptrdiff_t v0, kv = net->kp / 4;
+    ptrdiff_t v0, kv = net->kp / W;
     int nv;
     for (v0 = 0; v0 < kv; v0 += MLP_KV) {
         nv = kv - v0 < MLP_KV ? (int)(kv - v0) : MLP_KV;
@@ -253,12 +272,12 @@ static void F(block_forward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
 {
     const ptrdiff_t hp = net->hp, hw = net->hw;
     ptrdiff_t r, v, w;
-    F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / 4);
+    F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / W);
     for (r = 0; r < nrows; r++) {
         const double *z1r = net->z1 + r * hp;
         for (w = 0; w < hw; w++) {
             uint64_t word = 0; /* built in a register: no store-to-load chain */
-            for (v = 64 * w; v < hp && v < 64 * (w + 1); v += 4)
+            for (v = 64 * w; v < hp && v < 64 * (w + 1); v += W)
                 word |= (uint64_t)MLP_MOVEMASK(LD(z1r + v) > SPLAT(0.0)) << (v % 64);
             net->rowmask[r * hw + w] = word;
         }
@@ -266,12 +285,43 @@ static void F(block_forward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
     F(z2)(net, nrows);
 }
 
-/* Lanes of the last class vector that hold real classes (the rest is padding). */
-MLCORE_ALWAYS_INLINE VI F(last_lanes)(const mlcore_net *net)
+/* Lanes of the class vector at c that hold real classes (the rest is padding). */
+MLCORE_ALWAYS_INLINE VI F(keep)(ptrdiff_t c, ptrdiff_t k)
 {
-    ptrdiff_t valid = net->k - (net->kp - 4);
-    VI lanes = {0, 1, 2, 3};
-    return lanes < (VI){valid, valid, valid, valid};
+    return LANES + (int64_t)c < ISPLAT((int64_t)k);
+}
+
+/* exp sums in one fixed pattern for every vector width: four lanes l = c % 4, each summed
+   in ascending c, then (l0 + l1) + (l2 + l3). With 2-wide vectors, part[0] holds lanes
+   0, 1 and part[1] lanes 2, 3. */
+MLCORE_ALWAYS_INLINE double F(sum4)(const V *part)
+{
+#if MLP_W == 4
+    return (part[0][0] + part[0][1]) + (part[0][2] + part[0][3]);
+#else
+    return (part[0][0] + part[0][1]) + (part[1][0] + part[1][1]);
+#endif
+}
+
+/* max over the real classes of z (exact, so the order does not matter). */
+MLCORE_ALWAYS_INLINE double F(row_max)(const double *z, ptrdiff_t k, ptrdiff_t kp)
+{
+    const V ninf = SPLAT(-HUGE_VAL);
+    V mv = ninf;
+    double m;
+    ptrdiff_t c;
+    int lane;
+    for (c = 0; c + W <= k; c += W) { /* whole vectors of real classes */
+        V a = LD(z + c);
+        mv = F(blend)(a > mv, a, mv);
+    }
+    for (; c < kp; c += W) { /* the padded tail */
+        V a = F(blend)(F(keep)(c, k), LD(z + c), ninf);
+        mv = F(blend)(a > mv, a, mv);
+    }
+    m = mv[0];
+    for (lane = 1; lane < W; lane++) m = mv[lane] > m ? mv[lane] : m;
+    return m;
 }
 
 /* In place on z2: logits -> softmax probabilities (padding 0); with y, then p - onehot(y)
@@ -279,54 +329,40 @@ MLCORE_ALWAYS_INLINE VI F(last_lanes)(const mlcore_net *net)
    chains overlap instead of waiting on each row's horizontal max, sum and division. */
 static void F(softmax_rows)(mlcore_net *net, ptrdiff_t nrows, const int64_t *y)
 {
-    const ptrdiff_t kp = net->kp, last = kp - 4;
-    const VI keep = F(last_lanes)(net);
-    const V ninf = SPLAT(-HUGE_VAL), one = SPLAT(1.0);
+    const ptrdiff_t k = net->k, kp = net->kp;
+    const V one = SPLAT(1.0);
     double m[MLCORE_BLOCK_MAX], s[MLCORE_BLOCK_MAX];
     ptrdiff_t r, c;
-    for (r = 0; r < nrows; r++) {
-        const double *z = net->z2 + r * kp;
-        V mv = F(blend)(keep, LD(z + last), ninf);
-        double mr;
-        for (c = 0; c < last; c += 4) {
-            V a = LD(z + c);
-            mv = F(blend)(a > mv, a, mv);
-        }
-        mr = mv[0] > mv[1] ? mv[0] : mv[1];
-        mr = mv[2] > mr ? mv[2] : mr;
-        m[r] = mv[3] > mr ? mv[3] : mr;
-    }
+    for (r = 0; r < nrows; r++) m[r] = F(row_max)(net->z2 + r * kp, k, kp);
     for (r = 0; r < nrows; r++) {
         double *z = net->z2 + r * kp;
-        V e, sum = SPLAT(0.0), mr = SPLAT(m[r]);
-        for (c = 0; c < last; c += 4) {
+        V e, part[4 / W], mr = SPLAT(m[r]);
+        int i;
+        for (i = 0; i < 4 / W; i++) part[i] = SPLAT(0.0);
+        for (c = 0; c < kp; c += W) {
             e = F(vexp)(LD(z + c) - mr);
+            if (c + W > k) e = (V)((VI)e & F(keep)(c, k)); /* padding: exp must add 0 */
             ST(z + c, e);
-            sum = sum + e;
+            part[(c / W) % (4 / W)] = part[(c / W) % (4 / W)] + e;
         }
-        e = (V)((VI)F(vexp)(LD(z + last) - mr) & keep);
-        ST(z + last, e);
-        sum = sum + e;
-        s[r] = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+        s[r] = F(sum4)(part);
     }
     for (r = 0; r < nrows; r++) {
         double *z = net->z2 + r * kp;
         const V inv = SPLAT(1.0 / s[r]);
         if (y) {
-            const VI yv = {y[r], y[r], y[r], y[r]};
-            VI lanes = {0, 1, 2, 3};
-            for (c = 0; c < kp; c += 4) {
+            const VI yv = ISPLAT(y[r]);
+            for (c = 0; c < kp; c += W) {
                 /* p - onehot(y): subtract 1.0 in lane y, 0.0 elsewhere (exact) */
-                V p = LD(z + c) * inv - (V)((VI)one & (lanes == yv));
+                V p = LD(z + c) * inv - (V)((VI)one & (LANES + (int64_t)c == yv));
                 ST(z + c, p);
-                lanes = lanes + 4;
             }
         } else {
-            for (c = 0; c < kp; c += 4) ST(z + c, LD(z + c) * inv);
+            for (c = 0; c < kp; c += W) ST(z + c, LD(z + c) * inv);
         }
     }
     if (y) /* gb2 += d2, rows in order; the sum stays in a register along the rows */
-        for (c = 0; c < kp; c += 4) {
+        for (c = 0; c < kp; c += W) {
             V acc = LD(net->gb2 + c);
             for (r = 0; r < nrows; r++) acc = acc + LD(net->z2 + r * kp + c);
             ST(net->gb2 + c, acc);
@@ -339,24 +375,24 @@ static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows
     const ptrdiff_t hp = net->hp, kp = net->kp;
     ptrdiff_t r, v;
     /* d1 = (d2 @ w2.T) masked by z1 > 0; gb1 += d1, rows in order. */
-    F(dense)(net->d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / 4);
-    for (v = 0; v < hp; v += 4) { /* column-wise: the gb1 and mask sums stay in registers */
+    F(dense)(net->d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / W);
+    for (v = 0; v < hp; v += W) { /* column-wise: the gb1 and mask sums stay in registers */
         V acc = LD(net->gb1 + v);
-        VI cols = {0, 0, 0, 0};
+        VI cols = ISPLAT(0);
         for (r = 0; r < nrows; r++) {
             const int64_t bit = (int64_t)((uint64_t)1 << r);
             VI on = LD(net->z1 + r * hp + v) > SPLAT(0.0);
             V dv = (V)((VI)LD(net->d1 + r * hp + v) & on);
             ST(net->d1 + r * hp + v, dv);
             acc = acc + dv;
-            cols = cols | (on & (VI){bit, bit, bit, bit});
+            cols = cols | (on & ISPLAT(bit));
         }
         ST(net->gb1 + v, acc);
         memcpy(net->colmask + v, &cols, sizeof cols); /* bit r: unit active in block row r */
     }
     F(gw2)(net);
     /* gw1[l, :] += sum over rows of x[r, l] d1[r, :] */
-    F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, net->d1, hp, nrows, net->d, hp / 4);
+    F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, net->d1, hp, nrows, net->d, hp / W);
 }
 
 /* Summed gradient over rows (row indices, or NULL: rows 0..n-1 in order) into net->g*. */
@@ -389,12 +425,12 @@ static void F(batch_gradient)(mlcore_net *net, const double *x, const int64_t *y
     }
 }
 
-/* v = mu * v + g; w -= eta * v (mu = 0 gives exactly w -= eta * g). size % 4 == 0. */
+/* v = mu * v + g; w -= eta * v (mu = 0 gives exactly w -= eta * g). size % W == 0. */
 static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, double eta,
                     double mu)
 {
     ptrdiff_t i;
-    for (i = 0; i < size; i += 4) {
+    for (i = 0; i < size; i += W) {
         V vv = LD(vel + i) * mu + LD(g + i);
         ST(vel + i, vv);
         ST(w + i, LD(w + i) - vv * eta);
@@ -439,8 +475,7 @@ static void F(gradient)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
                         double *proba, int64_t *labels, double *loss)
 {
-    const ptrdiff_t d = net->d, k = net->k, kp = net->kp, last = kp - 4;
-    const VI keep = F(last_lanes)(net);
+    const ptrdiff_t d = net->d, k = net->k, kp = net->kp;
     ptrdiff_t b0, nr, r, c, best;
     double total = 0.0, m;
     for (b0 = 0; b0 < n; b0 += net->block) {
@@ -454,14 +489,15 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
             m = z[best];
             if (labels) labels[b0 + r] = best;
             if (loss) {
-                V sum = SPLAT(0.0), e;
-                for (c = 0; c < kp; c += 4) {
-                    e = F(vexp)(LD(z + c) - m);
-                    if (c == last) e = (V)((VI)e & keep);
-                    sum = sum + e;
+                V part[4 / W], e, mr = SPLAT(m);
+                int i;
+                for (i = 0; i < 4 / W; i++) part[i] = SPLAT(0.0);
+                for (c = 0; c < kp; c += W) {
+                    e = F(vexp)(LD(z + c) - mr);
+                    if (c + W > k) e = (V)((VI)e & F(keep)(c, k));
+                    part[(c / W) % (4 / W)] = part[(c / W) % (4 / W)] + e;
                 }
-                total = total + (log((sum[0] + sum[1]) + (sum[2] + sum[3]))
-                                 - (z[y[b0 + r]] - m));
+                total = total + (log(F(sum4)(part)) - (z[y[b0 + r]] - m));
             }
         }
         if (proba) {
@@ -482,8 +518,13 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 #undef MLP_CAT2
 #undef MLP_CAT
 #undef F
+#undef W
 #undef V
 #undef VI
+#undef VU
+#undef VMEM
+#undef ISPLAT
+#undef LANES
 #undef LD
 #undef ST
 #undef SPLAT
