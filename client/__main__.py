@@ -6,7 +6,6 @@ Checks live in the click types; the training core trusts what it is given.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import click
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.progress import with_progress
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
+from idl.cli import AddressListType, finite, run_cli
 from idl.events import configure_logging
 from idl.rpc import Address
 from idl.tensors import TensorError
@@ -22,38 +22,6 @@ from mlcore.data import DataError
 from mlcore.model import INIT_SCHEMES
 
 POLICY_NAMES = {"1": "random", "2": "load-aware", "3": "round-robin"}
-
-
-class AddressType(click.ParamType):
-    """host:port, checked at the command line."""
-
-    name = "host:port"
-
-    def convert(self, value, param, ctx):  # type: ignore[override]
-        if isinstance(value, Address):
-            return value
-        try:
-            return Address.parse(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-class AddressListType(click.ParamType):
-    name = "host:port,..."
-
-    def convert(self, value, param, ctx):  # type: ignore[override]
-        if isinstance(value, list):
-            return value
-        try:
-            return [Address.parse(part) for part in value.split(",") if part.strip()]
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def _finite_positive(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if not math.isfinite(value):
-        raise click.BadParameter("must be a finite number", ctx, param)
-    return value
 
 
 def _print_round(report: RoundReport) -> None:
@@ -64,7 +32,10 @@ def _print_round(report: RoundReport) -> None:
     )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+# ignore_unknown_options: a negative ETA ("-1") reaches its range check instead of
+# being taken for an option.
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                 "ignore_unknown_options": True},
                epilog="To see the cluster: python -m client status HOST:PORT [--watch [SECONDS]].")
 @click.argument("coordinator_ip")
 @click.argument("coordinator_port", type=click.IntRange(1, 65535))
@@ -72,7 +43,7 @@ def _print_round(report: RoundReport) -> None:
 @click.argument("rounds", type=click.IntRange(min=1))
 @click.argument("epochs", type=click.IntRange(min=1))
 @click.argument("h", type=click.IntRange(min=1, max=1_000_000))
-@click.argument("eta", type=click.FloatRange(min=0, min_open=True), callback=_finite_positive)
+@click.argument("eta", type=click.FloatRange(min=0, min_open=True), callback=finite)
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the initial weights.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Mini-batch size inside a node's epochs; 0 = the seed's full batch.")
@@ -144,8 +115,8 @@ def main() -> None:
     if sys.argv[1:2] == ["status"]:
         from client.status import status_command
 
-        status_command(args=sys.argv[2:], prog_name="python -m client status")
-    train(prog_name="python -m client")
+        run_cli(status_command, "python -m client status", sys.argv[2:])
+    run_cli(train, "python -m client", sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -15,38 +13,19 @@ from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
+from idl.cli import AddressType, finite, run_cli
 from idl.events import configure_logging, log_event
 from idl.gen import ComputeNode
 from idl.rpc import Address, ThriftServer
 
 
-class AddressType(click.ParamType):
-    """host:port (or host,port)."""
-
-    name = "HOST:PORT"
-
-    def convert(self, value, param, ctx) -> Address:
-        if isinstance(value, Address):
-            return value
-        try:
-            return Address.parse(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}")
-    return value
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("port", type=click.IntRange(0, 65535))
-@click.argument("load_probability", type=click.FloatRange(0.0, 1.0), callback=_finite)
+@click.argument("load_probability", type=click.FloatRange(0.0, 1.0), callback=finite)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--load-delay", type=click.FloatRange(min=0.0), default=3.0, show_default=True,
-    callback=_finite, help="Seconds a loaded task sleeps before training.",
+    callback=finite, help="Seconds a loaded task sleeps before training.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for load and fault draws [random].")
 @click.option(
@@ -59,23 +38,23 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 )
 @click.option(
     "--heartbeat-s", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
-    callback=_finite, help="Registration heartbeat interval.",
+    callback=finite, help="Registration heartbeat interval.",
 )
 @click.option(
     "--advertise-host", default=None, help="Host coordinators reach this node at [--host]."
 )
 @click.option(
     "--crash-probability", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-    callback=_finite, help="Fault injection: chance an accepted task kills the process.",
+    callback=finite, help="Fault injection: chance an accepted task kills the process.",
 )
 @click.option(
     "--extra-latency", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
-    callback=_finite, help="Fault injection: seconds to sleep before every train reply.",
+    callback=finite, help="Fault injection: seconds to sleep before every train reply.",
 )
 @click.option("--token", default="", help="Shared secret every train/put_shard must carry.")
 @click.option(
     "--max-shard-cache-mb", type=click.FloatRange(min=0.0, min_open=True), default=1024.0,
-    show_default=True, callback=_finite, help="Bound on parsed shards kept in memory.",
+    show_default=True, callback=finite, help="Bound on parsed shards kept in memory.",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -157,16 +136,7 @@ def cli(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one `error: ...` line and exit code 2 (or 1)."""
-    try:
-        cli.main(args=argv, prog_name="python -m compute_node", standalone_mode=False)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(1)
-    sys.exit(0)
+    run_cli(cli, "python -m compute_node", argv)
 
 
 if __name__ == "__main__":

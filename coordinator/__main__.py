@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ from coordinator.policies import policy_name
 from coordinator.registry import Registry
 from coordinator.service import CoordinatorService
 from coordinator.shard_store import ShardStore
+from idl.cli import run_cli
 from idl.events import configure_logging, log_event
 from idl.gen import Coordinator
 from idl.rpc import ThriftServer
@@ -154,16 +154,7 @@ def _read_nodes(path: Path | None) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one `error: ...` line and a non-zero exit."""
-    try:
-        cli.main(args=argv, prog_name="python -m coordinator", standalone_mode=False)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(1)
-    sys.exit(0)
+    run_cli(cli, "python -m coordinator", argv)
 
 
 if __name__ == "__main__":

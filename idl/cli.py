@@ -1,0 +1,62 @@
+"""Command-line pieces every process shares: address types, a finiteness check, the entry.
+
+Click validates; the cores trust what they are given. A user's mistake ends as one
+`error: ...` line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import click
+
+from idl.rpc import Address
+
+
+class AddressType(click.ParamType):
+    """host:port (or host,port), checked at the command line."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value, param, ctx) -> Address:  # type: ignore[override]
+        if isinstance(value, Address):
+            return value
+        try:
+            return Address.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class AddressListType(click.ParamType):
+    """host:port,host:port,... as a list of Address."""
+
+    name = "HOST:PORT,..."
+
+    def convert(self, value, param, ctx) -> list[Address]:  # type: ignore[override]
+        if isinstance(value, list):
+            return value
+        try:
+            return [Address.parse(part) for part in value.split(",") if part.strip()]
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Callback for float options: FloatRange lets nan and inf through."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", ctx, param)
+    return value
+
+
+def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = None) -> None:
+    """Run a click command; user mistakes become one `error: ...` line and a non-zero exit."""
+    try:
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    sys.exit(0)
