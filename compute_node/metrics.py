@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.node import ComputeNodeCore
-from idl.events import log_event
 from idl.gen.ttypes import (
     DatasetError,
     InvalidRequest,
@@ -25,6 +24,7 @@ from idl.gen.ttypes import (
     TaskResult,
     Unauthorized,
 )
+from idl.metrics import serve_metrics
 from idl.rpc import Address
 
 SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -53,10 +53,7 @@ class NodeMetrics:
 
     def serve(self, host: str, port: int) -> Address:
         """Serve /metrics on host:port (0 = any free port); return the bound address."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        address = Address(host, server.server_port)
-        log_event("metrics_listening", address=str(address), url=f"http://{address}/metrics")
-        return address
+        return serve_metrics(self.registry, host, port)
 
 
 class _LoadCollector:

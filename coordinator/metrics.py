@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from coordinator.handler import CoordinatorHandler
 from coordinator.service import CoordinatorService
-from idl.events import log_event
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardMissing
+from idl.metrics import serve_metrics
 from idl.rpc import Address
 
 ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -41,10 +41,7 @@ class CoordinatorMetrics:
 
     def serve(self, host: str, port: int) -> Address:
         """Serve /metrics on host:port (0 = any free port); return the bound address."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        address = Address(host, server.server_port)
-        log_event("metrics_listening", address=str(address), url=f"http://{address}/metrics")
-        return address
+        return serve_metrics(self.registry, host, port)
 
 
 class _StatusCollector:
