@@ -1,8 +1,9 @@
 """Tensors on the wire: shape + little-endian float64 bytes in C order.
 
-Binary fields cost a fifth of list<double> for the default model; decoding is a
-zero-copy view over the received bytes, so only the final copy to a writable
-array is paid.
+Binary fields cost a fifth of list<double> for the default model. Decoding is a view over
+the received bytes (idl.rpc hands bulk binaries over as views of the received frame), so a
+caller that only reads the weights pays no copy at all, and one that needs a writable array
+pays exactly one.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ def encode_tensor(array: np.ndarray) -> Tensor:
     return Tensor(shape=[int(n) for n in packed.shape], data=packed.tobytes())
 
 
-def decode_tensor(tensor: Tensor, *, name: str = "tensor") -> np.ndarray:
-    """Unpack a Tensor into a writable native float64 array; TensorError if malformed."""
+def decode_tensor(tensor: Tensor, *, name: str = "tensor", writable: bool = True) -> np.ndarray:
+    """Unpack a Tensor into a native float64 array; TensorError if malformed.
+
+    writable=False returns a read-only view of the tensor's bytes when they are already
+    native float64 (no copy; the array keeps the bytes alive).
+    """
     shape = tuple(tensor.shape or ())
     if any(n < 0 for n in shape):
         raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
@@ -38,15 +43,34 @@ def decode_tensor(tensor: Tensor, *, name: str = "tensor") -> np.ndarray:
             f"{name}: shape {list(shape)} needs {n_values * WIRE_DTYPE.itemsize} bytes, "
             f"got {len(data)}"
         )
-    array = np.frombuffer(data, dtype=WIRE_DTYPE).astype(np.float64).reshape(shape)
-    if not np.all(np.isfinite(array)):
+    array = np.frombuffer(data, dtype=WIRE_DTYPE).reshape(shape)
+    if writable or not array.dtype.isnative:
+        array = array.astype(np.float64)
+    if not all_finite(array):
         raise TensorError(f"{name}: holds NaN or infinite values")
     return array
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when no value is NaN or infinite, without a boolean temporary as large as `array`.
+
+    Any NaN or infinity makes the sum NaN or infinite, so a finite sum proves every value
+    finite in one read-only pass; only a non-finite sum (a bad value, or finite values that
+    overflow when added) needs the exact elementwise check.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(array)
+    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
 
 
 def encode_tensors(arrays: Sequence[np.ndarray]) -> list[Tensor]:
     return [encode_tensor(a) for a in arrays]
 
 
-def decode_tensors(tensors: Sequence[Tensor] | None, *, name: str = "weights") -> list[np.ndarray]:
-    return [decode_tensor(t, name=f"{name}[{i}]") for i, t in enumerate(tensors or [])]
+def decode_tensors(
+    tensors: Sequence[Tensor] | None, *, name: str = "weights", writable: bool = True
+) -> list[np.ndarray]:
+    return [
+        decode_tensor(t, name=f"{name}[{i}]", writable=writable)
+        for i, t in enumerate(tensors or [])
+    ]

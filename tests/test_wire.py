@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 import numpy as np
 import pytest
+from thrift.protocol import TBinaryProtocol
+from thrift.transport import TSocket, TTransport
 
 from idl.events import format_event
 from idl.gen import ComputeNode
-from idl.gen.ttypes import InvalidRequest, NodeLoad, Tensor
-from idl.rpc import Address, ConnectionPool, ThriftServer, connect
-from idl.tensors import TensorError, decode_tensor, encode_tensor
+from idl.gen.ttypes import (
+    InvalidRequest,
+    NodeLoad,
+    RoundRequest,
+    RoundResult,
+    ShardRef,
+    ShardTask,
+    TaskResult,
+    Tensor,
+    TrainConfig,
+)
+from idl.rpc import (
+    Address,
+    ConnectionPool,
+    FramedTransport,
+    ThriftServer,
+    connect,
+    protocol_factory,
+)
+from idl.tensors import (
+    TensorError,
+    all_finite,
+    decode_tensor,
+    decode_tensors,
+    encode_tensor,
+    encode_tensors,
+)
 
 
 def test_tensor_round_trip_is_bitwise() -> None:
@@ -118,3 +145,124 @@ def test_declared_errors_pass_through_the_pool_intact(server) -> None:
 
     assert pool.call(server.address, 2.0, lambda client: client.ping())
     pool.close()
+
+
+# --- bulk tensors: coded in Python by reference, the rest by thrift's C codec -----------------
+
+
+def test_read_only_decode_is_a_view_and_the_writable_one_a_copy() -> None:
+    array = np.arange(12, dtype=np.float64).reshape(3, 4)
+    tensor = encode_tensor(array)
+
+    view = decode_tensor(tensor, writable=False)
+    copy = decode_tensor(tensor)
+
+    assert not view.flags.writeable and np.shares_memory(view, np.frombuffer(tensor.data))
+    assert copy.flags.writeable and not np.shares_memory(copy, np.frombuffer(tensor.data))
+    assert view.tobytes() == copy.tobytes() == array.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("values", "finite"),
+    [
+        ([1.0, -2.0, 3.5], True),
+        ([1e308, 1e308, -1e308], True),  # the sum overflows: the exact check must decide
+        ([1.0, float("nan")], False),
+        ([float("inf"), float("-inf")], False),
+        ([0.0, float("-inf")], False),
+    ],
+)
+def test_all_finite_is_exact(values: list[float], finite: bool) -> None:
+    assert all_finite(np.array(values)) is finite
+
+
+class _EchoNode:
+    """train() returns the weights it got as the delta and records the types it received."""
+
+    def __init__(self) -> None:
+        self.received: list[type] = []
+
+    def train(self, task: ShardTask) -> TaskResult:
+        self.received = [type(t.data) for t in task.weights]
+        return TaskResult(delta=task.weights, n_samples=len(task.weights), node="echo")
+
+    def ping(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def echo():
+    handler = _EchoNode()
+    srv = ThriftServer(ComputeNode.Processor(handler), name="echo")
+    srv.start()
+    yield srv, handler
+    srv.stop()
+
+
+def test_bulk_tensors_cross_two_hops_bit_for_bit_as_views(echo) -> None:
+    srv, handler = echo
+    rng = np.random.default_rng(3)
+    # Bulk and small tensors mixed, the first one small: each struct decides for itself.
+    arrays = [rng.normal(size=(3,)), rng.normal(size=(300, 100)), rng.normal(size=(5, 2)),
+              rng.normal(size=(200_000,))]
+    task = ShardTask(job_id="j", shard=ShardRef(name="s", digest="0" * 64),
+                     weights=encode_tensors(arrays), config=TrainConfig(epochs=1, eta=0.1))
+    conn = connect(ComputeNode.Client, srv.address, timeout_s=10.0)
+    try:
+        first = conn.client.train(task)
+        # Forward what came back (views of the received frame) once more, as a coordinator does.
+        second = conn.client.train(ShardTask(job_id="j", shard=task.shard, weights=first.delta,
+                                             config=task.config))
+    finally:
+        conn.close()
+
+    assert [type(t.data) for t in first.delta] == [bytes, memoryview, bytes, memoryview]
+    assert handler.received == [bytes, memoryview, bytes, memoryview]
+    for got, want in zip(decode_tensors(second.delta), arrays, strict=True):
+        assert got.tobytes() == want.tobytes()
+    assert second.node == "echo" and second.n_samples == 4
+
+
+def test_bulk_aware_protocol_writes_the_same_bytes_as_thrift() -> None:
+    rng = np.random.default_rng(4)
+    request = RoundRequest(job_id="j", round=2, weights=encode_tensors(
+        [rng.normal(size=(100, 200)), rng.normal(size=200), rng.normal(size=(200, 3)),
+         rng.normal(size=3)]),
+        shards=[ShardRef(name=f"s{i}", digest="1" * 64) for i in range(5)],
+        config=TrainConfig(epochs=1, eta=0.1))
+    ours, theirs = TTransport.TMemoryBuffer(), TTransport.TMemoryBuffer()
+
+    request.write(protocol_factory().getProtocol(ours))
+    request.write(TBinaryProtocol.TBinaryProtocol(theirs))
+
+    assert ours.getvalue() == theirs.getvalue()
+
+
+def test_a_long_list_of_small_tensors_is_looked_at_briefly_and_decoded_by_c() -> None:
+    small = encode_tensors([np.ones((4, 2)), np.ones(2), np.ones((2, 3)), np.ones(3)])
+    bulk = encode_tensors([np.ones((400, 100)), np.ones(100), np.ones((100, 3)), np.ones(3)])
+    # The one bulk delta lies beyond the look: C decodes it all, correctly.
+    result = RoundResult(results=[TaskResult(delta=small, n_samples=1)] * 4999
+                         + [TaskResult(delta=bulk, n_samples=2)])
+    buf = TTransport.TMemoryBuffer()
+    result.write(TBinaryProtocol.TBinaryProtocol(buf))
+    a, b = socket.socketpair()
+    raw = TSocket.TSocket()
+    raw.setHandle(b)
+    receiver = FramedTransport(raw)
+    frame = buf.getvalue()
+    sender = threading.Thread(target=lambda: a.sendall(struct.pack("!i", len(frame)) + frame))
+    sender.start()
+    receiver.readFrame()
+    sender.join()
+
+    began = time.perf_counter()
+    assert not receiver.holds_bulk_binary(RoundResult.thrift_spec)
+    assert time.perf_counter() - began < 0.05  # a bounded look, not a walk of 5,000 results
+    decoded = RoundResult()
+    decoded.read(protocol_factory().getProtocol(receiver))
+    assert len(decoded.results) == 5000
+    assert all(type(t.data) is bytes for t in decoded.results[-1].delta)
+    assert decode_tensors(decoded.results[-1].delta)[0].tobytes() == np.ones((400, 100)).tobytes()
+    a.close()
+    b.close()
