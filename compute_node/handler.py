@@ -96,7 +96,7 @@ class ComputeNodeHandler:
 
 def _decode_task(task: ShardTask) -> Task:
     """Thrift ShardTask → core Task; InvalidTask/TensorError when a required part is absent."""
-    weights = decode_tensors(task.weights, name="weights")
+    weights = decode_tensors(task.weights, name="weights", writable=False)
     config = task.config
     if config is None or config.epochs is None or config.eta is None:
         raise InvalidTask("config: epochs and eta are required")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlcore.data import Dataset
+from compute_node.shards import Shard
 from mlcore.model import Params, train
-from mlcore.standardize import check_standardization, standardize
+from mlcore.standardize import check_standardization
 
 # Activations for n rows take about n * (h + k) doubles several times over; bound the
 # product so one request cannot make the node swap (64M values = 512 MB per copy).
@@ -74,10 +74,9 @@ def params_from_arrays(arrays: Sequence[np.ndarray]) -> Params:
             + ", ".join(f"{n} {list(a.shape)}" for n, a in zip(_NAMES, arrays, strict=True))
             + " (expected w1 [d, h], b1 [h], w2 [h, k], b2 [k])"
         )
-    try:
-        return Params.from_tensors([np.ascontiguousarray(a, dtype=np.float64) for a in arrays])
-    except ValueError as exc:
-        raise InvalidTask(f"weights: {exc}") from None
+    # No copy: training copies the weights it starts from (mlcore.model.train), and read-only
+    # views of the received bytes (idl.tensors) stay untouched for the delta.
+    return Params(*(np.ascontiguousarray(a, dtype=np.float64) for a in arrays))
 
 
 def check_settings(settings: TrainSettings, d: int | None = None) -> None:
@@ -105,7 +104,7 @@ def check_settings(settings: TrainSettings, d: int | None = None) -> None:
             raise InvalidTask(f"config.{exc}") from None
 
 
-def check_fit(params: Params, shard: Dataset, shard_name: str) -> None:
+def check_fit(params: Params, shard: Shard, shard_name: str) -> None:
     """The shard must have d features and labels < k; the work must fit in memory."""
     if shard.n_features != params.d:
         raise ShardMismatch(
@@ -127,23 +126,33 @@ def check_fit(params: Params, shard: Dataset, shard_name: str) -> None:
         )
 
 
-def shard_inputs(shard: Dataset, settings: TrainSettings) -> np.ndarray:
-    """The rows training sees: standardised into a NEW array when the task says so.
+def shard_inputs(shard: Shard, settings: TrainSettings) -> np.ndarray:
+    """The rows training sees: ONE new float64 array for this task, standardised if asked.
 
-    The shard is the node's cached Dataset, shared by every later task (possibly with other
-    statistics), so it is never modified in place.
+    The cached shard keeps compact integers (compute_node.shards) and is shared by every later
+    task (possibly with other statistics), so it is never modified; widening to float64 is
+    folded into the standardisation: (x - shift) * scale computed from the integers gives
+    the very same bits as mlcore.standardize.standardize on the float64 rows (each integer
+    converts to float64 exactly, then the same two float64 operations in the same order).
     """
     if not (settings.feature_shift or settings.feature_scale):
-        return shard.x
+        return np.ascontiguousarray(shard.x, dtype=np.float64)
     try:
-        return standardize(shard.x, settings.feature_shift, settings.feature_scale)
+        check_standardization(settings.feature_shift, settings.feature_scale, shard.n_features)
     except ValueError as exc:
         raise InvalidTask(f"config.{exc}") from None
+    out = np.subtract(shard.x, np.asarray(settings.feature_shift, dtype=np.float64),
+                      dtype=np.float64)
+    out *= np.asarray(settings.feature_scale, dtype=np.float64)
+    return out
 
 
-def run_training(params: Params, shard: Dataset, settings: TrainSettings) -> TrainOutput:
-    """Train from `params` on the shard; the delta is new minus given, tensor by tensor."""
-    given = [a.copy() for a in params.tensors()]  # the delta must not depend on train's aliasing
+def run_training(params: Params, shard: Shard, settings: TrainSettings) -> TrainOutput:
+    """Train from `params` on the shard; the delta is new minus given, tensor by tensor.
+
+    mlcore's train works on its own copy of the weights and leaves `params` as they are, so
+    the delta is computed in place in that copy: no array beyond the trained weights.
+    """
     start = time.perf_counter()
     x = shard_inputs(shard, settings)
     try:
@@ -160,10 +169,13 @@ def run_training(params: Params, shard: Dataset, settings: TrainSettings) -> Tra
     except (ValueError, FloatingPointError) as exc:
         # mlcore's argument checks and divergence (eta too large) are the request's fault.
         raise InvalidTask(f"training rejected the task: {exc}") from None
+    del x  # the task's float64 rows: freed before the delta is built and sent
     compute_s = time.perf_counter() - start
-    delta = [
-        new - old for new, old in zip(outcome.params.tensors(), given, strict=True)
-    ]
+    delta = []
+    for new, given in zip(outcome.params.tensors(), params.tensors(), strict=True):
+        if np.may_share_memory(new, given):  # mlcore's contract broken: never subtract in place
+            raise RuntimeError("mlcore.model.train returned the given weights, not a copy")
+        delta.append(np.subtract(new, given, out=new))
     return TrainOutput(
         delta=delta,
         n_samples=shard.n_rows,

@@ -132,7 +132,7 @@ def test_store_checks_the_digest_and_parses_strictly():
 
 def test_cache_evicts_least_recently_used_within_its_bound():
     shards = [shard_bytes(100, seed=i) for i in range(3)]
-    one_size = 100 * 4 * 8 + 100 * 8  # x float64 (100, 4) + y int64 (100,)
+    one_size = 100 * 4 + 100  # cached compactly: x uint8 (100, 4) + y uint8 (100,)
     store = ShardStore(max_cache_bytes=2 * one_size)
     store.put(sha(shards[0]), shards[0])
     store.put(sha(shards[1]), shards[1])
