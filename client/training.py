@@ -191,7 +191,8 @@ def run_training(
 def aggregate(params: Params, result: RoundResult) -> Params:
     """FedAvg over the round's results, which the coordinator returns in shard order."""
     updates = [
-        (Params.from_tensors(decode_tensors(r.delta, name=f"delta of shard {i}")), r.n_samples)
+        (Params.from_tensors(decode_tensors(r.delta, name=f"delta of shard {i}", writable=False)),
+         r.n_samples)
         for i, r in enumerate(result.results)
     ]
     return fedavg(params, updates)

@@ -11,16 +11,21 @@ import pytest
 
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
-from compute_node.shards import DigestMismatch, ShardStore, index_data_dir
+from compute_node.shards import DigestMismatch, ShardStore, compact_shard, index_data_dir
 from compute_node.stats import EMA_ALPHA, NodeStats
 from compute_node.trainer import (
     MAX_ACTIVATION_VALUES,
     InvalidTask,
     TrainSettings,
     check_fit,
+    params_from_arrays,
+    run_training,
+    shard_inputs,
 )
-from mlcore.data import DataError, Dataset
-from mlcore.model import init_params
+from idl.tensors import decode_tensors, encode_tensors
+from mlcore.data import DataError, Dataset, parse_data
+from mlcore.model import init_params, train
+from mlcore.standardize import standardize
 
 
 def shard_bytes(n_rows: int, seed: int = 0, d: int = 4, k: int = 3) -> bytes:
@@ -281,3 +286,67 @@ def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
     assert sorted(outcomes)[1] == "done"
     snap = core.load_snapshot()
     assert (snap.tasks_done, snap.tasks_rejected, snap.tasks_in_flight) == (1, 1, 0)
+
+
+# --- compact shards, one float64 array per task, deltas from read-only weights ---------------
+
+
+@pytest.mark.parametrize(
+    ("high", "label_high", "x_dtype", "y_dtype"),
+    [(15, 25, np.uint8, np.uint8), (-300, 25, np.int16, np.uint8),
+     (70_000, 40_000, np.uint32, np.uint16), (2**40, 3, np.float64, np.uint8)],
+)
+def test_cached_shards_use_the_smallest_dtype_that_holds_their_values(
+    high, label_high, x_dtype, y_dtype
+):
+    rng = np.random.default_rng(5)
+    x = rng.integers(min(0, high), max(0, high) + 1, (50, 3))
+    x[0, 0] = high
+    y = rng.integers(0, label_high + 1, 50)
+    y[0] = label_high
+    text = "".join(",".join(map(str, [*r, label])) + "\n" for r, label in zip(x, y, strict=True))
+    parsed = parse_data(text.encode(), "t")
+
+    shard = compact_shard(parsed)
+
+    assert shard.x.dtype == x_dtype and shard.y.dtype == y_dtype
+    widened = shard.x.astype(np.float64)
+    assert widened.tobytes() == parsed.x.tobytes()
+    assert np.array_equal(shard.y, parsed.y)
+
+
+def test_task_rows_from_compact_integers_are_bitwise_the_float64_ones():
+    data = shard_bytes(200, seed=7)
+    parsed = parse_data(data, "t")
+    shard = compact_shard(parsed)
+    assert shard.x.dtype == np.uint8
+    shift, scale = (7.25, 7.5, 7.0, 8.125), (0.3, 0.21, 0.19, 0.27)
+
+    plain = shard_inputs(shard, TrainSettings(epochs=1, eta=1.0))
+    scaled = shard_inputs(shard, TrainSettings(epochs=1, eta=1.0, feature_shift=shift,
+                                               feature_scale=scale))
+
+    assert plain.dtype == np.float64 and plain.tobytes() == parsed.x.tobytes()
+    assert scaled.tobytes() == standardize(parsed.x, shift, scale).tobytes()
+    with pytest.raises(InvalidTask, match="feature_shift"):
+        shard_inputs(shard, TrainSettings(epochs=1, eta=1.0, feature_shift=(1.0,),
+                                          feature_scale=(1.0,)))
+
+
+def test_delta_from_read_only_wire_weights_is_bitwise_new_minus_given():
+    data = shard_bytes(120, seed=8)
+    parsed = parse_data(data, "t")
+    params = init_params(4, 6, 3, seed=2)
+    given = [t.copy() for t in params.tensors()]
+    views = decode_tensors(encode_tensors(params.tensors()), writable=False)
+    assert not any(v.flags.writeable for v in views)
+    settings = TrainSettings(epochs=3, eta=0.01, batch_size=16, momentum=0.5, seed=4)
+
+    out = run_training(params_from_arrays(views), compact_shard(parsed), settings)
+
+    expected = train(params, parsed.x, parsed.y, epochs=3, eta=0.01, batch_size=16,
+                     momentum=0.5, seed=4)
+    for delta, new, old in zip(out.delta, expected.params.tensors(), given, strict=True):
+        assert delta.tobytes() == (new - old).tobytes()
+    assert all(v.tobytes() == g.tobytes() for v, g in zip(views, given, strict=True))
+    assert out.loss == expected.loss and out.n_samples == 120
