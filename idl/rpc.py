@@ -127,6 +127,10 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
             return self.trans.read_view(size)
         return self.trans.readAll(size)
 
+    def readMessageEnd(self) -> None:  # noqa: N802 - thrift's interface
+        if isinstance(self.trans, FramedTransport):
+            self.trans.release_read_frame()
+
     def readString(self) -> str:  # noqa: N802 - thrift's interface
         size = self.readI32()
         self._check_string_length(size)
@@ -244,6 +248,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         return self._rbuf.read(sz)
 
     def readFrame(self) -> None:  # noqa: N802 - thrift's interface
+        self._rbuf = BytesIO(b"")  # let the last frame go before the next one is allocated
         header = BytesIO()
         self._recv_into(header, 4)
         (size,) = _FRAME_HEADER.unpack(header.getvalue())
@@ -293,6 +298,15 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         finally:
             view.release()
         target.seek(0)
+
+    def release_read_frame(self) -> None:
+        """Drop the received frame once all of it was read (views of it keep their part alive).
+
+        An idle connection would otherwise hold its last message, a whole model, until the
+        next one arrives.
+        """
+        if self._rbuf.tell() >= len(self._rbuf.getbuffer()):
+            self._rbuf = BytesIO(b"")
 
     def read_view(self, size: int) -> memoryview:
         """The next `size` bytes as a read-only view of the received frame: no copy.
