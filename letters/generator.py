@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from letters.attributes import raw_attributes, scale_attributes
-from letters.glyphs import FONTS, LETTERS, glyph_table
+from letters.glyphs import FONT_WEIGHTS, FONTS, LETTERS, glyph_table
 from letters.layout import prepare_out_dir, shard_sizes, write_layout
 from letters.render import draw_distortions, rasterise
 
 N_CLASSES = len(LETTERS)
 BLOCK = N_CLASSES * 40  # samples per block: whole permutations of the classes
 DEFAULT_SEED = 1
+_FONT_P = np.asarray(FONT_WEIGHTS) / sum(FONT_WEIGHTS)
 
 
 def block_rng(seed: int, block: int) -> np.random.Generator:
@@ -31,7 +32,7 @@ def generate_block(seed: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """Render block `block`: (BLOCK, 16) raw float64 attributes and (BLOCK,) int64 labels."""
     rng = block_rng(seed, block)
     labels = np.concatenate([rng.permutation(N_CLASSES) for _ in range(BLOCK // N_CLASSES)])
-    fonts = rng.integers(0, len(FONTS), BLOCK)
+    fonts = rng.choice(len(FONTS), BLOCK, p=_FONT_P)
     images = rasterise(glyph_table(), fonts, labels, draw_distortions(rng, BLOCK))
     return raw_attributes(images), labels.astype(np.int64)
 
