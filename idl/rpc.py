@@ -41,6 +41,7 @@ BULK_BYTES = 64 * 1024
 # How many values the look for a bulk binary may visit before it leaves a message to C.
 PEEK_ITEMS = 64
 _FRAME_HEADER = struct.Struct("!i")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 SMALL_FRAME_BYTES = BULK_BYTES  # below this, one send of header + body beats two sends
 
 
@@ -214,6 +215,13 @@ def _value_has_bulk(value: Any, ttype: int, args: Any, budget: list[int]) -> boo
     return False  # maps: none in the IDL; the C codec codes them
 
 
+def _as_timeout(exc: OSError) -> OSError:
+    """A kernel send/receive timeout (EAGAIN on a blocking socket) as the TimeoutError it is."""
+    if isinstance(exc, BlockingIOError):
+        return TimeoutError(exc.errno, "timed out")
+    return exc
+
+
 class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
     """Thrift's framed transport over a TSocket, linear in the frame size.
 
@@ -282,9 +290,10 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
             while got < size:
                 try:
                     n = handle.recv_into(view[got:], size - got)
-                except TimeoutError as exc:
+                except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
                     raise TTransport.TTransportException(
-                        TTransport.TTransportException.TIMED_OUT, "read timeout", inner=exc
+                        TTransport.TTransportException.TIMED_OUT, "read timeout",
+                        inner=_as_timeout(exc),
                     ) from None
                 except OSError as exc:
                     raise TTransport.TTransportException(
@@ -370,7 +379,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
                     handle.sendall(view)
         except OSError as exc:
             raise TTransport.TTransportException(
-                message="unexpected exception", inner=exc
+                message="unexpected exception", inner=_as_timeout(exc)
             ) from None
         finally:
             view.release()
@@ -583,8 +592,23 @@ class Connection:
         self.last_used = time.monotonic()
 
     def set_timeout(self, timeout_s: float) -> None:
-        """Bound every following read and write on this connection."""
-        self._socket.setTimeout(max(timeout_s, 0.001) * 1000)
+        """Bound every following read and write on this connection.
+
+        The kernel enforces it (SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket): a Python
+        socket timeout would poll() before every send and recv, and each poll is one more
+        release of the GIL, which is what costs at thousands of calls a second.
+        """
+        handle = self._socket.handle
+        if handle is None:
+            self._socket.setTimeout(max(timeout_s, 0.001) * 1000)
+            return
+        timeout_s = max(timeout_s, 0.001)
+        if handle.gettimeout() is not None:
+            handle.settimeout(None)
+        seconds = int(timeout_s)
+        timeval = _TIMEVAL.pack(seconds, int((timeout_s - seconds) * 1_000_000))
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
     def close(self) -> None:
         self._transport.close()
