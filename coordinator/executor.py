@@ -23,7 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,14 +142,19 @@ class RoundExecutor:
         # First placements in task order, so a seeded policy places a fault-free round the
         # same way every time, whatever order the threads start in.
         first = [round_.reserve(set()) for _ in tasks]
-        workers = min(len(tasks), MAX_WORKERS)
-        pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
-        backups = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backup")
-        futures: list[cf.Future] = []
+        # A fixed set of workers takes task indices in order from one queue: a future per
+        # task (and 256 threads handing the GIL around) cost more than the tasks' own calls.
+        todo = deque(range(len(tasks)))
+        workers = [
+            threading.Thread(
+                target=round_.work, args=(todo, tasks, first), name=f"task-{n}", daemon=True
+            )
+            for n in range(min(len(tasks), MAX_WORKERS))
+        ]
+        backups = cf.ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="backup")
         try:
-            futures = [
-                pool.submit(round_.run_task, i, task, first[i]) for i, task in enumerate(tasks)
-            ]
+            for worker in workers:
+                worker.start()
             last_look = self._clock()
             while True:
                 round_.progress.wait(WATCH_TICK_S)
@@ -173,11 +178,15 @@ class RoundExecutor:
                         backups.submit(round_.run_backup, i, tasks[i])
         finally:
             round_.abort.set()
-            # A task that never started still holds its first node's in-flight slot.
-            for future, node in zip(futures, first, strict=False):
-                if future.cancel() and node is not None:
-                    self._registry.end_task(node, None)
-            pool.shutdown(wait=False)
+            # A task no worker took still holds its first node's in-flight slot. Workers stop
+            # taking once abort is set; one they took already sees abort and releases it.
+            while True:
+                try:
+                    i = todo.popleft()
+                except IndexError:
+                    break
+                if first[i] is not None:
+                    self._registry.end_task(first[i], None)
             backups.shutdown(wait=False, cancel_futures=True)
 
 
@@ -225,7 +234,7 @@ class _Round:
         self.deadline_s = deadline_s
         self.label = label
         self.abort = threading.Event()
-        self.progress = threading.Event()  # a task finished or failed: look again
+        self.progress = threading.Event()  # the last task finished or one failed: look now
         self.slots = [_Slot() for _ in range(n_tasks)]
         self.n_done = 0  # slots with an outcome (under done_lock)
         self.errors: list[BaseException] = []  # first-runner failures that fail the round
@@ -264,17 +273,25 @@ class _Round:
             out.append(i)
         return out
 
+    def work(self, todo: deque[int], tasks: Sequence[Any], first: list[str | None]) -> None:
+        """One worker: run tasks from `todo` until it is empty or the round is over."""
+        while not self.abort.is_set():
+            try:
+                i = todo.popleft()
+            except IndexError:
+                return
+            self.run_task(i, tasks[i], first[i])
+
     def run_task(self, index: int, task: Any, node: str | None) -> None:
+        """The first runner of a task; a failure that fails the round goes to self.errors."""
         try:
             self._attempts(index, task, node, backup=False)
         except Exception as exc:
-            if self.slots[index].outcome is None:
-                if not isinstance(exc, _Aborted):
-                    with self.done_lock:
-                        self.errors.append(exc)
-                raise  # a backup that already won makes this runner's failure moot
-        finally:
-            self.progress.set()
+            # A backup that already won makes this runner's failure moot.
+            if self.slots[index].outcome is None and not isinstance(exc, _Aborted):
+                with self.done_lock:
+                    self.errors.append(exc)
+                self.progress.set()
 
     def run_backup(self, index: int, task: Any) -> None:
         """A second runner for a straggler; its errors never fail the round."""
@@ -297,7 +314,9 @@ class _Round:
             slot.outcome = outcome
         with self.done_lock:
             self.n_done += 1
-        self.progress.set()
+            last = self.n_done == len(self.slots)
+        if last:  # the watcher ticks for everything else: no wake-up per task
+            self.progress.set()
         return True
 
     def _attempts(
