@@ -38,7 +38,10 @@ class Distortion:
 # best: cap heights of 0.3-0.85 GRID with pens of 1-4 px gave 21.5% fidelity error, 0.2-0.4
 # GRID with a 1 px pen 19.5% (scripts/letters_fidelity.py). Thin strokes on a coarse raster
 # also tie the edge counts to the letter's size as in the real data (within-class correlation
-# of onpix with x-ege: real 0.69, random pen widths 0.06).
+# of onpix with x-ege: real 0.69, this pen 0.55, the former random 1-4 px pens 0.06).
+# Tried without gain (within +-1 point): pens proportional to the size, margins proportional
+# to the size or shared by x and y, aspect sd 0.08-0.25, stronger or faster warps, random
+# per-stroke offsets, simplified (polygonal) copies of the fonts, Bresenham-like lines.
 SPEC = {
     "size": (0.20, 0.40),  # cap height / GRID, uniform
     "aspect_sd": 0.18,  # log-normal width multiplier
