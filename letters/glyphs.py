@@ -32,8 +32,9 @@ FONTS: tuple[str, ...] = (
 # How often each design is drawn. Frey & Slate's 20 fonts were mostly block and italic (the
 # Hershey set has them in several stroke styles and sizes), with script and gothic a minority:
 # a block/italic design drawn 2.5x as often as a script/gothic one (about 15 of 20 fonts
-# block/italic) cut the fidelity error (scripts/letters_fidelity.py) from 23.5% to 21.5%,
-# where 2x and 3x gave the same and block/italic only gave 32%.
+# block/italic) cut the fidelity error (scripts/letters_fidelity.py) from 22.1% to 19.4%
+# with the current distortions; 2x and 3x gave the same, halving scripts or gothics 20-21%,
+# and block/italic alone 30-32% (measured with an earlier, thicker pen).
 FONT_WEIGHTS: tuple[float, ...] = (2.5,) * 6 + (1.0,) * 5
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
