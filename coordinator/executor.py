@@ -21,6 +21,7 @@ identical by determinism, so which one wins changes nothing but time).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import threading
 import time
 from collections import Counter, deque
@@ -137,6 +138,12 @@ class RoundExecutor:
         """Run every task at once; outcomes in task order. Raises RoundFailed or TaskRejected."""
         if not tasks:
             return []
+        with collector_paused:
+            return self._run(tasks, policy, deadline_s, label)
+
+    def _run(
+        self, tasks: Sequence[Any], policy: Policy, deadline_s: float, label: str
+    ) -> list[TaskOutcome]:
         start = self._clock()
         round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label, len(tasks))
         # First placements in task order, so a seeded policy places a fault-free round the
@@ -188,6 +195,37 @@ class RoundExecutor:
                 if first[i] is not None:
                     self._registry.end_task(first[i], None)
             backups.shutdown(wait=False, cancel_futures=True)
+
+
+class _CollectorPause:
+    """Keeps the cyclic garbage collector off while any round runs (rounds may overlap).
+
+    A round holds every result until it ends, so the allocations of 10,000 tasks set off
+    hundreds of collections that each walk the results gathered so far: about a sixth of
+    the coordinator's CPU per task, measured. Reference counting still frees everything a
+    round drops; only cycles wait, and they are collected as usual once no round runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rounds = 0
+        self._resume = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._rounds == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._rounds += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._rounds -= 1
+            if self._rounds == 0 and self._resume:
+                gc.enable()
+
+
+collector_paused = _CollectorPause()  # `with collector_paused:` nests and overlaps
 
 
 def _node_times(value: Any) -> tuple[float, float] | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
 
 import pytest
 
+import coordinator.executor as executor_module
 from coordinator.executor import (
     NodeBusyError,
     NodeFailure,
@@ -292,3 +294,74 @@ def test_a_task_only_seconds_late_is_not_rerun():
     outcomes = executor.run(list(range(4)), RoundRobin(), 10.0)
 
     assert outcomes[3].failures == [] and "stragglers" not in executor.counters.as_dict()
+
+
+def test_more_tasks_than_workers_run_in_order_and_free_every_slot(monkeypatch):
+    monkeypatch.setattr(executor_module, "MAX_WORKERS", 3)
+    registry = make_registry(1, 2, 3)
+    running = []
+    peak = [0]
+    lock = threading.Lock()
+
+    def call(node, task, timeout_s, may_decline):
+        with lock:
+            running.append(task)
+            peak[0] = max(peak[0], len(running))
+        time.sleep(0.005)
+        with lock:
+            running.remove(task)
+        return (node, task)
+
+    outcomes = RoundExecutor(registry, call).run(list(range(30)), RoundRobin(), 10.0)
+    assert [o.value for o in outcomes] == [(f"n:{1 + t % 3}", t) for t in range(30)]
+    assert peak[0] <= 3  # the worker bound holds
+    assert [v.in_flight for v in registry.views()] == [0, 0, 0]
+
+
+def test_a_failed_round_frees_the_slots_of_tasks_no_worker_took(monkeypatch):
+    monkeypatch.setattr(executor_module, "MAX_WORKERS", 2)
+    registry = make_registry(1, 2)
+
+    def call(node, task, timeout_s, may_decline):
+        if task == 1:
+            raise TaskRejected(ValueError("bad task"))
+        time.sleep(0.05)
+        return task
+
+    with pytest.raises(TaskRejected, match="bad task"):
+        RoundExecutor(registry, call).run(list(range(40)), RoundRobin(), 10.0)
+    deadline = time.monotonic() + 5.0  # the other worker finishes its call, then stops
+    while any(v.in_flight for v in registry.views()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [v.in_flight for v in registry.views()] == [0, 0]
+
+
+def test_the_cycle_collector_is_off_during_rounds_and_back_after_overlapping_ones():
+    assert gc.isenabled()
+    registry = make_registry(1)
+    seen = []
+    release_first = threading.Event()
+
+    def call(node, task, timeout_s, may_decline):
+        seen.append(gc.isenabled())
+        if task == "slow":
+            release_first.wait(5.0)
+        return task
+
+    executor = RoundExecutor(registry, call)
+    slow = threading.Thread(target=executor.run, args=(["slow"], RoundRobin(), 10.0))
+    slow.start()
+    while not seen:
+        time.sleep(0.001)
+    executor.run(["quick"], RoundRobin(), 10.0)
+    assert not gc.isenabled()  # the slow round still runs
+    release_first.set()
+    slow.join(5.0)
+    assert seen == [False, False] and gc.isenabled()
+
+    def reject(node, task, timeout_s, may_decline):
+        raise TaskRejected(ValueError("no"))
+
+    with pytest.raises(TaskRejected):
+        RoundExecutor(registry, reject).run([0], RoundRobin(), 10.0)
+    assert gc.isenabled()
