@@ -236,6 +236,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         self._sock = sock
         self._max_frame_size = max_frame_size
         self._rbuf = BytesIO(b"")
+        self._ahead = b""  # received past the end of the last frame
         self._wbuf = BytesIO()
         self._parts: list[bytes | memoryview] = []  # bulk buffers, by reference, in order
 
@@ -257,9 +258,12 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
 
     def readFrame(self) -> None:  # noqa: N802 - thrift's interface
         self._rbuf = BytesIO(b"")  # let the last frame go before the next one is allocated
-        header = BytesIO()
-        self._recv_into(header, 4)
-        (size,) = _FRAME_HEADER.unpack(header.getvalue())
+        # One recv takes the header and, for a small frame, the whole body: every recv
+        # releases and retakes the GIL, which costs more than the copy of a few KiB.
+        head, self._ahead = self._ahead, b""
+        while len(head) < 4:
+            head += self._recv_some(SMALL_FRAME_BYTES)
+        (size,) = _FRAME_HEADER.unpack_from(head)
         if size < 0:
             raise TTransport.TTransportException(
                 TTransport.TTransportException.NEGATIVE_SIZE, f"negative frame size ({size})"
@@ -269,12 +273,40 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
                 TTransport.TTransportException.SIZE_LIMIT,
                 f"frame size ({size}) larger than the maximum ({self._max_frame_size})",
             )
+        if len(head) - 4 >= size:
+            self._rbuf = BytesIO(head[4:4 + size])
+            self._ahead = head[4 + size:]  # the start of a next frame (pipelined calls)
+            return
         frame = BytesIO()
-        self._recv_into(frame, size)
+        self._recv_into(frame, size, head[4:])
         self._rbuf = frame
 
-    def _recv_into(self, target: BytesIO, size: int) -> None:
-        """Fill `target` with exactly `size` bytes from the socket, in place, then rewind it."""
+    def _recv_some(self, limit: int) -> bytes:
+        """At least one and at most `limit` bytes from the socket, in one recv."""
+        handle = self._sock.handle
+        if handle is None:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NOT_OPEN, "Transport not open"
+            )
+        try:
+            data = handle.recv(limit)
+        except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.TIMED_OUT, "read timeout", inner=_as_timeout(exc)
+            ) from None
+        except OSError as exc:
+            raise TTransport.TTransportException(
+                message="unexpected exception", inner=exc
+            ) from None
+        if not data:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
+            )
+        return data
+
+    def _recv_into(self, target: BytesIO, size: int, prefix: bytes = b"") -> None:
+        """Fill `target` with exactly `size` bytes (`prefix` already received, then the
+        socket's), in place, then rewind it."""
         if size == 0:
             return
         handle = self._sock.handle
@@ -286,7 +318,8 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         target.write(b"\0")  # one allocation of the final size, nothing copied
         view = target.getbuffer()
         try:
-            got = 0
+            got = len(prefix)
+            view[:got] = prefix
             while got < size:
                 try:
                     n = handle.recv_into(view[got:], size - got)
