@@ -27,6 +27,7 @@ import click
 from thrift.transport import TTransport
 
 from idl.events import configure_logging, log_event
+from idl.framing import MAX_MESSAGE_BYTES
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     InvalidRequest,
@@ -37,7 +38,7 @@ from idl.gen.ttypes import (
     TaskTimings,
     Tensor,
 )
-from idl.rpc import MAX_MESSAGE_BYTES, protocol_factory
+from idl.protocol import protocol_factory
 
 _FRAME = struct.Struct("!i")
 

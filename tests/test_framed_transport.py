@@ -1,4 +1,4 @@
-"""idl.rpc.FramedTransport: big frames in linear time, small ones intact, errors as TSocket's."""
+"""idl.framing.FramedTransport: big frames in linear time, small ones intact, TSocket errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from thrift.transport import TSocket, TTransport
 
-from idl.rpc import FramedTransport
+from idl.framing import FramedTransport
 
 
 def _pair(timeout_s: float = 5.0) -> tuple[FramedTransport, FramedTransport]:

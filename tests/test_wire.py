@@ -13,6 +13,7 @@ from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
 from idl.events import format_event
+from idl.framing import FramedTransport
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     InvalidRequest,
@@ -25,14 +26,8 @@ from idl.gen.ttypes import (
     Tensor,
     TrainConfig,
 )
-from idl.rpc import (
-    Address,
-    ConnectionPool,
-    FramedTransport,
-    ThriftServer,
-    connect,
-    protocol_factory,
-)
+from idl.protocol import protocol_factory
+from idl.rpc import Address, ConnectionPool, ThriftServer, connect
 from idl.tensors import (
     TensorError,
     all_finite,

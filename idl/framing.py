@@ -1,0 +1,317 @@
+"""Framed transport for Thrift, linear in the frame size, and a look into a frame's bytes.
+
+Same wire format as thrift's TFramedTransport: a 4-byte big-endian length, then the
+message. What differs is the cost: a frame is received straight into the buffer the
+protocol reads from, sent without joining buffers, and a bulk binary can be handed out
+as a read-only view of the frame instead of a copy.
+"""
+
+from __future__ import annotations
+
+import struct
+from io import BytesIO
+from typing import Any
+
+from thrift.Thrift import TType
+from thrift.transport import TSocket, TTransport
+
+# Bounds for every message: large enough for a 10M-parameter model (80 MB), small
+# enough that a forged length cannot make a process allocate gigabytes.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# A binary value at least this long is "bulk": written by reference and read as a view.
+BULK_BYTES = 64 * 1024
+# How many values the look for a bulk binary may visit before it leaves a message to C.
+PEEK_ITEMS = 64
+_FRAME_HEADER = struct.Struct("!i")
+SMALL_FRAME_BYTES = BULK_BYTES  # below this, one send of header + body beats two sends
+
+
+def _as_timeout(exc: OSError) -> OSError:
+    """A kernel send/receive timeout (EAGAIN on a blocking socket) as the TimeoutError it is."""
+    if isinstance(exc, BlockingIOError):
+        return TimeoutError(exc.errno, "timed out")
+    return exc
+
+
+class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
+    """Thrift's framed transport over a TSocket, linear in the frame size.
+
+    Why not TTransport.TFramedTransport: it reads a frame by `bytes +=` of recv() chunks
+    and TSocket.write re-slices the unsent rest after every partial send, so an 80 MB
+    model costs quadratic copying (about 20 MB/s measured). Here a frame is received
+    straight into the buffer the protocol reads from, and sent from the write buffer
+    without joining it to the header. Same wire format, same errors as TSocket's.
+    """
+
+    def __init__(self, sock: TSocket.TSocket, max_frame_size: int = MAX_MESSAGE_BYTES) -> None:
+        self._sock = sock
+        self._max_frame_size = max_frame_size
+        self._rbuf = BytesIO(b"")
+        self._ahead = b""  # received past the end of the last frame
+        self._wbuf = BytesIO()
+        self._parts: list[bytes | memoryview] = []  # bulk buffers, by reference, in order
+
+    def isOpen(self) -> bool:  # noqa: N802 - thrift's interface
+        return self._sock.isOpen()
+
+    def open(self) -> None:
+        self._sock.open()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def read(self, sz: int) -> bytes:
+        data = self._rbuf.read(sz)
+        if data:
+            return data
+        self.readFrame()
+        return self._rbuf.read(sz)
+
+    def readFrame(self) -> None:  # noqa: N802 - thrift's interface
+        self._rbuf = BytesIO(b"")  # let the last frame go before the next one is allocated
+        # One recv takes the header and, for a small frame, the whole body: every recv
+        # releases and retakes the GIL, which costs more than the copy of a few KiB.
+        head, self._ahead = self._ahead, b""
+        while len(head) < 4:
+            head += self._recv_some(SMALL_FRAME_BYTES)
+        (size,) = _FRAME_HEADER.unpack_from(head)
+        if size < 0:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NEGATIVE_SIZE, f"negative frame size ({size})"
+            )
+        if size > self._max_frame_size:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.SIZE_LIMIT,
+                f"frame size ({size}) larger than the maximum ({self._max_frame_size})",
+            )
+        if len(head) - 4 >= size:
+            self._rbuf = BytesIO(head[4:4 + size])
+            self._ahead = head[4 + size:]  # the start of a next frame (pipelined calls)
+            return
+        frame = BytesIO()
+        self._recv_into(frame, size, head[4:])
+        self._rbuf = frame
+
+    def _recv_some(self, limit: int) -> bytes:
+        """At least one and at most `limit` bytes from the socket, in one recv."""
+        handle = self._sock.handle
+        if handle is None:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NOT_OPEN, "Transport not open"
+            )
+        try:
+            data = handle.recv(limit)
+        except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.TIMED_OUT, "read timeout", inner=_as_timeout(exc)
+            ) from None
+        except OSError as exc:
+            raise TTransport.TTransportException(
+                message="unexpected exception", inner=exc
+            ) from None
+        if not data:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
+            )
+        return data
+
+    def _recv_into(self, target: BytesIO, size: int, prefix: bytes = b"") -> None:
+        """Fill `target` with exactly `size` bytes (`prefix` already received, then the
+        socket's), in place, then rewind it."""
+        if size == 0:
+            return
+        handle = self._sock.handle
+        if handle is None:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NOT_OPEN, "Transport not open"
+            )
+        target.seek(size - 1)
+        target.write(b"\0")  # one allocation of the final size, nothing copied
+        view = target.getbuffer()
+        try:
+            got = len(prefix)
+            view[:got] = prefix
+            while got < size:
+                try:
+                    n = handle.recv_into(view[got:], size - got)
+                except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
+                    raise TTransport.TTransportException(
+                        TTransport.TTransportException.TIMED_OUT, "read timeout",
+                        inner=_as_timeout(exc),
+                    ) from None
+                except OSError as exc:
+                    raise TTransport.TTransportException(
+                        message="unexpected exception", inner=exc
+                    ) from None
+                if n == 0:
+                    raise TTransport.TTransportException(
+                        TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
+                    )
+                got += n
+        finally:
+            view.release()
+        target.seek(0)
+
+    def release_read_frame(self) -> None:
+        """Drop the received frame once all of it was read (views of it keep their part alive).
+
+        An idle connection would otherwise hold its last message, a whole model, until the
+        next one arrives.
+        """
+        if self._rbuf.tell() >= len(self._rbuf.getbuffer()):
+            self._rbuf = BytesIO(b"")
+
+    def read_view(self, size: int) -> memoryview:
+        """The next `size` bytes as a read-only view of the received frame: no copy.
+
+        The frame's buffer is never written again (the next frame gets a new one), so the
+        view stays valid as long as anyone holds it.
+        """
+        start = self._rbuf.tell()
+        if len(self._rbuf.getbuffer()) - start < size:
+            return memoryview(self.readAll(size))  # spans frames: thrift never does this
+        view = self._rbuf.getbuffer()[start:start + size].toreadonly()
+        self._rbuf.seek(start + size)
+        return view
+
+    def holds_bulk_binary(self, spec: Any) -> bool:
+        """Whether the struct about to be read holds a bulk binary (a bounded look, no read)."""
+        view = self._rbuf.getbuffer()
+        start = self._rbuf.tell()
+        if len(view) - start < BULK_BYTES:
+            view.release()
+            return False  # too little left in the frame to hold one
+        try:
+            BinaryPeek(view).walk_struct(start, spec)
+            return False
+        except BulkFound:
+            return True
+        except (PeekLimit, struct.error, IndexError, TypeError):
+            return False  # long, unusual or malformed: the C decoder reads (and reports) it
+        finally:
+            view.release()
+
+    def write(self, buf: bytes | memoryview) -> None:
+        if len(buf) < BULK_BYTES:
+            self._wbuf.write(buf)
+            return
+        # Bulk: keep a reference (bytes and received views are immutable) instead of copying.
+        if self._wbuf.tell():
+            self._parts.append(self._wbuf.getvalue())
+            self._wbuf = BytesIO()
+        self._parts.append(buf)
+
+    def flush(self) -> None:
+        parts, self._parts = self._parts, []  # a failed send leaves a clean buffer
+        tail, self._wbuf = self._wbuf, BytesIO()
+        handle = self._sock.handle
+        if handle is None:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NOT_OPEN, "Transport not open"
+            )
+        view = tail.getbuffer()
+        try:
+            size = sum(len(p) for p in parts) + len(view)
+            header = _FRAME_HEADER.pack(size)
+            if size < SMALL_FRAME_BYTES:
+                handle.sendall(header + view)
+            else:
+                handle.sendall(header)
+                for part in parts:
+                    handle.sendall(part)
+                if len(view):
+                    handle.sendall(view)
+        except OSError as exc:
+            raise TTransport.TTransportException(
+                message="unexpected exception", inner=_as_timeout(exc)
+            ) from None
+        finally:
+            view.release()
+
+    # CReadableTransport: what the accelerated protocol reads from directly.
+    @property
+    def cstringio_buf(self) -> BytesIO:
+        return self._rbuf
+
+    def cstringio_refill(self, partialread: bytes, reqlen: int) -> BytesIO:
+        prefix = partialread
+        while len(prefix) < reqlen:
+            self.readFrame()
+            prefix += self._rbuf.getvalue()
+        self._rbuf = BytesIO(prefix)
+        return self._rbuf
+
+
+_SCALAR_SIZES = {
+    TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8, TType.DOUBLE: 8,
+}
+
+
+class PeekLimit(Exception):
+    """A look at a message went past PEEK_ITEMS values: decide without it."""
+
+
+class BulkFound(Exception):  # noqa: N818 - a signal, not an error
+    """The walk met a bulk binary."""
+
+
+class BinaryPeek:
+    """Walks encoded binary-protocol bytes by a struct's spec, looking for a bulk binary.
+
+    Reads nothing, copies nothing; gives up (PeekLimit) after PEEK_ITEMS values, so a
+    10,000-element list costs a bounded, small amount of work (and goes to the C decoder).
+    """
+
+    def __init__(self, buf: memoryview) -> None:
+        self._buf = buf
+        self._budget = PEEK_ITEMS
+
+    def walk_struct(self, pos: int, spec: Any) -> int:
+        """Skip one encoded struct; the position after it. Raises BulkFound on a bulk binary."""
+        buf = self._buf
+        while True:
+            ftype = buf[pos]
+            if ftype == TType.STOP:
+                return pos + 1
+            (fid,) = _I16.unpack_from(buf, pos + 1)
+            field = spec[fid] if spec is not None and 0 <= fid < len(spec) else None
+            args = field[3] if field is not None and field[1] == ftype else None
+            pos = self._walk_value(pos + 3, ftype, args)
+
+    def _walk_value(self, pos: int, ttype: int, args: Any) -> int:
+        self._budget -= 1
+        if self._budget < 0:
+            raise PeekLimit
+        buf = self._buf
+        if ttype in _SCALAR_SIZES:
+            return pos + _SCALAR_SIZES[ttype]
+        if ttype == TType.STRING:
+            (n,) = _I32.unpack_from(buf, pos)
+            if args == "BINARY" and n >= BULK_BYTES:
+                raise BulkFound
+            return pos + 4 + n
+        if ttype == TType.STRUCT:
+            return self.walk_struct(pos, args[1] if args is not None else None)
+        if ttype in (TType.LIST, TType.SET):
+            etype = buf[pos]
+            (n,) = _I32.unpack_from(buf, pos + 1)
+            pos += 5
+            if etype in _SCALAR_SIZES:
+                return pos + n * _SCALAR_SIZES[etype]
+            eargs = args[1] if args is not None and args[0] == etype else None
+            for _ in range(n):
+                pos = self._walk_value(pos, etype, eargs)
+            return pos
+        if ttype == TType.MAP:
+            ktype, vtype = buf[pos], buf[pos + 1]
+            (n,) = _I32.unpack_from(buf, pos + 2)
+            pos += 6
+            for _ in range(n):
+                pos = self._walk_value(pos, ktype, None)
+                pos = self._walk_value(pos, vtype, None)
+            return pos
+        raise PeekLimit  # unknown type: not ours to judge
+
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
