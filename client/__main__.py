@@ -14,7 +14,7 @@ import click
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.progress import with_progress
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
-from idl.cli import AddressListType, finite, run_cli
+from idl.cli import AddressListType, finite, log_level_option, run_cli
 from idl.events import configure_logging
 from idl.rpc import Address
 from idl.tensors import TensorError
@@ -70,8 +70,7 @@ def _print_round(report: RoundReport) -> None:
               default=600.0, show_default=True, help="Seconds a round may take before it fails.")
 @click.option("--token", default="", envvar="FEDCLUSTER_TOKEN",
               help="Shared secret sent with every call (env FEDCLUSTER_TOKEN).")
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@log_level_option("WARNING")
 def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: int, epochs: int,
           h: int, eta: float, seed: int, batch_size: int, momentum: float, standardize: bool,
           init: str, policy: str,

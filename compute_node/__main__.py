@@ -13,7 +13,7 @@ from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
-from idl.cli import AddressType, finite, run_cli
+from idl.cli import AddressType, finite, log_level_option, metrics_port_option, run_cli
 from idl.events import configure_logging, log_event
 from idl.gen import ComputeNode
 from idl.rpc import Address, ThriftServer
@@ -60,14 +60,8 @@ from idl.rpc import Address, ThriftServer
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
     help="Tasks trained at once; the rest queue.",
 )
-@click.option(
-    "--metrics-port", type=click.IntRange(0, 65535), default=None,
-    help="Serve Prometheus metrics on this port (0 = any free port) [off].",
-)
-@click.option(
-    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO", show_default=True,
-)
+@metrics_port_option
+@log_level_option()
 def cli(
     port: int,
     load_probability: float,

@@ -17,7 +17,7 @@ from coordinator.policies import policy_name
 from coordinator.registry import Registry
 from coordinator.service import CoordinatorService
 from coordinator.shard_store import ShardStore
-from idl.cli import run_cli
+from idl.cli import log_level_option, metrics_port_option, run_cli
 from idl.events import configure_logging, log_event
 from idl.gen import Coordinator
 from idl.rpc import ThriftServer
@@ -56,12 +56,8 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
 @click.option("--max-shard-cache-mb", type=click.FloatRange(min=1), default=1024.0,
               show_default=True, help="Bound on shard bytes kept for forwarding to nodes.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics on this port (0 = any free port) [off].")
-@click.option(
-    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO", show_default=True,
-)
+@metrics_port_option
+@log_level_option()
 def cli(
     port: int,
     policy: str,

@@ -60,3 +60,18 @@ def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = Non
         click.echo("error: aborted", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def log_level_option(default: str = "INFO"):
+    """--log-level, the same on every command."""
+    levels = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+    return click.option(
+        "--log-level", type=levels, default=default, show_default=True,
+        help="Events at this level and above go to stderr.",
+    )
+
+
+metrics_port_option = click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve Prometheus metrics on this port (0 = any free port) [off].",
+)
