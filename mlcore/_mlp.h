@@ -228,11 +228,6 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #define MLP_NV 2
 #define MLP_KV 7
 #include "_mlp_impl.h"
-#undef MLP_W
-#undef MLP_ISA
-#undef MLP_RT
-#undef MLP_NV
-#undef MLP_KV
 
 #if MLCORE_X86
 #pragma GCC push_options
@@ -244,12 +239,6 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #define MLP_KV 8
 #define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
 #include "_mlp_impl.h"
-#undef MLP_ISA
-#undef MLP_RT
-#undef MLP_NV
-#undef MLP_KV
-#undef MLP_W
-#undef MLP_MOVEMASK
 #pragma GCC pop_options
 
 #pragma GCC push_options
@@ -261,12 +250,6 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #define MLP_KV 8
 #define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
 #include "_mlp_impl.h"
-#undef MLP_ISA
-#undef MLP_RT
-#undef MLP_NV
-#undef MLP_KV
-#undef MLP_W
-#undef MLP_MOVEMASK
 #pragma GCC pop_options
 #endif
 

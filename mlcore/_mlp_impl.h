@@ -528,3 +528,11 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 #undef LD
 #undef ST
 #undef SPLAT
+
+/* The parameters of this instantiation: the includer sets them afresh for the next one. */
+#undef MLP_ISA
+#undef MLP_W
+#undef MLP_RT
+#undef MLP_NV
+#undef MLP_KV
+#undef MLP_MOVEMASK
