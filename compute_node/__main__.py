@@ -13,7 +13,14 @@ from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
-from idl.cli import AddressType, finite, log_level_option, metrics_port_option, run_cli
+from idl.cli import (
+    AddressType,
+    finite,
+    log_level_option,
+    metrics_port_option,
+    run_cli,
+    serve_metrics_or_fail,
+)
 from idl.events import configure_logging, log_event
 from idl.gen import ComputeNode
 from idl.rpc import Address, ThriftServer
@@ -109,11 +116,7 @@ def cli(
         extra_latency_s=extra_latency,
     )
     if metrics:
-        try:
-            metrics.serve(host, metrics_port)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {host}:{metrics_port}: "
-                                       f"{exc.strerror or exc}") from None
+        serve_metrics_or_fail(metrics, host, metrics_port)
     registrar = None
     if coordinators:
         advertised = Address(advertise_host or server.address.host, server.address.port)

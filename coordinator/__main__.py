@@ -17,7 +17,7 @@ from coordinator.policies import policy_name
 from coordinator.registry import Registry
 from coordinator.service import CoordinatorService
 from coordinator.shard_store import ShardStore
-from idl.cli import log_level_option, metrics_port_option, run_cli
+from idl.cli import log_level_option, metrics_port_option, run_cli, serve_metrics_or_fail
 from idl.events import configure_logging, log_event
 from idl.gen import Coordinator
 from idl.rpc import ThriftServer
@@ -110,11 +110,7 @@ def cli(
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
     )
     if metrics:
-        try:
-            metrics.serve(host, metrics_port)
-        except OSError as exc:
-            raise click.ClickException(f"cannot serve metrics on {host}:{metrics_port}: "
-                                       f"{exc.strerror or exc}") from None
+        serve_metrics_or_fail(metrics, host, metrics_port)
     health = HealthMonitor(registry, caller.probe, heartbeat_s)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())

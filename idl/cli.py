@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import Any
 
 import click
 
@@ -60,6 +61,16 @@ def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = Non
         click.echo("error: aborted", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def serve_metrics_or_fail(metrics: Any, host: str, port: int) -> None:
+    """Start `metrics.serve(host, port)`; a port that cannot be bound is a user's mistake."""
+    try:
+        metrics.serve(host, port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
+        ) from None
 
 
 def log_level_option(default: str = "INFO"):

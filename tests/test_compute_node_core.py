@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from test_compute_node import make_shard
 
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
@@ -29,11 +30,7 @@ from mlcore.standardize import standardize
 
 
 def shard_bytes(n_rows: int, seed: int = 0, d: int = 4, k: int = 3) -> bytes:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 16, (n_rows, d))
-    y = rng.integers(0, k, n_rows)
-    rows = (",".join(map(str, [*r, label])) + "\n" for r, label in zip(x, y, strict=True))
-    return "".join(rows).encode()
+    return make_shard(n_rows, d=d, k=k, seed=seed)
 
 
 def sha(data: bytes) -> str:
