@@ -184,11 +184,15 @@ def test_training_is_bitwise_reproducible_across_processes():
 
 def test_training_releases_the_gil():
     params, x, y = _problem(n=1000, h=256)
+    # Size the run by this CPU's speed so it lasts about half a second whatever the kernel.
+    start = time.perf_counter()
+    train(params, x, y, epochs=5, eta=1e-5)
+    epochs = max(5, int(5 * 0.5 / (time.perf_counter() - start)))
     times: dict[str, float] = {}
 
     def run() -> None:
         times["start"] = time.perf_counter()
-        train(params, x, y, epochs=150, eta=1e-5)
+        train(params, x, y, epochs=epochs, eta=1e-5)
         times["end"] = time.perf_counter()
 
     worker = threading.Thread(target=run)
