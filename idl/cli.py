@@ -6,13 +6,17 @@ Click validates; the cores trust what they are given. A user's mistake ends as o
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from idl.rpc import Address
+from idl.tls import TlsConfigError, TlsFiles, load_contexts
 
 
 class AddressType(click.ParamType):
@@ -86,3 +90,35 @@ metrics_port_option = click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=None,
     help="Serve Prometheus metrics on this port (0 = any free port) [off].",
 )
+
+
+def tls_options(*, serves: bool):
+    """--tls-cert, --tls-key, --tls-ca, the same on every command; see idl/tls.py.
+
+    The command gets one `tls: TlsContexts` argument instead of the three paths, built
+    before it runs, so a bad file is one `error:` line at start, not a failure at the
+    first call. `serves`: the command is a server (it needs cert + key to use TLS).
+    """
+    pem = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_tls(*args: Any, tls_cert: Path | None, tls_key: Path | None,
+                     tls_ca: Path | None, **kwargs: Any) -> Any:
+            try:
+                tls = load_contexts(TlsFiles(tls_cert, tls_key, tls_ca), serves=serves)
+            except TlsConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            return command(*args, tls=tls, **kwargs)
+
+        for name, help_text in (
+            ("--tls-ca", "CA that signs the peers' certificates: servers verified by it; "
+                         "on a server, clients must present one (mutual TLS)."),
+            ("--tls-key", "PEM private key of --tls-cert."),
+            ("--tls-cert", "PEM certificate: served (TLS on) and presented when calling out."
+                           if serves else "PEM client certificate presented to the server."),
+        ):
+            with_tls = click.option(name, type=pem, default=None, help=help_text)(with_tls)
+        return with_tls
+
+    return decorate

@@ -8,6 +8,7 @@ as a read-only view of the frame instead of a copy.
 
 from __future__ import annotations
 
+import ssl
 import struct
 from io import BytesIO
 from typing import Any
@@ -31,6 +32,13 @@ def _as_timeout(exc: OSError) -> OSError:
     if isinstance(exc, BlockingIOError):
         return TimeoutError(exc.errno, "timed out")
     return exc
+
+
+def _failure(exc: OSError) -> str:
+    """The message of a failed send or recv: a TLS alert (a refused certificate) says so."""
+    if isinstance(exc, ssl.SSLError):
+        return "TLS: " + str(exc.reason or exc).lower().replace("_", " ")
+    return "unexpected exception"
 
 
 class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
@@ -107,7 +115,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
             ) from None
         except OSError as exc:
             raise TTransport.TTransportException(
-                message="unexpected exception", inner=exc
+                message=_failure(exc), inner=exc
             ) from None
         if not data:
             raise TTransport.TTransportException(
@@ -141,7 +149,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
                     ) from None
                 except OSError as exc:
                     raise TTransport.TTransportException(
-                        message="unexpected exception", inner=exc
+                        message=_failure(exc), inner=exc
                     ) from None
                 if n == 0:
                     raise TTransport.TTransportException(
@@ -223,7 +231,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
                     handle.sendall(view)
         except OSError as exc:
             raise TTransport.TTransportException(
-                message="unexpected exception", inner=_as_timeout(exc)
+                message=_failure(exc), inner=_as_timeout(exc)
             ) from None
         finally:
             view.release()

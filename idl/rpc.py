@@ -10,6 +10,7 @@ connection. The framing and the protocol live in idl/framing.py and idl/protocol
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -143,31 +144,57 @@ def _is_plain_close(exc: BaseException) -> bool:
 
 
 class Connection:
-    """One open framed connection and the generated client over it. Not thread-safe."""
+    """One open framed connection and the generated client over it. Not thread-safe.
 
-    def __init__(self, client_cls: type, address: Address, timeout_s: float) -> None:
+    With `tls`, the socket is wrapped after the TCP connect and before the framing, the
+    handshake bounded by CONNECT_TIMEOUT_S and the server checked for `address.host`.
+    """
+
+    def __init__(
+        self, client_cls: type, address: Address, timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.address = address
         self._socket = TSocket.TSocket(address.host, address.port)
         self._socket.setTimeout(CONNECT_TIMEOUT_S * 1000)
         self._transport = FramedTransport(self._socket, MAX_MESSAGE_BYTES)
         self._transport.open()
+        self._tls = tls is not None
+        if tls is not None:
+            self._wrap(tls)
         self._socket.handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.set_timeout(timeout_s)
         self.client = client_cls(protocol_factory().getProtocol(self._transport))
         self.last_used = time.monotonic()
+
+    def _wrap(self, tls: ssl.SSLContext) -> None:
+        """TLS handshake on the open socket; a refusal is a transport error like any other."""
+        try:
+            self._socket.setHandle(
+                tls.wrap_socket(self._socket.handle, server_hostname=self.address.host)
+            )
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            self._transport.close()
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.NOT_OPEN,
+                f"TLS handshake with {self.address} failed: {_tls_reason(exc)}", inner=exc,
+            ) from None
 
     def set_timeout(self, timeout_s: float) -> None:
         """Bound every following read and write on this connection.
 
         The kernel enforces it (SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket): a Python
         socket timeout would poll() before every send and recv, and each poll is one more
-        release of the GIL, which is what costs at thousands of calls a second.
+        release of the GIL, which is what costs at thousands of calls a second. Not under
+        TLS: an SSLSocket on a blocking socket retries past the kernel's timeout (measured:
+        a 0.3 s SO_RCVTIMEO read waited until the peer closed), so there it is the socket's
+        own timeout.
         """
         handle = self._socket.handle
-        if handle is None:
-            self._socket.setTimeout(max(timeout_s, 0.001) * 1000)
-            return
         timeout_s = max(timeout_s, 0.001)
+        if handle is None or self._tls:
+            self._socket.setTimeout(timeout_s * 1000)
+            return
         if handle.gettimeout() is not None:
             handle.settimeout(None)
         seconds = int(timeout_s)
@@ -179,9 +206,23 @@ class Connection:
         self._transport.close()
 
 
-def connect(client_cls: type, address: Address, timeout_s: float = DEFAULT_CALL_TIMEOUT_S):
+def _tls_reason(exc: BaseException) -> str:
+    """The useful part of an ssl error: 'certificate verify failed: ...', 'alert ...'."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    if isinstance(exc, ConnectionError):
+        return f"connection closed by the server ({exc.strerror or type(exc).__name__})"
+    return str(exc) or type(exc).__name__
+
+
+def connect(
+    client_cls: type, address: Address, timeout_s: float = DEFAULT_CALL_TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
+) -> Connection:
     """Open a connection; raises TTransportException when the peer cannot be reached."""
-    return Connection(client_cls, address, timeout_s)
+    return Connection(client_cls, address, timeout_s, tls)
 
 
 class ConnectionPool:
@@ -191,15 +232,18 @@ class ConnectionPool:
     half-read reply can never be mistaken for the next call's answer.
     """
 
-    def __init__(self, client_cls: type, *, max_idle: int = 8) -> None:
+    def __init__(
+        self, client_cls: type, *, max_idle: int = 8, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._client_cls = client_cls
         self._max_idle = max_idle
+        self._tls = tls
         self._idle: dict[Address, list[Connection]] = {}
         self._lock = threading.Lock()
 
     def connection(self, address: Address, timeout_s: float) -> _Lease:
         """A pooled connection for one `with` block; an error inside closes it for good."""
-        conn = self._take(address) or connect(self._client_cls, address, timeout_s)
+        conn = self._take(address) or connect(self._client_cls, address, timeout_s, self._tls)
         conn.set_timeout(timeout_s)
         return _Lease(self, conn)
 
