@@ -8,16 +8,18 @@ neither the policy, the node count, arrival order nor retries change a bit.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from client.coordinator_link import CoordinatorLink
+from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.timing import TimingWriter
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardRef, TrainConfig
-from idl.tensors import decode_tensors, encode_tensors
+from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.checkpoint import load_model, save_model
 from mlcore.data import DataDir, read_data_dir
 from mlcore.fedavg import fedavg
@@ -87,6 +89,10 @@ class RunSummary:
 
 class ResumeMismatch(ValueError):
     """The checkpoint belongs to another run (different data or hyperparameters)."""
+
+
+class BadRoundResult(RoundFailed):
+    """The coordinator's answer does not fit the round asked for: none of it is applied."""
 
 
 def digest_file(path: Path) -> str:
@@ -165,7 +171,10 @@ def run_training(
                 deadline_s=config.round_deadline_s, token=config.token,
             )
             result = link.run_round(request)
-            params = aggregate(params, result)
+            # Checked whole before anything is applied: a bad answer fails the run with the
+            # weights and the checkpoint of the last good round.
+            updates = verified_updates(refs, params, result, round_no)
+            params = fedavg(params, updates)
             val_error = error_rate(params, val_x, data.validate.y)
             seconds = time.perf_counter() - started
             report = _report(round_no, config.rounds, result, val_error, seconds)
@@ -188,14 +197,74 @@ def run_training(
     return summary
 
 
-def aggregate(params: Params, result: RoundResult) -> Params:
-    """FedAvg over the round's results, which the coordinator returns in shard order."""
-    updates = [
-        (Params.from_tensors(decode_tensors(r.delta, name=f"delta of shard {i}", writable=False)),
-         r.n_samples)
-        for i, r in enumerate(result.results)
-    ]
-    return fedavg(params, updates)
+def verified_updates(
+    shards: Sequence[ShardRef], params: Params, result: RoundResult, round_no: int | None = None
+) -> list[tuple[Params, int]]:
+    """The round's (delta, n_samples) in shard order, once all of `result` is checked.
+
+    The client trusts nothing it did not compute: exactly one result per shard of the
+    request (records name each shard index once, in order, and there are as many results
+    as shards), every delta decodes to the model's shapes with finite values, n_samples is
+    the shard's row count, loss and error are finite. Otherwise BadRoundResult, one line
+    naming the shard and what is wrong. The deltas are read-only views of the received
+    bytes, not copies (fedavg only reads them).
+    """
+    where = f"round {round_no}: " if round_no is not None else ""
+    source = f"coordinator {result.coordinator}" if result.coordinator else "the coordinator"
+    n = len(shards)
+
+    def bad(index: int | None, what: str) -> BadRoundResult:
+        if index is None:
+            return BadRoundResult(f"{where}{source} sent a bad round result: {what}; "
+                                  "nothing of it was applied.")
+        return BadRoundResult(f"{where}{source} sent a bad result for shard {index} "
+                              f"({shards[index].name}): {what}; nothing of it was applied.")
+
+    results = list(result.results or [])
+    records = list(result.records or [])
+    indices = [rec.shard_index for rec in records]
+    for index in indices:
+        if not isinstance(index, int) or not 0 <= index < n:
+            raise bad(None, f"a result for shard index {index!r}, but the round has {n} shards")
+    counts = Counter(indices)
+    for i in range(n):
+        if counts[i] != 1:
+            raise bad(i, "no result" if counts[i] == 0 else f"{counts[i]} results")
+    for position, rec in enumerate(records):
+        if rec.shard_index != position:
+            raise bad(rec.shard_index, f"its record is in place {position}, not in shard order")
+        if rec.shard != shards[position].name:
+            raise bad(position, f"its record names shard {rec.shard!r}")
+    if len(results) < n:
+        raise bad(len(results), f"no result ({len(results)} results for {n} shards)")
+    if len(results) > n:
+        raise bad(None, f"{len(results)} results for {n} shards")
+
+    want = [tuple(t.shape) for t in params.tensors()]
+    updates: list[tuple[Params, int]] = []
+    for i, (r, ref) in enumerate(zip(results, shards, strict=True)):
+        if r is None:
+            raise bad(i, "no result")
+        try:
+            delta = decode_tensors(r.delta, name="delta", writable=False)
+        except TensorError as exc:
+            raise bad(i, str(exc)) from None
+        got = [tuple(t.shape) for t in delta]
+        if got != want:
+            raise bad(i, f"delta shapes {_shapes(got)} differ from the model's {_shapes(want)}")
+        for what, value in (("n_samples", r.n_samples),
+                            ("its record's n_samples", records[i].n_samples)):
+            if value != ref.n_rows:
+                raise bad(i, f"{what} is {value}, the shard has {ref.n_rows} rows")
+        for what, value in (("train_loss", r.train_loss), ("train_error", r.train_error)):
+            if not isinstance(value, float | int) or not math.isfinite(value):
+                raise bad(i, f"{what} is {value!r}, not a finite number")
+        updates.append((Params(*delta), ref.n_rows))
+    return updates
+
+
+def _shapes(shapes: list[tuple[int, ...]]) -> str:
+    return ", ".join(str(list(s)) for s in shapes)
 
 
 def _report(round_no: int, rounds: int, result: RoundResult, val_error: float,

@@ -31,5 +31,20 @@ def fedavg(params: Params, updates: Sequence[tuple[Params, int]]) -> Params:
         acc = np.zeros(base.shape, dtype=np.float64)
         for delta, n in updates:
             acc += float(n) * np.asarray(delta.tensors()[i], dtype=np.float64)
-        out.append(base + acc / float(total))
+        new = base + acc / float(total)
+        # One check of the output covers every input: a NaN or infinity anywhere (or a sum
+        # that overflows) leaves a non-finite value here. Only then look for the culprit.
+        if not np.isfinite(new).all():
+            raise ValueError(_non_finite(params, updates, i))
+        out.append(new)
     return Params.from_tensors(out)
+
+
+def _non_finite(params: Params, updates: Sequence[tuple[Params, int]], i: int) -> str:
+    """Say which input made tensor i of the average non-finite."""
+    if not np.isfinite(params.tensors()[i]).all():
+        return f"the weights' tensor {i} holds NaN or infinite values"
+    for index, (delta, _) in enumerate(updates):
+        if not np.isfinite(delta.tensors()[i]).all():
+            return f"update {index}: delta tensor {i} holds NaN or infinite values"
+    return f"the average of tensor {i} overflows (deltas too large)"
