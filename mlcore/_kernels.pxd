@@ -15,8 +15,9 @@ cdef extern from "_mlp.h" nogil:
         double* gw2
         double* gb2
 
-    ctypedef void (*mlcore_train_fn)(mlcore_net*, const double*, const int64_t*, Py_ssize_t,
-                                     Py_ssize_t, double, Py_ssize_t, double, uint64_t)
+    ctypedef Py_ssize_t (*mlcore_train_fn)(mlcore_net*, const double*, const int64_t*,
+                                           Py_ssize_t, Py_ssize_t, double, Py_ssize_t, double,
+                                           uint64_t, double)
     ctypedef void (*mlcore_gradient_fn)(mlcore_net*, const double*, const int64_t*, Py_ssize_t)
     ctypedef void (*mlcore_evaluate_fn)(mlcore_net*, const double*, const int64_t*, Py_ssize_t,
                                         double*, int64_t*, double*)

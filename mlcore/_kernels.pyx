@@ -24,7 +24,9 @@ Why the kernels look like this:
   units drive the second layer (z2 and its weight gradient), which skip exact zero terms
   only, so the bits are those of the dense sum.
 * The whole training loop (all epochs, shuffles and steps) runs inside `with nogil`, so
-  other Python threads (RPC health checks) keep running. Shapes and dtypes are checked
+  other Python threads (RPC health checks) keep running. A time limit is checked inside
+  that loop, reading the monotonic clock between steps (MLCORE_CLOCK_WORK in _mlp.h),
+  rather than by returning to Python every epoch: no GIL round trip per epoch, no cost. Shapes and dtypes are checked
   once, in mlcore/model.py, before the kernels are entered; one aligned allocation per call
   holds a padded working copy of the weights and every buffer.
 * Mini-batch shuffling uses SplitMix64 + Fisher-Yates in C (mirrored in reference.py).
@@ -88,19 +90,25 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
           double[:, ::1] w1, double[::1] b1,                      # IN/OUT
           double[:, ::1] w2, double[::1] b2,                      # IN/OUT
           Py_ssize_t epochs, double eta, Py_ssize_t batch_size, double momentum,
-          uint64_t seed):
+          uint64_t seed, double limit_s=0.0):
     """Train in place: epochs of (mini-)batch descent, step = eta * summed gradient.
 
     batch_size 0 means full batch with rows in order; otherwise rows are reshuffled each
     epoch from `seed` and the last batch of an epoch may be short. Shapes are trusted.
+    limit_s > 0 stops between steps once that many seconds have passed (the clock is read
+    inside the loop, so the GIL stays released). Returns the epochs completed: fewer than
+    `epochs` means the limit stopped it and the weights are mid-training.
     """
     cdef _Net work = _Net(w1, b1, w2, b2, x.shape[0] if batch_size > 0 else 0)
     cdef mlcore_net* net = &work.net
     cdef mlcore_train_fn fn = mlcore_isas[_isa].train
+    cdef Py_ssize_t done
     with nogil:
-        fn(net, &x[0, 0], &y[0], x.shape[0], epochs, eta, batch_size, momentum, seed)
+        done = fn(net, &x[0, 0], &y[0], x.shape[0], epochs, eta, batch_size, momentum, seed,
+                  limit_s)
         mlcore_net_unload(net, net.w1, net.b1, net.w2, net.b2,
                           &w1[0, 0], &b1[0], &w2[0, 0], &b2[0])
+    return done
 
 
 def gradient(const double[:, ::1] x, const int64_t[::1] y,                      # IN

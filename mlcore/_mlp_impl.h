@@ -440,20 +440,34 @@ static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, dou
 /* ---------------------------------------------------------------------- entry points */
 
 /* Epochs of (mini-)batch descent on the net's padded weights; batch 0 = full batch in
-   row order, else rows reshuffled each epoch from seed (net->order must hold n). */
-static void F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
-                     ptrdiff_t epochs, double eta, ptrdiff_t batch, double mu, uint64_t seed)
+   row order, else rows reshuffled each epoch from seed (net->order must hold n).
+   limit_s > 0: stop before any step that would start limit_s seconds or more after the call
+   (the clock is read as MLCORE_CLOCK_WORK says). Returns the epochs completed: `epochs`,
+   or fewer when the limit stopped it (the weights are then mid-training: discard them). */
+static ptrdiff_t F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
+                          ptrdiff_t epochs, double eta, ptrdiff_t batch, double mu,
+                          uint64_t seed, double limit_s)
 {
     const ptrdiff_t d = net->d, hp = net->hp, kp = net->kp;
     ptrdiff_t epoch, start, size, i, step = batch > 0 ? batch : n;
     int64_t *rows = batch > 0 ? net->order : NULL;
     uint64_t state = seed;
+    const double params = (double)(d * hp + hp * kp);
+    const double stop_at = limit_s > 0 ? mlcore_now() + limit_s : 0.0;
+    double unclocked = MLCORE_CLOCK_WORK; /* work since the last clock reading */
     if (rows)
         for (i = 0; i < n; i++) rows[i] = i;
     for (epoch = 0; epoch < epochs; epoch++) {
         if (rows) mlcore_shuffle(rows, n, &state);
         for (start = 0; start < n; start += size) {
             size = n - start < step ? n - start : step;
+            if (limit_s > 0) {
+                if (unclocked >= MLCORE_CLOCK_WORK) {
+                    if (mlcore_now() >= stop_at) return epoch;
+                    unclocked = 0.0;
+                }
+                unclocked += (double)size * params;
+            }
             if (rows) F(batch_gradient)(net, x, y, rows + start, size);
             else F(batch_gradient)(net, x + start * d, y + start, NULL, size);
             F(step)(net->w1, net->vw1, net->gw1, d * hp, eta, mu);
@@ -463,6 +477,7 @@ static void F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff
             mlcore_net_transpose_w2(net);
         }
     }
+    return epochs;
 }
 
 static void F(gradient)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n)

@@ -74,6 +74,19 @@ def _check_shapes(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray
         )
 
 
+class TrainingTimeout(TimeoutError):
+    """train() reached its time limit before the last epoch; no weights come out of it."""
+
+    def __init__(self, limit_s: float, epochs_done: int, epochs: int) -> None:
+        super().__init__(
+            f"training stopped at its time limit of {limit_s:g}s after {epochs_done} of "
+            f"{epochs} epochs"
+        )
+        self.limit_s = limit_s
+        self.epochs_done = epochs_done
+        self.epochs = epochs
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     """Parameters after training plus mean loss and error rate on the training rows."""
@@ -139,11 +152,14 @@ def train(
     batch_size: int = 0,
     momentum: float = 0.0,
     seed: int = 1,
+    time_limit_s: float | None = None,
 ) -> TrainOutcome:
     """Train a copy of `params` on (x, y); batch_size 0 = full batch. Bitwise deterministic.
 
     The kernels run without the GIL for the whole loop; loss and error are measured on
-    (x, y) after training.
+    (x, y) after training. With `time_limit_s` the kernel reads the clock between steps and
+    stops once the limit has passed: TrainingTimeout. A run that finishes in time has the
+    very bits of a run without a limit (the clock never touches the arithmetic).
     """
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -154,11 +170,19 @@ def train(
     if not _is_real(momentum) or not (0.0 <= momentum < 1.0):
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
     _check_seed(seed)
+    if time_limit_s is not None and not (
+        _is_real(time_limit_s) and math.isfinite(time_limit_s) and time_limit_s > 0
+    ):
+        raise ValueError(f"time_limit_s must be > 0 and finite (or None), got {time_limit_s!r}")
     out = _checked_params(params)
     xs, ys = _checked_data(out, x, y)
-    _kernels.train(
-        xs, ys, *out.tensors(), int(epochs), float(eta), int(batch_size), float(momentum), seed
+    limit_s = float(time_limit_s or 0.0)
+    done = _kernels.train(
+        xs, ys, *out.tensors(), int(epochs), float(eta), int(batch_size), float(momentum), seed,
+        limit_s,
     )
+    if done < epochs:
+        raise TrainingTimeout(limit_s, int(done), int(epochs))
     if not all(np.isfinite(t).all() for t in out.tensors()):
         raise FloatingPointError(
             f"training diverged (non-finite weights) with eta={eta}; lower the learning rate"
