@@ -1,13 +1,47 @@
-"""Shared fixtures: real cluster processes that are always stopped, also when a test fails."""
+"""Shared fixtures: real cluster processes that are always stopped, also when a test fails.
+
+Also the one way a test says what it needs: `require(condition, reason)` in a test or
+fixture, or `@pytest.mark.needs(condition, reason)` on a test. Locally an unmet need skips
+the test with its reason; under CI (the environment variable CI set, as CI services do) it
+fails it, because CI runs as root, installs every tool (.ci/run) and has ../shared beside
+the clone, so a skip there would be a test that silently never ran.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import SHARED_DATA, LocalCluster
+
+
+def in_ci() -> bool:
+    """True when the environment variable CI is set to anything but "", "0" or "false"."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
+
+
+def require(condition: object, reason: str) -> None:
+    """Go on if `condition` holds; else skip saying `reason`, or fail under CI."""
+    if condition:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (a skip is an error under CI: CI is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(condition, reason): run only if condition holds; skip locally, "
+        "fail under CI otherwise"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("needs"):
+        require(*mark.args, **mark.kwargs)
 
 
 @pytest.fixture
@@ -37,6 +71,6 @@ def make_cluster(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def uci_letters() -> Path:
     """The real UCI letters file beside the repository, or skip saying why."""
-    if not SHARED_DATA.exists():
-        pytest.skip(f"real UCI data not found at {SHARED_DATA} (only in the project workspace)")
+    require(SHARED_DATA.exists(),
+            f"real UCI data not found at {SHARED_DATA} (only in the project workspace)")
     return SHARED_DATA

@@ -19,7 +19,7 @@ from mlcore.data import read_data_dir, read_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "letter-recognition.data"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"real UCI data absent at {REAL}")
+needs_real = pytest.mark.needs(REAL.is_file(), f"real UCI data absent at {REAL}")
 
 
 def bitmap(size: int, pixels: list[tuple[int, int]]) -> np.ndarray:

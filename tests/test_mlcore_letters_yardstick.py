@@ -21,7 +21,7 @@ def _read_uci(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-@pytest.mark.skipif(not LETTERS.exists(), reason=f"real UCI letters data not found at {LETTERS}")
+@pytest.mark.needs(LETTERS.exists(), f"real UCI letters data not found at {LETTERS}")
 def test_seed_defaults_reach_the_seed_validation_errors():
     x, y = _read_uci(LETTERS)
     shards = [(x[i : i + 1000], y[i : i + 1000]) for i in range(0, 16_000, 1000)]
