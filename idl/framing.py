@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ssl
 import struct
+import threading
+import time
 from io import BytesIO
 from typing import Any
 
@@ -25,6 +27,11 @@ BULK_BYTES = 64 * 1024
 PEEK_ITEMS = 64
 _FRAME_HEADER = struct.Struct("!i")
 SMALL_FRAME_BYTES = BULK_BYTES  # below this, one send of header + body beats two sends
+# A large frame's buffer starts this big and doubles as its bytes arrive, so it never holds
+# more than about twice what the peer has sent, whatever its header announced.
+FIRST_CHUNK_BYTES = 64 * 1024
+# How long a frame waits for room in an exhausted budget before its connection is closed.
+BUDGET_WAIT_S = 1.0
 
 
 def _as_timeout(exc: OSError) -> OSError:
@@ -36,9 +43,50 @@ def _as_timeout(exc: OSError) -> OSError:
 
 def _failure(exc: OSError) -> str:
     """The message of a failed send or recv: a TLS alert (a refused certificate) says so."""
+    if isinstance(exc, ssl.SSLEOFError):  # TLS 1.3: a refused client certificate, often
+        return "TLS: the peer closed the connection mid-exchange (a certificate it refused?)"
     if isinstance(exc, ssl.SSLError):
         return "TLS: " + str(exc.reason or exc).lower().replace("_", " ")
+    if isinstance(exc, ConnectionError):
+        return f"connection lost: {exc.strerror or type(exc).__name__}"
     return "unexpected exception"
+
+
+class FrameBudget:
+    """Bytes that the frames being received may hold, shared by all connections of a server.
+
+    A frame reserves its buffer as the buffer grows and gives it back once the frame was
+    read, dropped or its connection closed. When the budget is spent, a frame that needs
+    more waits a little (others may finish), then its connection is closed: a few peers
+    sending big frames at once cannot make the server hold more than `limit_bytes`.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._used = 0
+        self._freed = threading.Condition(threading.Lock())
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def reserve(self, n_bytes: int, wait_s: float = 0.0) -> bool:
+        """Take `n_bytes`, waiting up to `wait_s` for them; False if they did not come free."""
+        deadline = time.monotonic() + wait_s
+        with self._freed:
+            while self._used + n_bytes > self.limit_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._freed.wait(remaining)
+            self._used += n_bytes
+            return True
+
+    def release(self, n_bytes: int) -> None:
+        if n_bytes:
+            with self._freed:
+                self._used -= n_bytes
+                self._freed.notify_all()
 
 
 class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
@@ -49,15 +97,41 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
     model costs quadratic copying (about 20 MB/s measured). Here a frame is received
     straight into the buffer the protocol reads from, and sent from the write buffer
     without joining it to the header. Same wire format, same errors as TSocket's.
+
+    A frame's buffer grows (doubling, from FIRST_CHUNK_BYTES) as its bytes arrive, never
+    to the size its header announces up front: a peer that announces 250 MB and sends
+    a byte a second makes this side commit kilobytes, not 250 MB.
+
+    A server also passes `frame_timeout_s` (with `idle_timeout_s` and a shared `budget`):
+    the socket then waits up to `idle_timeout_s` for the first byte of a frame and the
+    rest of the frame must arrive within `frame_timeout_s` of it; `idle_since` says since
+    when the connection has been waiting for a frame (None while one is arriving or being
+    served). Those need a Python socket timeout (they work under TLS); a client keeps the
+    kernel's SO_RCVTIMEO and pays no extra system call.
     """
 
-    def __init__(self, sock: TSocket.TSocket, max_frame_size: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        sock: TSocket.TSocket,
+        max_frame_size: int = MAX_MESSAGE_BYTES,
+        *,
+        budget: FrameBudget | None = None,
+        frame_timeout_s: float | None = None,
+        idle_timeout_s: float | None = None,
+    ) -> None:
         self._sock = sock
         self._max_frame_size = max_frame_size
         self._rbuf = BytesIO(b"")
         self._ahead = b""  # received past the end of the last frame
         self._wbuf = BytesIO()
         self._parts: list[bytes | memoryview] = []  # bulk buffers, by reference, in order
+        self._budget = budget
+        self._reserved = 0  # bytes of the budget the current frame's buffer holds
+        self._frame_timeout_s = frame_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+        self._deadline: float | None = None  # the frame being received must be whole by then
+        self._timeout_set: float | None = None  # the socket timeout last set here
+        self.idle_since: float | None = None
 
     def isOpen(self) -> bool:  # noqa: N802 - thrift's interface
         return self._sock.isOpen()
@@ -66,6 +140,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         self._sock.open()
 
     def close(self) -> None:
+        self._drop_frame()
         self._sock.close()
 
     def read(self, sz: int) -> bytes:
@@ -76,46 +151,86 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         return self._rbuf.read(sz)
 
     def readFrame(self) -> None:  # noqa: N802 - thrift's interface
-        self._rbuf = BytesIO(b"")  # let the last frame go before the next one is allocated
+        self._drop_frame()  # let the last frame go before the next one is allocated
         # One recv takes the header and, for a small frame, the whole body: every recv
         # releases and retakes the GIL, which costs more than the copy of a few KiB.
         head, self._ahead = self._ahead, b""
-        while len(head) < 4:
-            head += self._recv_some(SMALL_FRAME_BYTES)
-        (size,) = _FRAME_HEADER.unpack_from(head)
-        if size < 0:
-            raise TTransport.TTransportException(
-                TTransport.TTransportException.NEGATIVE_SIZE, f"negative frame size ({size})"
-            )
-        if size > self._max_frame_size:
-            raise TTransport.TTransportException(
-                TTransport.TTransportException.SIZE_LIMIT,
-                f"frame size ({size}) larger than the maximum ({self._max_frame_size})",
-            )
-        if len(head) - 4 >= size:
-            self._rbuf = BytesIO(head[4:4 + size])
-            self._ahead = head[4 + size:]  # the start of a next frame (pipelined calls)
-            return
-        frame = BytesIO()
-        self._recv_into(frame, size, head[4:])
-        self._rbuf = frame
+        if not head:
+            head = self._recv_first()
+        if self._frame_timeout_s is not None:
+            self._deadline = time.monotonic() + self._frame_timeout_s
+        try:
+            while len(head) < 4:
+                head += self._recv_some(SMALL_FRAME_BYTES)
+            (size,) = _FRAME_HEADER.unpack_from(head)
+            if size < 0:
+                raise TTransport.TTransportException(
+                    TTransport.TTransportException.NEGATIVE_SIZE, f"negative frame size ({size})"
+                )
+            if size > self._max_frame_size:
+                raise TTransport.TTransportException(
+                    TTransport.TTransportException.SIZE_LIMIT,
+                    f"frame size ({size}) larger than the maximum ({self._max_frame_size})",
+                )
+            if len(head) - 4 >= size:
+                self._rbuf = BytesIO(head[4:4 + size])
+                self._ahead = head[4 + size:]  # the start of a next frame (pipelined calls)
+                return
+            self._rbuf = self._recv_frame(size, head[4:])
+        finally:
+            self._deadline = None
+            if self._timeout_set != self._idle_timeout_s:  # a frame in many recvs: reset once
+                self._set_timeout(self._idle_timeout_s)
 
-    def _recv_some(self, limit: int) -> bytes:
-        """At least one and at most `limit` bytes from the socket, in one recv."""
+    def _recv_first(self) -> bytes:
+        """The first bytes of the next frame; on a server, an idle wait (evictable)."""
+        if self._frame_timeout_s is None:
+            return self._recv_some(SMALL_FRAME_BYTES)
+        if self._timeout_set != self._idle_timeout_s:
+            self._set_timeout(self._idle_timeout_s)
+        self.idle_since = time.monotonic()
+        try:
+            return self._recv_some(SMALL_FRAME_BYTES)
+        finally:
+            self.idle_since = None
+
+    def _set_timeout(self, timeout_s: float | None) -> None:
+        if self._frame_timeout_s is None or self._sock.handle is None:
+            return  # a client: the kernel's timeouts, set by its Connection
+        self._sock.handle.settimeout(timeout_s)
+        self._timeout_set = timeout_s
+
+    def _arm_deadline(self) -> None:
+        """Bound the next recv by what is left of the frame's deadline (None: no deadline)."""
+        if self._deadline is None:
+            return
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.TIMED_OUT,
+                f"frame not received whole within {self._frame_timeout_s:g}s",
+            )
+        self._set_timeout(remaining)
+
+    def _handle(self) -> Any:
         handle = self._sock.handle
         if handle is None:
             raise TTransport.TTransportException(
                 TTransport.TTransportException.NOT_OPEN, "Transport not open"
             )
+        return handle
+
+    def _recv_some(self, limit: int) -> bytes:
+        """At least one and at most `limit` bytes from the socket, in one recv."""
+        handle = self._handle()
+        self._arm_deadline()
         try:
             data = handle.recv(limit)
         except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
-            raise TTransport.TTransportException(
-                TTransport.TTransportException.TIMED_OUT, "read timeout", inner=_as_timeout(exc)
-            ) from None
+            raise self._timed_out(exc) from None
         except OSError as exc:
             raise TTransport.TTransportException(
-                message=_failure(exc), inner=exc
+                message="unexpected exception", inner=exc
             ) from None
         if not data:
             raise TTransport.TTransportException(
@@ -123,42 +238,81 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
             )
         return data
 
-    def _recv_into(self, target: BytesIO, size: int, prefix: bytes = b"") -> None:
-        """Fill `target` with exactly `size` bytes (`prefix` already received, then the
-        socket's), in place, then rewind it."""
-        if size == 0:
-            return
-        handle = self._sock.handle
-        if handle is None:
-            raise TTransport.TTransportException(
-                TTransport.TTransportException.NOT_OPEN, "Transport not open"
-            )
-        target.seek(size - 1)
-        target.write(b"\0")  # one allocation of the final size, nothing copied
-        view = target.getbuffer()
+    def _timed_out(self, exc: OSError) -> TTransport.TTransportException:
+        message = "read timeout"
+        if self._deadline is not None:
+            message = f"frame not received whole within {self._frame_timeout_s:g}s"
+        return TTransport.TTransportException(
+            TTransport.TTransportException.TIMED_OUT, message, inner=_as_timeout(exc)
+        )
+
+    def _recv_frame(self, size: int, prefix: bytes) -> BytesIO:
+        """A frame of `size` bytes (`prefix` already received), in a buffer that grows as
+        the bytes arrive (so never much more than received), rewound."""
+        frame = BytesIO()
+        got = len(prefix)
+        cap = min(size, max(FIRST_CHUNK_BYTES, 2 * got))
         try:
-            got = len(prefix)
-            view[:got] = prefix
-            while got < size:
-                try:
-                    n = handle.recv_into(view[got:], size - got)
-                except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
-                    raise TTransport.TTransportException(
-                        TTransport.TTransportException.TIMED_OUT, "read timeout",
-                        inner=_as_timeout(exc),
-                    ) from None
-                except OSError as exc:
-                    raise TTransport.TTransportException(
-                        message=_failure(exc), inner=exc
-                    ) from None
-                if n == 0:
-                    raise TTransport.TTransportException(
-                        TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
-                    )
-                got += n
-        finally:
-            view.release()
-        target.seek(0)
+            self._grow(frame, cap)
+            view = frame.getbuffer()
+            try:
+                view[:got] = prefix
+                while got < size:
+                    if got == cap:  # full: double it (realloc, mremap for big buffers)
+                        view.release()
+                        cap = min(size, 2 * cap)
+                        self._grow(frame, cap)
+                        view = frame.getbuffer()
+                    got += self._recv_into(view, got, cap)
+            finally:
+                view.release()
+        except BaseException:
+            self._drop_frame()  # a half-received frame is garbage: its bytes are free again
+            raise
+        frame.seek(0)
+        return frame
+
+    def _grow(self, frame: BytesIO, cap: int) -> None:
+        """Make `frame` `cap` bytes long, within the budget (closing the connection if not)."""
+        if self._budget is not None:
+            wait_s = BUDGET_WAIT_S
+            if self._deadline is not None:
+                wait_s = min(wait_s, max(0.0, self._deadline - time.monotonic()))
+            if not self._budget.reserve(cap - self._reserved, wait_s):
+                raise TTransport.TTransportException(
+                    TTransport.TTransportException.SIZE_LIMIT,
+                    f"frames in flight hold the server's whole budget "
+                    f"({self._budget.limit_bytes / 2**20:g} MiB)",
+                )
+            self._reserved = cap
+        frame.seek(cap - 1)
+        frame.write(b"\0")
+
+    def _recv_into(self, view: memoryview, got: int, cap: int) -> int:
+        """Receive into `view[got:cap]` in one recv; how many bytes came (at least one)."""
+        handle = self._handle()
+        self._arm_deadline()
+        try:
+            n = handle.recv_into(view[got:cap], cap - got)
+        except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
+            raise self._timed_out(exc) from None
+        except OSError as exc:
+            raise TTransport.TTransportException(
+                message="unexpected exception", inner=exc
+            ) from None
+        if n == 0:
+            raise TTransport.TTransportException(
+                TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
+            )
+        return n
+
+    def _drop_frame(self) -> None:
+        """Let the received frame go and give its bytes back to the budget."""
+        self._rbuf = BytesIO(b"")
+        if self._reserved:
+            assert self._budget is not None
+            self._budget.release(self._reserved)
+            self._reserved = 0
 
     def release_read_frame(self) -> None:
         """Drop the received frame once all of it was read (views of it keep their part alive).
@@ -167,7 +321,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         next one arrives.
         """
         if self._rbuf.tell() >= len(self._rbuf.getbuffer()):
-            self._rbuf = BytesIO(b"")
+            self._drop_frame()
 
     def read_view(self, size: int) -> memoryview:
         """The next `size` bytes as a read-only view of the received frame: no copy.
