@@ -1,14 +1,17 @@
 """Thrift plumbing shared by every process: a bounded threaded server and pooled clients.
 
 Why not thrift's own servers: TSimpleServer serves one caller at a time and its
-accepted sockets never time out, so one idle connection blocks everyone. Here every
-accepted socket gets an idle timeout, each connection has its own thread, frames
-and strings are bounded on both sides, and a malformed message closes only its own
+accepted sockets never time out, so one idle connection blocks everyone. Here each
+connection has its own thread, idle ones give way to newcomers and time out, frames
+and strings are bounded on both sides (a frame also in time and, server-wide, in the
+bytes held while frames arrive), and a malformed message closes only its own
 connection. The framing and the protocol live in idl/framing.py and idl/protocol.py.
 """
 
 from __future__ import annotations
 
+import logging
+import select
 import socket
 import ssl
 import struct
@@ -21,16 +24,28 @@ from typing import Any
 from thrift.Thrift import TException
 from thrift.transport import TSocket, TTransport
 
+from idl.admission import (
+    FRAME_TIMEOUT_S,
+    IDLE_TIMEOUT_S,
+    IN_FLIGHT_BYTES,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    ConnectionTable,
+    ServerLimits,
+    Slot,
+)
 from idl.events import log_event
-from idl.framing import MAX_MESSAGE_BYTES, FramedTransport
+from idl.framing import MAX_MESSAGE_BYTES, FrameBudget, FramedTransport
 from idl.protocol import protocol_factory
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_CALL_TIMEOUT_S = 30.0
-# An accepted connection that sends nothing for this long is closed by the server;
-# clients drop pooled connections well before that (POOL_IDLE_S).
-SERVER_IDLE_TIMEOUT_S = 300.0
+# Clients drop pooled connections well before a server closes them as idle
+# (idl.admission.IDLE_TIMEOUT_S).
 POOL_IDLE_S = 120.0
+# accept() failing (out of descriptors): first and longest wait before trying again.
+ACCEPT_BACKOFF_MIN_S = 0.01
+ACCEPT_BACKOFF_MAX_S = 1.0
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO / SO_SNDTIMEO
 
 
@@ -60,7 +75,15 @@ class Address:
 
 
 class ThriftServer:
-    """A thread-per-connection Thrift server whose accepted sockets time out when idle."""
+    """A thread-per-connection Thrift server that bounds what its peers can hold.
+
+    Connections in all and per peer address (the longest-idle one gives way to a
+    newcomer, see idl/admission.py); bytes of frames in flight, shared by all connections
+    (a FrameBudget); a frame's size and the time it may take to arrive; how long a
+    connection may sit idle. An accept() error (EMFILE...) is logged and retried with
+    backoff, never the end of serve_forever. With `tls`, each connection does its
+    handshake on its own thread, bounded by the frame timeout.
+    """
 
     def __init__(
         self,
@@ -68,13 +91,23 @@ class ThriftServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        idle_timeout_s: float = SERVER_IDLE_TIMEOUT_S,
-        max_connections: int = 256,
         name: str = "server",
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER,
+        max_frame_bytes: int = MAX_MESSAGE_BYTES,
+        in_flight_bytes: int = IN_FLIGHT_BYTES,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        frame_timeout_s: float = FRAME_TIMEOUT_S,
     ) -> None:
+        self.limits = ServerLimits(
+            max_connections, max_connections_per_peer, max_frame_bytes, in_flight_bytes,
+            idle_timeout_s, frame_timeout_s,
+        )
         self._processor = processor
-        self._idle_timeout_s = idle_timeout_s
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._tls = tls  # wraps every accepted connection (see idl/tls.py)
+        self._table = ConnectionTable(max_connections, max_connections_per_peer)
+        self._budget = FrameBudget(in_flight_bytes)
         self._name = name
         self._stopping = threading.Event()
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
@@ -82,25 +115,33 @@ class ThriftServer:
         self.address = Address(host, self._listener.getsockname()[1])
         self._protocols = protocol_factory()
 
+    @property
+    def n_connections(self) -> int:
+        return len(self._table)
+
     def serve_forever(self) -> None:
         """Accept connections until `stop()`; each one is served on its own daemon thread."""
         log_event("listening", server=self._name, address=str(self.address))
+        backoff_s = 0.0
         while not self._stopping.is_set():
             try:
                 conn, peer = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     break
-                raise
-            if not self._slots.acquire(blocking=False):
-                log_event("connection_refused", server=self._name, reason="too_many")
-                conn.close()
+                # Out of descriptors or buffers: the pending connection stays queued, so
+                # retrying at once would spin. Wait, longer each time, and go on serving.
+                backoff_s = min(max(2 * backoff_s, ACCEPT_BACKOFF_MIN_S), ACCEPT_BACKOFF_MAX_S)
+                log_event(
+                    "accept_failed", level=logging.WARNING, server=self._name,
+                    reason=exc.strerror or repr(exc), retry_in_s=backoff_s,
+                )
+                self._stopping.wait(backoff_s)
                 continue
-            threading.Thread(
-                target=self._serve_connection, args=(conn, peer), daemon=True
-            ).start()
+            backoff_s = 0.0
+            self._admit(conn, peer[0])
         self._listener.close()
 
     def start(self) -> threading.Thread:
@@ -114,26 +155,88 @@ class ThriftServer:
         self._stopping.set()
         self._listener.close()
 
-    def _serve_connection(self, conn: socket.socket, peer: tuple) -> None:
+    def _admit(self, conn: socket.socket, peer: str) -> None:
+        """Serve `conn` on a thread of its own, or refuse it; an idle one may give way."""
+        slot = Slot(peer, conn)
+        admission = self._table.admit(slot)
+        if admission.refused:
+            log_event("connection_refused", server=self._name, peer=peer,
+                      reason=admission.refused)
+            conn.close()
+            return
+        if admission.evict is not None:
+            victim = admission.evict
+            since = victim.idle_since()
+            log_event("connection_evicted", server=self._name, peer=victim.peer,
+                      idle_s=time.monotonic() - since if since is not None else 0.0,
+                      for_peer=peer)
+            victim.shut()
         try:
-            conn.settimeout(self._idle_timeout_s)
+            threading.Thread(target=self._serve_connection, args=(slot,), daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: only this connection fails
+            log_event("connection_refused", server=self._name, peer=peer, reason=str(exc))
+            self._table.remove(slot)
+            conn.close()
+
+    def _serve_connection(self, slot: Slot) -> None:
+        conn = slot.sock
+        transport = None
+        try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(self.limits.idle_timeout_s)  # a Python timeout: TLS needs one
+            if self._tls is not None:
+                conn = self._handshake(slot)
+                if conn is None:
+                    return
             raw = TSocket.TSocket()
             raw.setHandle(conn)
-            transport = FramedTransport(raw, MAX_MESSAGE_BYTES)
+            transport = FramedTransport(
+                raw, self.limits.max_frame_bytes, budget=self._budget,
+                frame_timeout_s=self.limits.frame_timeout_s,
+                idle_timeout_s=self.limits.idle_timeout_s,
+            )
+            slot.transport = transport
             protocol = self._protocols.getProtocol(transport)
             while not self._stopping.is_set():
                 self._processor.process(protocol, protocol)
         except (TException, OSError, EOFError) as exc:
-            # Closed by the peer, idle too long, garbage or an oversized frame: only this
-            # connection ends; the server keeps serving everyone else.
-            if not _is_plain_close(exc):
-                log_event("connection_closed", server=self._name, peer=peer[0], reason=exc)
+            # Closed by the peer, idle too long, garbage, an oversized or too slow frame,
+            # evicted: only this connection ends; the server keeps serving everyone else.
+            if not _is_plain_close(exc) and not slot.evicted:
+                log_event("connection_closed", server=self._name, peer=slot.peer, reason=exc)
         except Exception as exc:  # noqa: BLE001 - a bad message must never kill the server
-            log_event("connection_error", server=self._name, peer=peer[0], reason=repr(exc))
+            log_event("connection_error", server=self._name, peer=slot.peer, reason=repr(exc))
         finally:
-            conn.close()
-            self._slots.release()
+            if transport is not None:
+                transport.close()  # also gives its frame's bytes back to the budget
+            slot.sock.close()
+            self._table.remove(slot)
+
+    def _handshake(self, slot: Slot) -> ssl.SSLSocket | None:
+        """The TLS-wrapped socket, or None (the connection ends) when the handshake fails.
+
+        Until the client's first byte arrives the connection is idle (it may give way to
+        a newcomer); from then on the whole handshake must end within the frame timeout.
+        """
+        assert self._tls is not None
+        conn = slot.sock
+        slot.waiting_since = time.monotonic()
+        poller = select.poll()
+        poller.register(conn, select.POLLIN)
+        ready = poller.poll(self.limits.idle_timeout_s * 1000)
+        slot.waiting_since = None
+        if not ready or slot.evicted:
+            return None
+        conn.settimeout(self.limits.frame_timeout_s)  # the whole handshake, not each read
+        try:
+            wrapped = self._tls.wrap_socket(conn, server_side=True)
+        except (OSError, ValueError) as exc:
+            log_event("tls_handshake_failed", level=logging.WARNING, server=self._name,
+                      peer=slot.peer, reason=exc)
+            return None
+        slot.sock = wrapped
+        wrapped.settimeout(self.limits.idle_timeout_s)
+        return wrapped
 
 
 def _is_plain_close(exc: BaseException) -> bool:
