@@ -14,10 +14,18 @@ import click
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.progress import with_progress
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
-from idl.cli import AddressListType, finite, log_level_option, run_cli
+from idl.cli import (
+    AddressListType,
+    finite,
+    log_level_option,
+    run_cli,
+    tls_options,
+    token_options,
+)
 from idl.events import configure_logging
 from idl.rpc import Address
 from idl.tensors import TensorError
+from idl.tls import TlsContexts
 from mlcore.data import DataError
 from mlcore.model import INIT_SCHEMES
 
@@ -68,15 +76,15 @@ def _print_round(report: RoundReport) -> None:
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint's last round.")
 @click.option("--deadline", "round_deadline_s", type=click.FloatRange(min=0, min_open=True),
               default=600.0, show_default=True, help="Seconds a round may take before it fails.")
-@click.option("--token", default="", envvar="FEDCLUSTER_TOKEN",
-              help="Shared secret sent with every call (env FEDCLUSTER_TOKEN).")
+@token_options("sent with every call.")
+@tls_options(serves=False)
 @log_level_option("WARNING")
 def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: int, epochs: int,
           h: int, eta: float, seed: int, batch_size: int, momentum: float, standardize: bool,
           init: str, policy: str,
           coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
           checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
-          log_level: str) -> None:
+          tls: TlsContexts, log_level: str) -> None:
     """Train an MLP with H hidden units across the cluster for ROUNDS rounds of EPOCHS epochs.
 
     DATA_DIR holds train_*.txt shards and one validate_*.txt file (one sample per line:
@@ -95,7 +103,7 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
     )
     try:
-        links = with_progress(lambda paths: CoordinatorLink(addresses, paths), rounds)
+        links = with_progress(lambda paths: CoordinatorLink(addresses, paths, tls.client), rounds)
         summary = run_training(config, links, on_round=_print_round)
     except (DataError, ResumeMismatch, TensorError) as exc:
         raise click.ClickException(str(exc)) from None

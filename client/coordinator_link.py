@@ -8,6 +8,7 @@ failed does the round fail.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from idl.events import log_event
 from idl.gen import Coordinator
 from idl.gen.ttypes import (
     DatasetError,
+    DeadlineExceeded,
     InvalidRequest,
     NoNodesAvailable,
     RoundRequest,
@@ -40,13 +42,17 @@ class RoundFailed(RuntimeError):
 class CoordinatorLink:
     """Runs rounds through a list of coordinators, failing over in order."""
 
-    def __init__(self, coordinators: Sequence[Address], shard_paths: dict[str, Path]) -> None:
+    def __init__(
+        self, coordinators: Sequence[Address], shard_paths: dict[str, Path],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         if not coordinators:
             raise ValueError("at least one coordinator address is needed")
         self._coordinators = list(coordinators)
         self._active = 0
         self._shard_paths = shard_paths  # digest -> file, for uploads on demand
-        self._pool = ConnectionPool(Coordinator.Client, max_idle=2)
+        self.tls = tls  # also for the progress bar's status connection
+        self._pool = ConnectionPool(Coordinator.Client, max_idle=2, tls=tls)
 
     @property
     def active(self) -> Address:
@@ -88,6 +94,8 @@ class CoordinatorLink:
                 uploaded |= self.upload_missing(address, request.token)
             except NoNodesAvailable as exc:
                 raise RoundFailed(f"{exc.message} (coordinator {address})") from None
+            except DeadlineExceeded as exc:  # the task's own size: another coordinator won't help
+                raise RoundFailed(f"{exc.message} (coordinator {address})") from None
             except (InvalidRequest, DatasetError, Unauthorized) as exc:
                 raise RoundFailed(f"coordinator {address} refused the round: "
                                   f"{exc.message}") from None
@@ -95,7 +103,11 @@ class CoordinatorLink:
     def upload_missing(self, address: Address, token: str = "") -> set[str]:
         """Send the coordinator every shard it lacks; return the digests sent."""
         digests = list(self._shard_paths)
-        missing = self._pool.call(address, SHORT_CALL_S, lambda c: c.missing_shards(digests))
+        try:
+            missing = self._pool.call(address, SHORT_CALL_S,
+                                      lambda c: c.missing_shards(digests, token))
+        except Unauthorized as exc:
+            raise RoundFailed(f"coordinator {address} refused the client: {exc.message}") from None
         for digest in missing:
             data = self._shard_paths[digest].read_bytes()
             started = time.perf_counter()

@@ -9,6 +9,7 @@ shows the elapsed time. Piped output gets no bar: the per-round lines stay plain
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -28,22 +29,25 @@ class TaskWatcher(threading.Thread):
     """Polls a coordinator's status() and reports tasks done since it started."""
 
     def __init__(self, address: Address, on_done: Callable[[int], None],
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, tls: ssl.SSLContext | None = None,
+                 token: str = "") -> None:
         super().__init__(name="progress", daemon=True)
         self._address = address
+        self._tls = tls
+        self._token = token
         self._on_done = on_done
         self._poll_s = poll_s
         self._stopped = threading.Event()
 
     def run(self) -> None:
         try:
-            conn = connect(Coordinator.Client, self._address, timeout_s=STATUS_TIMEOUT_S)
+            conn = connect(Coordinator.Client, self._address, STATUS_TIMEOUT_S, self._tls)
         except Exception:  # no bar source: the bar shows elapsed time only
             return
         try:
-            baseline = _tasks_done(conn.client)
+            baseline = _tasks_done(conn.client, self._token)
             while not self._stopped.wait(self._poll_s):
-                self._on_done(_tasks_done(conn.client) - baseline)
+                self._on_done(_tasks_done(conn.client, self._token) - baseline)
         except Exception:
             return
         finally:
@@ -54,8 +58,8 @@ class TaskWatcher(threading.Thread):
         self.join(timeout=STATUS_TIMEOUT_S)
 
 
-def _tasks_done(client: Coordinator.Client) -> int:
-    return sum(n.tasks_done for n in client.status().nodes or [])
+def _tasks_done(client: Coordinator.Client, token: str) -> int:
+    return sum(n.tasks_done for n in client.status(token).nodes or [])
 
 
 class ProgressLink:
@@ -79,7 +83,8 @@ class ProgressLink:
             with lock:
                 bar.update(max(min(done, total) - bar.n, 0))
 
-        watcher = TaskWatcher(self._link.active, show)
+        watcher = TaskWatcher(self._link.active, show, tls=self._link.tls,
+                              token=request.token or "")
         watcher.start()
         try:
             return self._link.run_round(request, on_failover)

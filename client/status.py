@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -15,18 +16,23 @@ from collections.abc import Callable
 import click
 from thrift.Thrift import TException
 
+from idl.cli import tls_options, token_options
 from idl.gen import Coordinator
-from idl.gen.ttypes import ClusterStatus
+from idl.gen.ttypes import ClusterStatus, Unauthorized
 from idl.rpc import Address, connect
+from idl.tls import TlsContexts
 
 COLUMNS = ("node", "alive", "load p", "in flight", "done", "failures", "last seen", "service")
 
 
-def fetch_status(address: Address, timeout_s: float = 5.0) -> ClusterStatus:
-    """One status() call on a fresh connection (transport errors propagate)."""
-    conn = connect(Coordinator.Client, address, timeout_s=timeout_s)
+def fetch_status(
+    address: Address, timeout_s: float = 5.0, tls: ssl.SSLContext | None = None,
+    token: str = "",
+) -> ClusterStatus:
+    """One status() call on a fresh connection (transport errors and Unauthorized propagate)."""
+    conn = connect(Coordinator.Client, address, timeout_s, tls)
     try:
-        return conn.client.status()
+        return conn.client.status(token)
     finally:
         conn.close()
 
@@ -87,8 +93,10 @@ def _interval(ctx: click.Context, param: click.Parameter, value: float | None) -
               help="With --watch: stop after this many refreshes.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1, max=600), default=5.0,
               show_default=True, help="Seconds to wait for the coordinator's answer.")
+@tls_options(serves=False)
+@token_options("sent with the status call.")
 def status_command(coordinator: str, interval_s: float | None, count: int | None,
-                   timeout_s: float) -> None:
+                   timeout_s: float, tls: TlsContexts, token: str) -> None:
     """Show the coordinator's view of the cluster: nodes, their load and the counters."""
     logging.getLogger("thrift").setLevel(logging.CRITICAL)  # we report failures ourselves
     try:
@@ -96,13 +104,16 @@ def status_command(coordinator: str, interval_s: float | None, count: int | None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="HOST:PORT") from None
     if interval_s is None:
-        click.echo(format_status(_fetch_or_fail(address, timeout_s), address))
+        click.echo(format_status(_fetch_or_fail(address, timeout_s, tls.client, token),
+                                 address))
         return
     on_terminal = sys.stdout.isatty()
 
     def show() -> None:
         try:
-            text = format_status(fetch_status(address, timeout_s), address)
+            text = format_status(fetch_status(address, timeout_s, tls.client, token), address)
+        except Unauthorized as exc:
+            text = f"coordinator {address} refused: {exc.message}"
         except (TException, OSError, EOFError) as exc:
             text = f"coordinator {address} unreachable: {exc or type(exc).__name__}"
         if on_terminal:
@@ -114,11 +125,16 @@ def status_command(coordinator: str, interval_s: float | None, count: int | None
         watch(show, interval_s, count)
 
 
-def _fetch_or_fail(address: Address, timeout_s: float) -> ClusterStatus:
+def _fetch_or_fail(
+    address: Address, timeout_s: float, tls: ssl.SSLContext | None, token: str = ""
+) -> ClusterStatus:
     try:
-        return fetch_status(address, timeout_s)
+        return fetch_status(address, timeout_s, tls, token)
+    except Unauthorized as exc:
+        raise click.ClickException(f"coordinator {address} refused: {exc.message}") from None
     except (TException, OSError, EOFError) as exc:
         raise click.ClickException(
             f"cannot reach the coordinator at {address}: {exc or type(exc).__name__}; "
             "check the address and that it is running"
+            + ("" if tls else " (and --tls-ca if it serves TLS)")
         ) from None

@@ -13,6 +13,7 @@ from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
+from idl.admission import ServerLimits
 from idl.cli import (
     AddressType,
     finite,
@@ -20,10 +21,15 @@ from idl.cli import (
     metrics_port_option,
     run_cli,
     serve_metrics_or_fail,
+    server_limit_options,
+    tls_options,
+    token_options,
 )
 from idl.events import configure_logging, log_event
 from idl.gen import ComputeNode
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.rpc import Address, ThriftServer
+from idl.tls import TlsContexts
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +64,12 @@ from idl.rpc import Address, ThriftServer
     "--extra-latency", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
     callback=finite, help="Fault injection: seconds to sleep before every train reply.",
 )
-@click.option("--token", default="", help="Shared secret every train/put_shard must carry.")
+@token_options("every call but ping must carry it.")
+@click.option(
+    "--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
+    show_default=True,
+    help="Refuse tasks whose epochs x rows x parameters exceed this (InvalidRequest).",
+)
 @click.option(
     "--max-shard-cache-mb", type=click.FloatRange(min=0.0, min_open=True), default=1024.0,
     show_default=True, callback=finite, help="Bound on parsed shards kept in memory.",
@@ -68,6 +79,8 @@ from idl.rpc import Address, ThriftServer
     help="Tasks trained at once; the rest queue.",
 )
 @metrics_port_option
+@server_limit_options
+@tls_options(serves=True)
 @log_level_option()
 def cli(
     port: int,
@@ -82,9 +95,12 @@ def cli(
     crash_probability: float,
     extra_latency: float,
     token: str,
+    max_task_work: int,
     max_shard_cache_mb: float,
     workers: int,
     metrics_port: int | None,
+    limits: ServerLimits,
+    tls: TlsContexts,
     log_level: str,
 ) -> None:
     """Serve shard training tasks on PORT (0 = any free port), loaded with LOAD_PROBABILITY."""
@@ -95,7 +111,8 @@ def cli(
     load = LoadSimulator(
         LoadConfig(load_probability, load_delay, crash_probability, extra_latency, seed)
     )
-    core = ComputeNodeCore(store, load, workers=workers, token=token)
+    core = ComputeNodeCore(store, load, workers=workers, token=token,
+                           max_task_work=max_task_work)
     metrics = None
     handler = ComputeNodeHandler(core)
     if metrics_port is not None:  # imported only when asked for: prometheus-client is optional
@@ -104,7 +121,10 @@ def cli(
         metrics = NodeMetrics()
         handler = MeteredNodeHandler(core, metrics)
     try:
-        server = ThriftServer(ComputeNode.Processor(handler), host, port, name="compute_node")
+        server = ThriftServer(
+            ComputeNode.Processor(handler), host, port, name="compute_node", tls=tls.server,
+            **limits.kwargs(),
+        )
     except OSError as exc:
         reason = exc.strerror or exc
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
@@ -113,14 +133,15 @@ def cli(
         "node_config", address=str(server.address), load_probability=load_probability,
         load_delay_s=load_delay, seed=seed, workers=workers, data_dir=data_dir or "",
         shards_indexed=store.n_indexed, crash_probability=crash_probability,
-        extra_latency_s=extra_latency,
+        extra_latency_s=extra_latency, tls=tls.mode, auth="token" if token else "off",
+        max_task_work=max_task_work,
     )
     if metrics:
         serve_metrics_or_fail(metrics, host, metrics_port)
     registrar = None
     if coordinators:
         advertised = Address(advertise_host or server.address.host, server.address.port)
-        registrar = Registrar(list(coordinators), advertised, token, heartbeat_s)
+        registrar = Registrar(list(coordinators), advertised, token, heartbeat_s, tls.client)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     print(f"listening on {server.address}", flush=True)

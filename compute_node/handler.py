@@ -7,10 +7,11 @@ from contextlib import contextmanager
 
 from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
 from compute_node.shards import DigestMismatch
-from compute_node.trainer import InvalidTask, ShardMismatch, TrainSettings
+from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.events import log_event
 from idl.gen.ttypes import (
     DatasetError,
+    DeadlineExceeded,
     InvalidRequest,
     NodeBusy,
     NodeLoad,
@@ -43,10 +44,16 @@ def declared_errors(call: str) -> Iterator[None]:
     except Busy as exc:
         log_event("task_declined", reason=exc)
         raise NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s) from None
+    except OutOfTime as exc:
+        raise DeadlineExceeded(message=str(exc), budget_s=exc.budget_s) from None
 
 
 class ComputeNodeHandler:
-    """Implements idl ComputeNode.Iface over a ComputeNodeCore."""
+    """Implements idl ComputeNode.Iface over a ComputeNodeCore.
+
+    Every call but ping() checks the token: ping stays open for health probes and says
+    nothing beyond "up".
+    """
 
     def __init__(self, core: ComputeNodeCore, address: str = "") -> None:
         self._core = core
@@ -55,7 +62,13 @@ class ComputeNodeHandler:
     def ping(self) -> bool:
         return True
 
-    def load(self) -> NodeLoad:
+    def load(self, token: str = "") -> NodeLoad:
+        with declared_errors("load"):
+            self._core.authorize(token)
+        return self.node_load()
+
+    def node_load(self) -> NodeLoad:
+        """The node's load for in-process readers (metrics), without a token."""
         snap = self._core.load_snapshot()
         return NodeLoad(
             tasks_in_flight=snap.tasks_in_flight,
@@ -66,7 +79,9 @@ class ComputeNodeHandler:
             shards_cached=self._core.store.n_available(),
         )
 
-    def missing_shards(self, digests: list[str]) -> list[str]:
+    def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
+        with declared_errors("missing_shards"):
+            self._core.authorize(token)
         return self._core.store.missing(list(digests or []))
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:

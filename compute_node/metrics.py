@@ -17,6 +17,7 @@ from compute_node.handler import ComputeNodeHandler
 from compute_node.node import ComputeNodeCore
 from idl.gen.ttypes import (
     DatasetError,
+    DeadlineExceeded,
     InvalidRequest,
     NodeBusy,
     ShardMissing,
@@ -29,7 +30,8 @@ from idl.rpc import Address
 
 SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _OUTCOMES = ((NodeBusy, "busy"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),
-             (DatasetError, "dataset_error"), (Unauthorized, "unauthorized"))
+             (DatasetError, "dataset_error"), (Unauthorized, "unauthorized"),
+             (DeadlineExceeded, "deadline_exceeded"))
 
 
 class NodeMetrics:
@@ -48,7 +50,7 @@ class NodeMetrics:
         )
 
     def watch(self, handler: ComputeNodeHandler) -> None:
-        """Report `handler.load()` on every scrape."""
+        """Report `handler.node_load()` on every scrape."""
         self.registry.register(_LoadCollector(handler))
 
     def serve(self, host: str, port: int) -> Address:
@@ -63,7 +65,7 @@ class _LoadCollector:
         self._handler = handler
 
     def collect(self) -> Iterator[Metric]:
-        load = self._handler.load()
+        load = self._handler.node_load()
         yield GaugeMetricFamily("fedcluster_node_tasks_in_flight",
                                 "Tasks accepted and not yet replied to.",
                                 value=load.tasks_in_flight)

@@ -1,14 +1,15 @@
 """A compute node's behaviour, free of Thrift: admit, queue, delay, train, report.
 
 The order of a task is fixed by the contract: token, weights, hyperparameters,
-shard, fit of shard to model, then the load simulation (decline, then delay), then
-training on one of `workers` slots. Requests that are wrong fail before the node
-spends any time on them; the load draws happen only for tasks that could run.
+shard, fit of shard to model and the work bound, then the load simulation (decline,
+then delay), then training on one of `workers` slots. Requests that are wrong fail
+before the node spends any time on them; the load draws happen only for tasks that
+could run. A task's timeout bounds all of it, from receipt: queueing, the load delay
+and training, which stops between steps once the budget is spent (OutOfTime).
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 import threading
 import time
@@ -22,14 +23,18 @@ from compute_node.shards import ShardStore, check_digest
 from compute_node.stats import LoadSnapshot, NodeStats
 from compute_node.trainer import (
     InvalidTask,
+    OutOfTime,
     TrainOutput,
     TrainSettings,
     check_fit,
     check_settings,
+    check_work,
     params_from_arrays,
     run_training,
 )
+from idl.auth import DENIED_HINT, token_matches
 from idl.events import log_event
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 
 
 class Denied(PermissionError):
@@ -84,19 +89,21 @@ class ComputeNodeCore:
         *,
         workers: int = 1,
         token: str = "",
+        max_task_work: int = DEFAULT_MAX_TASK_WORK,
         crash: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.load = load
         self.stats = NodeStats()
+        self.max_task_work = max_task_work
         self._slots = threading.BoundedSemaphore(workers)
         self._token = token
         self._crash = crash or _exit_abruptly
 
-    def authorize(self, token: str) -> None:
-        """Denied unless the node has no token or `token` matches it."""
-        if self._token and not hmac.compare_digest(token.encode(), self._token.encode()):
-            raise Denied("wrong or missing token; pass the cluster's --token")
+    def authorize(self, token: str | None) -> None:
+        """Denied unless the node has no token or `token` matches it (never says which)."""
+        if not token_matches(self._token, token):
+            raise Denied(f"this node refused the call: token missing or wrong; {DENIED_HINT}")
 
     def load_snapshot(self) -> LoadSnapshot:
         return self.stats.snapshot()
@@ -116,6 +123,7 @@ class ComputeNodeCore:
         if shard is None:
             raise MissingShard(task.digest)
         check_fit(params, shard, task.shard_name or f"shard {task.digest[:12]}")
+        check_work(params, shard.n_rows, task.settings, self.max_task_work)
         if self.load.declines(task.may_decline):
             self.stats.rejected()
             raise Busy(
@@ -143,8 +151,16 @@ class ComputeNodeCore:
             wait_s = time.perf_counter() - received
             delay_s = self.load.load_delay_s()
             if delay_s > 0:
-                time.sleep(delay_s)
-            output = run_training(params, shard, task.settings)
+                # A simulated load delay never outlasts the task's budget either.
+                time.sleep(delay_s if wait_limit is None else
+                           max(0.0, min(delay_s, received + wait_limit - time.perf_counter())))
+            try:
+                output = run_training(params, shard, task.settings, *_time_left(task, received))
+            except OutOfTime as exc:
+                log_event("task_out_of_time", shard=task.shard_name, budget_s=exc.budget_s,
+                          wait_s=wait_s, load_delay_s=delay_s,
+                          total_s=time.perf_counter() - received)
+                raise
         finally:
             self._slots.release()
         if self.load.crashes():
@@ -164,6 +180,18 @@ class ComputeNodeCore:
             total_s=total_s,
         )
         return TaskReport(output=output, load_delay_s=delay_s, wait_s=wait_s, total_s=total_s)
+
+
+def _time_left(task: Task, received: float) -> tuple[float | None, float | None]:
+    """(time limit for training, whole budget) of a task received at `received`.
+
+    No timeout: no limit. A budget already spent (queue, load delay) leaves a limit so
+    small that training stops before its first step.
+    """
+    if task.timeout_s <= 0:
+        return None, None
+    left = received + task.timeout_s - time.perf_counter()
+    return max(left, 1e-9), task.timeout_s
 
 
 def _check_timeout(timeout_s: float) -> None:

@@ -2,7 +2,9 @@
 
 Everything a caller can get wrong is checked here before any time is spent, with a
 message naming the field, so the node answers "invalid request" rather than failing
-halfway. Training itself is mlcore's, which releases the GIL for the whole loop.
+halfway, and a request beyond the node's work bound (epochs x rows x parameters) is
+refused before it starts. Training itself is mlcore's, which releases the GIL for the whole
+loop and stops at the task's time limit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from compute_node.shards import Shard
-from mlcore.model import Params, train
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
+from mlcore.model import Params, TrainingTimeout, train
 from mlcore.standardize import check_standardization
 
 # Activations for n rows take about n * (h + k) doubles several times over; bound the
@@ -30,6 +33,14 @@ class InvalidTask(ValueError):
 
 class ShardMismatch(ValueError):
     """The shard does not fit the model (feature count, labels >= k)."""
+
+
+class OutOfTime(TimeoutError):
+    """The task's time budget ran out before training ended; the node stopped it."""
+
+    def __init__(self, message: str, budget_s: float) -> None:
+        super().__init__(message)
+        self.budget_s = budget_s
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,26 @@ def check_fit(params: Params, shard: Shard, shard_name: str) -> None:
         )
 
 
+def task_work(params: Params, n_rows: int, settings: TrainSettings) -> int:
+    """The work bound's measure of a task: epochs x rows x parameters (d*h + h + h*k + k)."""
+    n_params = params.d * params.h + params.h + params.h * params.k + params.k
+    return settings.epochs * n_rows * n_params
+
+
+def check_work(
+    params: Params, n_rows: int, settings: TrainSettings, max_work: int = DEFAULT_MAX_TASK_WORK
+) -> None:
+    """InvalidTask naming the bound when epochs x rows x parameters exceeds `max_work`."""
+    work = task_work(params, n_rows, settings)
+    if work > max_work:
+        raise InvalidTask(
+            f"task too large for this node: epochs x rows x parameters = "
+            f"{settings.epochs:,} x {n_rows:,} x {work // (settings.epochs * n_rows):,} = "
+            f"{work:,} exceeds the node's bound of {max_work:,} (--max-task-work); "
+            "use fewer epochs, smaller shards or a smaller model"
+        )
+
+
 def shard_inputs(shard: Shard, settings: TrainSettings) -> np.ndarray:
     """The rows training sees: ONE new float64 array for this task, standardised if asked.
 
@@ -147,11 +178,19 @@ def shard_inputs(shard: Shard, settings: TrainSettings) -> np.ndarray:
     return out
 
 
-def run_training(params: Params, shard: Shard, settings: TrainSettings) -> TrainOutput:
+def run_training(
+    params: Params,
+    shard: Shard,
+    settings: TrainSettings,
+    time_limit_s: float | None = None,
+    budget_s: float | None = None,
+) -> TrainOutput:
     """Train from `params` on the shard; the delta is new minus given, tensor by tensor.
 
     mlcore's train works on its own copy of the weights and leaves `params` as they are, so
     the delta is computed in place in that copy: no array beyond the trained weights.
+    With `time_limit_s`, training stops once that many seconds have passed: OutOfTime,
+    naming `budget_s` (the task's whole budget, of which the limit is what was left).
     """
     start = time.perf_counter()
     x = shard_inputs(shard, settings)
@@ -165,7 +204,16 @@ def run_training(params: Params, shard: Shard, settings: TrainSettings) -> Train
             batch_size=settings.batch_size,
             momentum=settings.momentum,
             seed=settings.seed,
+            time_limit_s=time_limit_s,
         )
+    except TrainingTimeout as exc:
+        budget = budget_s if budget_s is not None else exc.limit_s
+        raise OutOfTime(
+            f"task ran out of its time budget of {budget:g}s after {exc.epochs_done:,} of "
+            f"{exc.epochs:,} epochs; the node stopped it (raise the coordinator's "
+            "--task-timeout-s, or ask for less work)",
+            budget,
+        ) from None
     except (ValueError, FloatingPointError) as exc:
         # mlcore's argument checks and divergence (eta too large) are the request's fault.
         raise InvalidTask(f"training rejected the task: {exc}") from None

@@ -15,12 +15,23 @@ from coordinator.node_calls import NodeCaller
 from coordinator.nodes_file import NodesFileError, read_nodes_file
 from coordinator.policies import policy_name
 from coordinator.registry import Registry
-from coordinator.service import CoordinatorService
+from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
 from coordinator.shard_store import ShardStore
-from idl.cli import log_level_option, metrics_port_option, run_cli, serve_metrics_or_fail
+from idl.admission import ServerLimits
+from idl.cli import (
+    log_level_option,
+    metrics_port_option,
+    run_cli,
+    serve_metrics_or_fail,
+    server_limit_options,
+    tls_options,
+    token_options,
+)
 from idl.events import configure_logging, log_event
 from idl.gen import Coordinator
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.rpc import ThriftServer
+from idl.tls import TlsContexts
 
 DEFAULT_NODES_FILE = "compute_nodes.txt"
 
@@ -53,10 +64,18 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="...and only once it is this many seconds beyond the median.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed for the policies' random choices.")
-@click.option("--token", default="", help="Shared secret callers must send (and nodes expect).")
+@token_options("every call but ping must carry it, and the coordinator sends it to nodes.")
+@click.option("--max-nodes", type=click.IntRange(min=1), default=DEFAULT_MAX_NODES,
+              show_default=True, help="Most nodes known at once; registrations beyond are "
+                                      "refused.")
+@click.option("--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
+              show_default=True, help="Refuse rounds whose tasks' epochs x rows x parameters "
+                                      "exceed this (as nodes do).")
 @click.option("--max-shard-cache-mb", type=click.FloatRange(min=1), default=1024.0,
               show_default=True, help="Bound on shard bytes kept for forwarding to nodes.")
 @metrics_port_option
+@server_limit_options
+@tls_options(serves=True)
 @log_level_option()
 def cli(
     port: int,
@@ -70,8 +89,12 @@ def cli(
     straggler_min_s: float,
     seed: int,
     token: str,
+    max_nodes: int,
+    max_task_work: int,
     max_shard_cache_mb: float,
     metrics_port: int | None,
+    limits: ServerLimits,
+    tls: TlsContexts,
     log_level: str,
 ) -> None:
     """Coordinate rounds on PORT (0 = any free port) with POLICY: 1|random, 2|load-aware,
@@ -84,13 +107,16 @@ def cli(
     for address in nodes:
         registry.add(address)
     counters = Counters()
-    caller = NodeCaller(token, counters)
+    caller = NodeCaller(token, counters, tls=tls.client)
     executor = RoundExecutor(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
     store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
-    service = CoordinatorService(registry, store, executor, policy=policy, seed=seed, token=token)
+    service = CoordinatorService(
+        registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,
+        max_task_work=max_task_work,
+    )
     metrics = None
     if metrics_port is not None:  # imported only when asked for: prometheus-client is optional
         from coordinator.metrics import CoordinatorMetrics
@@ -98,7 +124,8 @@ def cli(
         metrics = CoordinatorMetrics()
     try:
         server = ThriftServer(
-            Coordinator.Processor(_handler(service, metrics)), host, port, name="coordinator"
+            Coordinator.Processor(_handler(service, metrics)), host, port, name="coordinator",
+            tls=tls.server, **limits.kwargs(),
         )
     except OSError as exc:
         reason = exc.strerror or exc
@@ -108,6 +135,8 @@ def cli(
         "coordinator_config", address=str(server.address), policy=policy, nodes=len(nodes),
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
+        tls=tls.mode, auth="token" if token else "off", max_nodes=max_nodes,
+        max_task_work=max_task_work,
     )
     if metrics:
         serve_metrics_or_fail(metrics, host, metrics_port)

@@ -9,7 +9,12 @@ in-flight counts), call it with timeout = min(task timeout, time left), and on
 - NodeBusy: try another node; when every healthy node is busy, back off and try again;
 - NodeFailure: mark the node dead, exclude it for this task, retry elsewhere
   (at most `max_attempts` failures per task);
-- TaskRejected (the request's own fault): fail the whole round with that error.
+- TaskRejected (the request's own fault): fail the whole round with that error;
+- TaskOutOfTime (the node stopped the task at its time budget): the node is healthy and
+  the task may simply be too big for the budget, so it gets ONE more try on another node
+  (that one may be faster or less loaded) and then fails the round, naming the budget,
+  instead of burning the budget on every node (--max-attempts does not apply);
+- ConfigurationError (a node refused the coordinator's token): fail the round at once.
 With no healthy node it waits for one, until the round's deadline: then RoundFailed.
 
 Stragglers: once half the tasks are done, a task whose current attempt has run longer than
@@ -34,6 +39,7 @@ from coordinator.registry import Registry
 from idl.events import log_event
 
 MAX_WORKERS = 256
+OUT_OF_TIME_TRIES = 2  # nodes a task may run out of its time budget on before the round fails
 BUSY_BACKOFF_S = 0.05
 # A decline is one draw of a node's load, not a promise of load for its whole service time:
 # ask again soon. The node's retry_after hint is honoured only up to this.
@@ -69,6 +75,18 @@ class TaskRejected(Exception):
 
 class RoundFailed(Exception):
     """No node could finish a task before the deadline or within the attempts allowed."""
+
+
+class ConfigurationError(RoundFailed):
+    """The cluster is set up wrong (a node refused the coordinator's token): retrying won't help."""
+
+
+class TaskOutOfTime(Exception):
+    """A node stopped the task when its time budget (budget_s) ran out."""
+
+    def __init__(self, message: str, budget_s: float) -> None:
+        super().__init__(message)
+        self.budget_s = budget_s
 
 
 class _Aborted(Exception):
@@ -363,6 +381,7 @@ class _Round:
         ex = self.ex
         slot = self.slots[index]
         attempts = n_failed = 0
+        out_of_time: list[str] = []  # nodes that stopped this task at its time budget
         failures: list[str] = [f"{avoid} straggler, re-run elsewhere"] if backup else []
         failed: set[str] = {avoid} if avoid else set()
         busy: set[str] = set()
@@ -422,6 +441,27 @@ class _Round:
                         f"shard task {index} failed on {n_failed} attempts "
                         f"(--max-attempts {ex._max_attempts}): " + "; ".join(failures[-5:])
                     ) from None
+                node = None
+                continue
+            except TaskOutOfTime as exc:
+                ex._registry.end_task(node, None)
+                failures.append(f"{node} out of time ({exc.budget_s:g}s budget)")
+                if ex._clock() >= self.deadline:
+                    raise self._deadline_error(index, failures) from None
+                ex.counters.add("deadline_exceeded")
+                out_of_time.append(node)
+                log_event("task_out_of_time", round=self.label, shard=index, node=node,
+                          budget_s=exc.budget_s)
+                if len(out_of_time) >= OUT_OF_TIME_TRIES:
+                    raise TaskOutOfTime(
+                        f"shard task {index} ran out of its time budget of {exc.budget_s:g}s "
+                        f"on {len(out_of_time)} tries ({', '.join(out_of_time)}); "
+                        f"the budget is the coordinator's --task-timeout-s "
+                        f"({ex._task_timeout_s:g}s) or the round's time left, whichever is "
+                        "less: raise it, or ask for fewer epochs or smaller shards",
+                        exc.budget_s,
+                    ) from None
+                failed.add(node)  # try it once more, elsewhere
                 node = None
                 continue
             except BaseException:

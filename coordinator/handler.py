@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from coordinator.executor import RoundFailed, TaskRejected
+from coordinator.executor import RoundFailed, TaskOutOfTime, TaskRejected
 from coordinator.service import CoordinatorService, Denied, MissingShards
 from coordinator.shard_store import ShardError
 from coordinator.validation import RequestError
@@ -13,6 +13,7 @@ from idl.events import log_event
 from idl.gen.ttypes import (
     ClusterStatus,
     DatasetError,
+    DeadlineExceeded,
     InvalidRequest,
     NoNodesAvailable,
     RoundRequest,
@@ -35,8 +36,10 @@ def declared_errors(call: str) -> Iterator[None]:
         raise InvalidRequest(message=str(exc)) from None
     except MissingShards as exc:
         raise ShardMissing(message=str(exc), digest=exc.digests[0]) from None
-    except RoundFailed as exc:
+    except RoundFailed as exc:  # also ConfigurationError: a node refused our token
         raise NoNodesAvailable(message=str(exc)) from None
+    except TaskOutOfTime as exc:
+        raise DeadlineExceeded(message=str(exc), budget_s=exc.budget_s) from None
     except TaskRejected as exc:
         error = exc.error
         if isinstance(error, InvalidRequest | DatasetError):
@@ -45,7 +48,11 @@ def declared_errors(call: str) -> Iterator[None]:
 
 
 class CoordinatorHandler:
-    """Implements idl Coordinator.Iface over a CoordinatorService."""
+    """Implements idl Coordinator.Iface over a CoordinatorService.
+
+    Every call but ping() checks the token: ping stays open for health probes and says
+    nothing beyond "up".
+    """
 
     def __init__(self, service: CoordinatorService) -> None:
         self._service = service
@@ -53,10 +60,14 @@ class CoordinatorHandler:
     def ping(self) -> bool:
         return True
 
-    def status(self) -> ClusterStatus:
+    def status(self, token: str = "") -> ClusterStatus:
+        with declared_errors("status"):
+            self._service.authorize(token)
         return self._service.status()
 
-    def missing_shards(self, digests: list[str]) -> list[str]:
+    def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
+        with declared_errors("missing_shards"):
+            self._service.authorize(token)
         return self._service.store.missing(list(digests or []))
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:

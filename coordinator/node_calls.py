@@ -2,12 +2,19 @@
 
 This is the executor's `call_node`: it trains a task on one node over a pooled
 connection, uploads the shard once when the node says it lacks it, and turns what
-went wrong into NodeBusyError (try another node), NodeFailure (node is at fault) or
-TaskRejected (the request is at fault).
+went wrong into NodeBusyError (try another node), NodeFailure (node is at fault),
+TaskRejected (the request is at fault), TaskOutOfTime (the node stopped the task at its
+time budget) or ConfigurationError (the node refused the coordinator's token).
+
+The node gets the attempt's budget as ShardTask.timeout_s and stops there with
+DeadlineExceeded; the connection waits REPLY_MARGIN_S longer, so that declared answer
+arrives rather than a bare socket timeout.
 """
 
 from __future__ import annotations
 
+import copy
+import ssl
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,10 +22,18 @@ from functools import lru_cache
 from thrift.Thrift import TApplicationException, TException
 from thrift.transport.TTransport import TTransportException
 
-from coordinator.executor import Counters, NodeBusyError, NodeFailure, TaskRejected
+from coordinator.executor import (
+    ConfigurationError,
+    Counters,
+    NodeBusyError,
+    NodeFailure,
+    TaskOutOfTime,
+    TaskRejected,
+)
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     DatasetError,
+    DeadlineExceeded,
     InvalidRequest,
     NodeBusy,
     ShardMissing,
@@ -28,7 +43,8 @@ from idl.gen.ttypes import (
 )
 from idl.rpc import Address, ConnectionPool
 
-DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized)
+DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded)
+REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its DeadlineExceeded) travels
 
 
 @dataclass
@@ -37,6 +53,19 @@ class NodeTask:
 
     task: ShardTask
     shard_bytes: bytes
+
+
+def attempt_task(task: ShardTask, may_decline: bool, timeout_s: float) -> ShardTask:
+    """A new request for one attempt at `task`: the small struct copied, the rest shared.
+
+    A shallow copy (every field, whatever the IDL adds): the weights, shard ref and config
+    are shared and never written after the round built them; only the attempt's own
+    fields are set, on the copy.
+    """
+    request = copy.copy(task)
+    request.may_decline = may_decline
+    request.timeout_s = timeout_s
+    return request
 
 
 @lru_cache(maxsize=4096)
@@ -65,8 +94,11 @@ def describe_failure(exc: BaseException, timeout_s: float) -> str:
 class NodeCaller:
     """Train tasks and probe nodes over one connection pool (thread-safe)."""
 
-    def __init__(self, token: str = "", counters: Counters | None = None) -> None:
-        self.pool = ConnectionPool(ComputeNode.Client, max_idle=64)
+    def __init__(
+        self, token: str = "", counters: Counters | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.pool = ConnectionPool(ComputeNode.Client, max_idle=64, tls=tls)
         self._token = token
         self._counters = counters or Counters()
 
@@ -76,11 +108,13 @@ class NodeCaller:
         """Train `work` on `node` within `timeout_s`; see the module docstring for errors."""
         address = _address(node)
         deadline = time.monotonic() + timeout_s
-        work.task.may_decline = may_decline
-        work.task.timeout_s = timeout_s
+        # Each attempt sends its own request: a straggler's backup may be serialising the
+        # same task on another thread, so the shared one is never written to.
+        request = attempt_task(work.task, may_decline, timeout_s)
         try:
-            outcome = self._train(address, work, deadline)
+            outcome = self._train(address, request, work.shard_bytes, deadline)
         except (TException, OSError, EOFError) as exc:
+            # A socket timeout: REPLY_MARGIN_S past the budget, reported as the budget.
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
         if isinstance(outcome, TaskResult):
@@ -90,32 +124,45 @@ class NodeCaller:
         if isinstance(outcome, ShardMissing):
             raise NodeFailure("lost the shard right after it was uploaded")
         if isinstance(outcome, Unauthorized):
-            raise NodeFailure(f"unauthorized: {outcome.message} (check --token)")
+            raise ConfigurationError(
+                f"node {node} refused the coordinator's token: {outcome.message} (give the "
+                "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
+            )
+        if isinstance(outcome, DeadlineExceeded):
+            raise TaskOutOfTime(f"{node}: {outcome.message}", outcome.budget_s or timeout_s)
         raise TaskRejected(outcome)
 
-    def _train(self, address: Address, work: NodeTask, deadline: float) -> TaskResult | TException:
+    def _train(
+        self, address: Address, task: ShardTask, shard_bytes: bytes, deadline: float
+    ) -> TaskResult | TException:
         """The node's result, or the declared exception it answered with (connection kept)."""
-        with self.pool.connection(address, deadline - time.monotonic()) as conn:
+        with self.pool.connection(address, deadline + REPLY_MARGIN_S - time.monotonic()) as conn:
             try:
-                return conn.client.train(work.task)
+                return conn.client.train(task)
             except ShardMissing:
                 pass
             except DECLARED as exc:
                 return exc
             self._counters.add("shard_uploads")
-            digest = work.task.shard.digest
+            digest = task.shard.digest
             try:
-                conn.set_timeout(deadline - time.monotonic())
-                conn.client.put_shard(digest, work.shard_bytes, work.task.token or "")
-                conn.set_timeout(deadline - time.monotonic())
-                return conn.client.train(work.task)
+                conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
+                conn.client.put_shard(digest, shard_bytes, task.token or "")
+                task.timeout_s = max(deadline - time.monotonic(), 0.001)  # what the upload left
+                conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
+                return conn.client.train(task)
             except DECLARED as exc:
                 return exc
 
     def probe(self, address: Address, timeout_s: float) -> dict:
         """Ask a node for its load (doubles as the heartbeat); NodeFailure if it cannot."""
         try:
-            load = self.pool.call(address, timeout_s, lambda c: c.load())
+            load = self.pool.call(address, timeout_s, lambda c: c.load(self._token))
+        except Unauthorized as exc:  # it answers, but must not get tasks: dead, saying why
+            raise NodeFailure(
+                f"node refused the coordinator's token: {exc.message} (give the coordinator "
+                "and every node the same --token-file or FEDCLUSTER_TOKEN)"
+            ) from None
         except (TException, OSError, EOFError) as exc:
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None

@@ -18,6 +18,10 @@ from idl.rpc import Address
 EMA_WEIGHT = 0.3  # weight of the newest sample in the service-time average
 
 
+class RegistryFull(Exception):
+    """A new node asked to register but the registry already holds its maximum."""
+
+
 @dataclass
 class NodeState:
     address: Address
@@ -84,9 +88,21 @@ class Registry:
         log_event("node_added", node=str(address))
         return True
 
-    def register(self, address: Address) -> None:
-        """A node announced itself: know it and count the announcement as a heartbeat."""
-        self.add(address)
+    def register(self, address: Address, *, max_nodes: int | None = None) -> None:
+        """A node announced itself: know it and count the announcement as a heartbeat.
+
+        A node already known always may (its heartbeat); a new one only while fewer than
+        `max_nodes` are known (RegistryFull), so registrations cannot grow the table and
+        its heartbeats without bound.
+        """
+        with self._changed:  # an RLock: the check and the add are one step
+            if str(address) not in self._nodes:
+                if max_nodes is not None and len(self._nodes) >= max_nodes:
+                    raise RegistryFull(
+                        f"this coordinator already knows {len(self._nodes)} nodes, its "
+                        f"maximum (--max-nodes {max_nodes}); {address} was not added"
+                    )
+                self.add(address)
         self.mark_alive(address)
 
     def addresses(self) -> list[Address]:

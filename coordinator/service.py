@@ -8,7 +8,6 @@ handler maps them to the IDL's.
 
 from __future__ import annotations
 
-import hmac
 import threading
 import time
 
@@ -21,10 +20,12 @@ from coordinator.executor import (
 )
 from coordinator.node_calls import NodeTask
 from coordinator.policies import Policy, make_policy, policy_name
-from coordinator.registry import Registry
+from coordinator.registry import Registry, RegistryFull
 from coordinator.shard_store import ShardStore
-from coordinator.validation import RequestError, check_request
+from coordinator.validation import RequestError, check_node_address, check_request
+from idl.auth import DENIED_HINT, token_matches
 from idl.events import log_event
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import (
     ClusterStatus,
     NodeStatus,
@@ -33,7 +34,9 @@ from idl.gen.ttypes import (
     ShardTask,
     TaskRecord,
 )
-from idl.rpc import Address
+
+# Registrations past this many known nodes are refused: each costs a heartbeat per interval.
+DEFAULT_MAX_NODES = 4096
 
 
 class Denied(Exception):
@@ -64,6 +67,8 @@ class CoordinatorService:
         seed: int = 1,
         token: str = "",
         address: str = "",
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_task_work: int = DEFAULT_MAX_TASK_WORK,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -71,14 +76,17 @@ class CoordinatorService:
         self.counters: Counters = executor.counters
         self.policy = policy_name(policy)
         self.address = address
+        self.max_nodes = max_nodes
+        self.max_task_work = max_task_work
         self._seed = seed
         self._token = token
         self._policies: dict[str, Policy] = {}
         self._lock = threading.Lock()
 
     def authorize(self, token: str | None) -> None:
-        if self._token and not hmac.compare_digest(self._token, token or ""):
-            raise Denied("token missing or wrong: pass the cluster's --token")
+        """Denied unless no token is configured or `token` matches (never says which)."""
+        if not token_matches(self._token, token):
+            raise Denied(f"the coordinator refused the call: token missing or wrong; {DENIED_HINT}")
 
     def policy_for(self, name: str) -> Policy:
         """One long-lived, seeded instance per policy name (round-robin keeps its place)."""
@@ -89,13 +97,15 @@ class CoordinatorService:
             return self._policies[name]
 
     def register_node(self, host: str, port: int, token: str = "") -> None:
+        """Know (or refresh) a node; RequestError for a bad address or a full registry."""
         self.authorize(token)
+        address = check_node_address(host, port)
         try:
-            address = Address.parse(f"{host}:{port}")
-        except ValueError as exc:
+            self.registry.register(address, max_nodes=self.max_nodes)
+        except RegistryFull as exc:
+            self.counters.add("registrations_refused")
             raise RequestError(f"register_node: {exc}") from None
         self.counters.add("registrations")
-        self.registry.register(address)
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
         self.authorize(token)
@@ -105,7 +115,7 @@ class CoordinatorService:
     def run_round(self, request: RoundRequest) -> RoundResult:
         """Run every shard task of the round; results and records in shard order."""
         self.authorize(request.token)
-        deadline_s, name = check_request(request)
+        deadline_s, name = check_request(request, self.max_task_work)
         shards = request.shards
         missing = self.store.missing([s.digest for s in shards])
         if missing:

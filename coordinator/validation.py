@@ -7,14 +7,20 @@ with a precise message instead of on every node.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 
 from coordinator.policies import policy_name
 from coordinator.shard_store import ShardError, check_digest
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import RoundRequest, Tensor
+from idl.rpc import Address
 
 MAX_SHARDS = 100_000
 DEFAULT_DEADLINE_S = 3600.0
+# A DNS name (labels of letters, digits, '-' and, as Compose service names have them, '_').
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 class RequestError(ValueError):
@@ -54,7 +60,47 @@ def check_weights(weights: list[Tensor] | None) -> None:
         )
 
 
-def check_request(request: RoundRequest) -> tuple[float, str]:
+def check_node_address(host: str, port: int) -> Address:
+    """A registering node's address: an IP literal or a DNS name, and a port in 1..65535."""
+    if not 0 < port < 65536:
+        raise RequestError(f"register_node: port must be in 1..65535, got {port}")
+    try:
+        ipaddress.ip_address(host)
+        return Address(host, port)
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        shown = host if len(host) <= 80 else host[:80] + "..."
+        raise RequestError(
+            f"register_node: host must be an IP address or a DNS name, got {shown!r}"
+        )
+    return Address(host, port)
+
+
+def check_work(request: RoundRequest, max_work: int) -> None:
+    """Each shard task's epochs x rows x parameters within `max_work` (the nodes' default).
+
+    Rows are the client's ShardRef.n_rows, a claim: the nodes check the real count again.
+    """
+    w1, _, w2, _ = (tuple(t.shape) for t in request.weights)
+    (d, h), k = w1, w2[1]
+    n_params = d * h + h + h * k + k
+    epochs = request.config.epochs
+    for i, shard in enumerate(request.shards):
+        work = epochs * max(shard.n_rows or 0, 0) * n_params
+        if work > max_work:
+            raise RequestError(
+                f"shards[{i}] ({shard.name}): epochs x rows x parameters = {epochs:,} x "
+                f"{shard.n_rows:,} x {n_params:,} = {work:,} exceeds the bound of "
+                f"{max_work:,} per task (--max-task-work); use fewer epochs, smaller shards "
+                "or a smaller model"
+            )
+
+
+def check_request(
+    request: RoundRequest, max_task_work: int = DEFAULT_MAX_TASK_WORK
+) -> tuple[float, str]:
     """RequestError unless the request is runnable; returns (deadline_s, policy name or "")."""
     if request.round is None or request.round < 0:
         raise RequestError(f"round: must be >= 0, got {request.round}")
@@ -81,6 +127,7 @@ def check_request(request: RoundRequest) -> tuple[float, str]:
         raise RequestError(f"config.batch_size: must be >= 0, got {config.batch_size}")
     if config.momentum is not None and not 0 <= config.momentum < 1:
         raise RequestError(f"config.momentum: must be in [0, 1), got {config.momentum}")
+    check_work(request, max_task_work)
     deadline_s = request.deadline_s
     if deadline_s is None or deadline_s == 0:
         deadline_s = DEFAULT_DEADLINE_S

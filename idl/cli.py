@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from idl.admission import ServerLimits
 from idl.rpc import Address
 from idl.tls import TlsConfigError, TlsFiles, load_contexts
 
@@ -92,6 +93,57 @@ metrics_port_option = click.option(
 )
 
 
+def server_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """What a server's peers may hold (see ThriftServer), the same on every server.
+
+    The command gets one `limits: ServerLimits` argument instead of the six options; pass
+    it on as `ThriftServer(..., **limits.kwargs())`.
+    """
+    mb = 1024 * 1024
+    defaults = ServerLimits()
+
+    @functools.wraps(command)
+    def with_limits(*args: Any, max_connections: int, max_connections_per_peer: int,
+                    max_frame_mb: float, in_flight_mb: float, idle_timeout_s: float,
+                    frame_timeout_s: float, **kwargs: Any) -> Any:
+        if in_flight_mb < max_frame_mb:
+            raise click.UsageError(
+                f"--in-flight-mb ({in_flight_mb:g}) is below --max-frame-mb "
+                f"({max_frame_mb:g}): a frame of the largest size could never be received"
+            )
+        limits = ServerLimits(
+            max_connections, max_connections_per_peer, int(max_frame_mb * mb),
+            int(in_flight_mb * mb), idle_timeout_s, frame_timeout_s,
+        )
+        return command(*args, limits=limits, **kwargs)
+
+    positive = {"min": 0, "min_open": True}
+    for name, kind, default, help_text in reversed((
+        ("--max-connections", click.IntRange(min=1), defaults.max_connections,
+         "Connections served at once; when full, the longest-idle one gives way to a new "
+         "one (refused if none is idle)."),
+        ("--max-connections-per-peer", click.IntRange(min=1),
+         defaults.max_connections_per_peer,
+         "Connections from one address at once (its own longest-idle one gives way)."),
+        ("--max-frame-mb", click.FloatRange(max=2047, **positive),
+         defaults.max_frame_bytes / mb, "Largest message accepted, in MiB."),
+        ("--in-flight-mb", click.FloatRange(**positive), defaults.in_flight_bytes / mb,
+         "MiB that frames being received may hold in all; beyond it, a connection "
+         "that needs more is closed."),
+        ("--idle-timeout-s", click.FloatRange(**positive), defaults.idle_timeout_s,
+         "Seconds a connection may wait for its next message before it is closed."),
+        ("--frame-timeout-s", click.FloatRange(**positive), defaults.frame_timeout_s,
+         "Seconds a message may take to arrive once its first byte did (and a TLS "
+         "handshake to finish)."),
+    )):
+        callback = finite if isinstance(kind, click.FloatRange) else None
+        with_limits = click.option(
+            name, type=kind, default=default, show_default=True, callback=callback,
+            help=help_text,
+        )(with_limits)
+    return with_limits
+
+
 def tls_options(*, serves: bool):
     """--tls-cert, --tls-key, --tls-ca, the same on every command; see idl/tls.py.
 
@@ -122,3 +174,69 @@ def tls_options(*, serves: bool):
         return with_tls
 
     return decorate
+
+
+TOKEN_ENV = "FEDCLUSTER_TOKEN"
+
+
+def token_options(purpose: str):
+    """--token-file PATH and --token (or FEDCLUSTER_TOKEN), the same on every command.
+
+    The command gets one `token: str` argument ("" = none). A file or the environment
+    keeps the secret out of `ps` and shell history; a bare --token stays for quick local
+    runs. The token is checked at start (readable file, utf-8, not empty) and never logged.
+    `purpose` ends the help text: what the token does for this command.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_token(*args: Any, token_file: Path | None, token: str | None,
+                       **kwargs: Any) -> Any:
+            if token_file is not None and token and _from_environment("token"):
+                token = None  # an exported FEDCLUSTER_TOKEN yields to an explicit file
+            return command(*args, token=read_token(token_file, token), **kwargs)
+
+        with_token = click.option(
+            "--token", default=None, envvar=TOKEN_ENV, show_envvar=True,
+            help="The token itself; visible in `ps` and shell history, so prefer "
+                 f"--token-file or {TOKEN_ENV}.",
+        )(with_token)
+        return click.option(
+            "--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None, help=f"File holding the cluster's shared secret: {purpose}",
+        )(with_token)
+
+    return decorate
+
+
+def _from_environment(param: str) -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and (
+        ctx.get_parameter_source(param) is click.core.ParameterSource.ENVIRONMENT
+    )
+
+
+def read_token(token_file: Path | None, token: str | None) -> str:
+    """The token from the file (one trailing newline dropped) or as given; "" for none."""
+    if token_file is not None:
+        if token:
+            raise click.UsageError(
+                "give the token once: --token-file or --token, not both"
+            )
+        try:
+            token = token_file.read_bytes().decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError:
+            raise click.BadParameter("the token file is not utf-8 text",
+                                     param_hint="--token-file") from None
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {token_file}: {exc.strerror or exc}",
+                                     param_hint="--token-file") from None
+        if not token:
+            raise click.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    token = token or ""
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the environment could not decode
+        raise click.BadParameter(f"the token is not valid utf-8 (check {TOKEN_ENV})",
+                                 param_hint="--token") from None
+    return token

@@ -7,6 +7,14 @@
 
 namespace py idl.gen
 
+/**
+ * The default bound on one task's work, epochs x rows x parameters (d*h + h + h*k + k):
+ * about 15-30 minutes of one core, so beyond any default task timeout. A node
+ * (--max-task-work) and a coordinator refuse bigger requests with InvalidRequest before
+ * spending time on them; the seed's workload is ~1e8, the largest benchmark ~3e8.
+ */
+const i64 DEFAULT_MAX_TASK_WORK = 10000000000000
+
 /** A dense float64 array: shape plus little-endian C-order bytes (8 * prod(shape)). */
 struct Tensor {
   1: list<i64> shape,
@@ -51,8 +59,8 @@ struct ShardTask {
   5: list<Tensor> weights,    // W1 (d,h), b1 (h), W2 (h,k), b2 (k)
   6: TrainConfig config,
   7: bool may_decline,        // load-aware scheduling: a loaded node may reject
-  8: double timeout_s,        // the node gives up (and says so) after this long
-  9: string token = "",
+  8: double timeout_s,        // the node gives up with DeadlineExceeded after this long
+  9: string token = "",       // the cluster's shared secret, as on every call
 }
 
 /** A node's answer: the weights delta and what it learnt on the way. */
@@ -84,7 +92,7 @@ struct RoundRequest {
   5: TrainConfig config,
   6: string policy = "",      // "" = the coordinator's own policy
   7: double deadline_s,       // the round fails with NoNodesAvailable after this long
-  8: string token = "",
+  8: string token = "",       // the cluster's shared secret, as on every call
 }
 
 /** How one shard task went: who ran it, how often it was tried, and how long it took. */
@@ -133,30 +141,38 @@ exception NodeBusy { 1: string message, 2: double retry_after_s }
 exception ShardMissing { 1: string message, 2: string digest }
 exception NoNodesAvailable { 1: string message }
 exception DatasetError { 1: string message }
+/** The call lacks the cluster's shared secret, or carries a wrong one. */
 exception Unauthorized { 1: string message }
+/** A task ran out of its time budget (budget_s seconds): the node stopped training it. */
+exception DeadlineExceeded { 1: string message, 2: double budget_s }
+
+// With a token configured, every call but ping() must carry it (the `token` arguments and
+// ShardTask/RoundRequest.token); ping() stays open for health probes and reveals nothing.
 
 service ComputeNode {
   bool ping(),
-  NodeLoad load(),
+  NodeLoad load(1: string token = "") throws (1: Unauthorized denied),
   /** Which of these digests the node lacks (neither cached nor in its data dir). */
-  list<string> missing_shards(1: list<string> digests),
+  list<string> missing_shards(1: list<string> digests, 2: string token = "")
+      throws (1: Unauthorized denied),
   /** Cache a shard's bytes; the node checks they hash to the digest. */
   void put_shard(1: string digest, 2: binary data, 3: string token = "")
       throws (1: InvalidRequest bad, 2: DatasetError dataset, 3: Unauthorized denied),
   TaskResult train(1: ShardTask task)
       throws (1: InvalidRequest bad, 2: NodeBusy busy, 3: ShardMissing missing,
-              4: DatasetError dataset, 5: Unauthorized denied),
+              4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
 }
 
 service Coordinator {
   bool ping(),
-  ClusterStatus status(),
-  list<string> missing_shards(1: list<string> digests),
+  ClusterStatus status(1: string token = "") throws (1: Unauthorized denied),
+  list<string> missing_shards(1: list<string> digests, 2: string token = "")
+      throws (1: Unauthorized denied),
   void put_shard(1: string digest, 2: binary data, 3: string token = "")
       throws (1: InvalidRequest bad, 2: Unauthorized denied),
   RoundResult run_round(1: RoundRequest request)
       throws (1: InvalidRequest bad, 2: NoNodesAvailable none, 3: ShardMissing missing,
-              4: DatasetError dataset, 5: Unauthorized denied),
+              4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
   /** A node announces itself (and keeps doing so as its heartbeat). */
   void register_node(1: string host, 2: i32 port, 3: string token = "")
       throws (1: InvalidRequest bad, 2: Unauthorized denied),

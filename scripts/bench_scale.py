@@ -267,7 +267,7 @@ def measure_data(workdir: Path, data_dir: Path, n_rows: int,
                 began = time.perf_counter()
                 conn.client.run_round(request)
                 walls.append(time.perf_counter() - began)
-                counters = conn.client.status().counters
+                counters = conn.client.status("").counters
                 uploads.append((counters.get("shard_uploads", 0), sum(_stored_events(cluster))))
         finally:
             conn.close()

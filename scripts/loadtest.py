@@ -169,7 +169,7 @@ def run_client(level: Level, client: int, address: Address, workload: Workload,
                     job = f"load-c{level.concurrency}-{client}"
                     link.run_round(round_request(workload, refs, job, seq, token))
                 else:
-                    pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status())
+                    pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status(token))
             except Exception as exc:  # every failure is data here, never a crash
                 error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
                 pool.discard(address)
@@ -247,7 +247,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------- environment
 
 
-def environment(address: Address) -> dict[str, object]:
+def environment(address: Address, token: str = "") -> dict[str, object]:
     """The machine, the software and the cluster this run measured."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -272,7 +272,7 @@ def environment(address: Address) -> dict[str, object]:
             versions[name] = "not installed"
     pool = ConnectionPool(Coordinator.Client, max_idle=1)
     try:
-        status = pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status())
+        status = pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status(token))
     finally:
         pool.close()
     return {
@@ -546,7 +546,7 @@ def drive(address: Address, levels: list[int], requests: int, duration_s: float 
     refs, paths = write_shards(workload, run_dir / "workload")
     link = CoordinatorLink([address], paths)
     try:
-        env = environment(address)
+        env = environment(address, token)
         link.upload_missing(address, token)
     except Exception as exc:
         raise click.ClickException(f"cannot use the coordinator at {address}: {exc}") from None

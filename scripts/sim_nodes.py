@@ -58,14 +58,14 @@ class SimNode:
     def ping(self) -> bool:
         return True
 
-    def load(self) -> NodeLoad:
+    def load(self, token: str = "") -> NodeLoad:
         return NodeLoad(
             tasks_in_flight=0, recent_service_s=self.delay_s, load_probability=0.0,
             tasks_done=self.tasks_done, tasks_rejected=0,
             shards_cached=len(self.digests),
         )
 
-    def missing_shards(self, digests: list[str]) -> list[str]:
+    def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
         return [d for d in digests or [] if d not in self.digests]
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:

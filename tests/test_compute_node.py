@@ -133,7 +133,7 @@ def test_ping_and_load_describe_an_idle_node(node_factory):
     _, client = node_factory(0.25)
 
     assert client.ping() is True
-    load = client.load()
+    load = client.load("")
 
     assert load.load_probability == 0.25
     assert (load.tasks_in_flight, load.tasks_done, load.tasks_rejected) == (0, 0, 0)
@@ -161,7 +161,7 @@ def test_train_delta_is_bitwise_equal_to_in_process_training(node_factory):
     assert result.node == str(proc.address)
     assert result.timings.compute_s > 0
     assert result.timings.total_s >= result.timings.compute_s
-    assert node.load().tasks_done == 1
+    assert node.load("").tasks_done == 1
 
 
 def test_standardised_task_trains_on_shifted_scaled_rows_and_leaves_the_cache_raw(node):
@@ -194,13 +194,13 @@ def test_unknown_digest_is_shard_missing_until_it_is_put(node):
         node.train(task)
     assert missing.value.digest == digest_of(data)
     assert "put_shard" in missing.value.message
-    assert node.missing_shards([digest_of(data)]) == [digest_of(data)]
+    assert node.missing_shards([digest_of(data)], "") == [digest_of(data)]
 
     node.put_shard(digest_of(data), data, "")
 
-    assert node.missing_shards([digest_of(data)]) == []
+    assert node.missing_shards([digest_of(data)], "") == []
     assert node.train(task).n_samples == 300
-    assert node.load().shards_cached == 1
+    assert node.load("").shards_cached == 1
 
 
 def test_put_shard_with_wrong_digest_is_invalid_request(shared_node):
@@ -212,7 +212,7 @@ def test_put_shard_with_wrong_digest_is_invalid_request(shared_node):
     with pytest.raises(InvalidRequest) as malformed:
         shared_node.put_shard("../../etc/passwd", data, "")
     assert "64 lowercase hex" in malformed.value.message
-    assert shared_node.missing_shards([digest_of(data)]) == [digest_of(data)]
+    assert shared_node.missing_shards([digest_of(data)], "") == [digest_of(data)]
 
 
 def test_bad_shard_bytes_give_dataset_error_naming_the_line(shared_node):
@@ -324,11 +324,11 @@ def test_data_dir_shard_is_served_by_digest_without_upload(node_factory, tmp_pat
     (data_dir / "train_1.txt").write_bytes(data)
     _, client = node_factory(0.0, "--data-dir", str(data_dir))
 
-    assert client.missing_shards([digest_of(data), "0" * 64]) == ["0" * 64]
+    assert client.missing_shards([digest_of(data), "0" * 64], "") == ["0" * 64]
     result = client.train(make_task(data))
 
     assert result.n_samples == 300
-    assert client.load().shards_cached == 1
+    assert client.load("").shards_cached == 1
 
 
 def test_data_dir_never_serves_files_outside_it(node_factory, tmp_path):
@@ -342,7 +342,7 @@ def test_data_dir_never_serves_files_outside_it(node_factory, tmp_path):
     _, client = node_factory(0.0, "--data-dir", str(data_dir))
 
     for data in (outside, sibling):
-        assert client.missing_shards([digest_of(data)]) == [digest_of(data)]
+        assert client.missing_shards([digest_of(data)], "") == [digest_of(data)]
         with pytest.raises(ShardMissing):
             client.train(make_task(data))
 
@@ -360,7 +360,7 @@ def test_fully_loaded_node_declines_every_task_that_may_be_declined(node_factory
             client.train(make_task(data, may_decline=True))
         assert busy.value.retry_after_s > 0
 
-    load = client.load()
+    load = client.load("")
     assert (load.tasks_rejected, load.tasks_done) == (5, 0)
 
 
@@ -388,7 +388,7 @@ def test_unloaded_node_never_delays(node_factory):
         assert result.timings.load_delay_s == 0.0
         assert result.timings.total_s < 5
 
-    assert client.load().tasks_rejected == 0
+    assert client.load("").tasks_rejected == 0
 
 
 def test_tasks_queue_for_the_single_worker_and_report_their_wait(node_factory):
@@ -414,7 +414,7 @@ def test_tasks_queue_for_the_single_worker_and_report_their_wait(node_factory):
     assert len(results) == 2
     assert waits[0] < 0.2
     assert waits[1] >= 0.25  # queued behind the other task's 0.3 s load delay
-    assert client.load().tasks_done == 2
+    assert client.load("").tasks_done == 2
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def test_ping_stays_fast_while_a_long_task_trains(node_factory):
 
     worker = threading.Thread(target=run)
     worker.start()
-    while client.load().tasks_in_flight == 0 and worker.is_alive():
+    while client.load("").tasks_in_flight == 0 and worker.is_alive():
         time.sleep(0.01)
     pings = []
     while worker.is_alive():

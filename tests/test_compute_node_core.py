@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from compute_node.stats import EMA_ALPHA, NodeStats
 from compute_node.trainer import (
     MAX_ACTIVATION_VALUES,
     InvalidTask,
+    OutOfTime,
     TrainSettings,
     check_fit,
     params_from_arrays,
@@ -262,27 +264,59 @@ def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
     core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 0.5, seed=1)))
     data = shard_bytes(20)
     core.put_shard(sha(data), data)
-    task = dataclasses.replace(task_for(data), timeout_s=0.1)
     outcomes: list[str] = []
 
-    def run() -> None:
+    def run(timeout_s: float) -> None:
         try:
-            core.train(task)
+            core.train(dataclasses.replace(task_for(data), timeout_s=timeout_s))
             outcomes.append("done")
         except Busy as exc:
             outcomes.append(f"busy: {exc}")
 
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
+    # The first task holds the single worker for its 0.5 s load delay (within its budget).
+    holder = threading.Thread(target=run, args=(5.0,))
+    holder.start()
+    while core.load_snapshot().tasks_in_flight == 0 and holder.is_alive():
+        threading.Event().wait(0.005)
+    waiter = threading.Thread(target=run, args=(0.1,))
+    waiter.start()
+    for t in (holder, waiter):
         t.join(timeout=10)
 
-    # Whichever task got the single worker holds it for the 0.5 s load delay.
-    assert sorted(outcomes)[0] == "busy: no free worker within the task's timeout of 0.1s"
-    assert sorted(outcomes)[1] == "done"
+    assert sorted(outcomes) == ["busy: no free worker within the task's timeout of 0.1s", "done"]
     snap = core.load_snapshot()
     assert (snap.tasks_done, snap.tasks_rejected, snap.tasks_in_flight) == (1, 1, 0)
+
+
+def test_task_budget_bounds_the_load_delay_and_training():
+    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 5.0, seed=1)))
+    data = shard_bytes(20)
+    core.put_shard(sha(data), data)
+    task = dataclasses.replace(task_for(data), timeout_s=0.2)
+
+    began = time.monotonic()
+    with pytest.raises(OutOfTime, match="time budget of 0.2s") as caught:
+        core.train(task)  # a 5 s load delay: cut at the budget, then training never starts
+
+    assert time.monotonic() - began < 1.0
+    assert caught.value.budget_s == 0.2
+    snap = core.load_snapshot()
+    assert (snap.tasks_done, snap.tasks_in_flight) == (0, 0)
+
+
+def test_task_beyond_the_work_bound_is_refused_naming_it():
+    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(0.0, 0.0, seed=1)),
+                           max_task_work=1000)
+    data = shard_bytes(20)
+    core.put_shard(sha(data), data)
+    task = task_for(data)
+    n_params = sum(w.size for w in task.weights)
+    work = task.settings.epochs * 20 * n_params
+
+    with pytest.raises(InvalidTask, match=f"= {work:,} exceeds the node's bound of 1,000 "
+                                          r"\(--max-task-work\)"):
+        core.train(task)
+    assert core.load_snapshot().tasks_in_flight == 0
 
 
 # --- compact shards, one float64 array per task, deltas from read-only weights ---------------

@@ -92,7 +92,7 @@ def run_round(proc, shards, **kwargs):
 
 def status(proc):
     with coordinator_client(proc, 5.0) as client:
-        return client.status()
+        return client.status("")
 
 
 def node_status(proc, node):

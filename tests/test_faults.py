@@ -57,7 +57,7 @@ def node_in_flight(node: ServerProcess) -> int:
     except Exception:  # noqa: BLE001 - not answering counts as "no task"
         return 0
     try:
-        return conn.client.load().tasks_in_flight
+        return conn.client.load("").tasks_in_flight
     finally:
         conn.close()
 
@@ -65,7 +65,7 @@ def node_in_flight(node: ServerProcess) -> int:
 def coordinator_status(coordinator: ServerProcess):
     conn = connect(Coordinator.Client, coordinator.address, timeout_s=5.0)
     try:
-        return conn.client.status()
+        return conn.client.status("")
     finally:
         conn.close()
 

@@ -58,9 +58,9 @@ def test_every_endpoint_answers_and_needs_its_own_shard_upload(sim):
         deltas = decode_tensors(result.delta)
         assert [d.shape for d in deltas] == [(3, 2), (2,), (2, 2), (2,)]
         assert all((d == 0).all() for d in deltas)
-        assert first.client.load().shards_cached == 1
+        assert first.client.load("").shards_cached == 1
         # Another endpoint of the same process has its own shard set.
-        assert last.client.missing_shards([digest]) == [digest]
+        assert last.client.missing_shards([digest], "") == [digest]
         assert last.client.ping() is True
     finally:
         first.close()

@@ -112,7 +112,7 @@ def wait_for_task_on(coordinator: ServerProcess, victim: ServerProcess, timeout_
     conn = connect(Coordinator.Client, coordinator.address, timeout_s=5.0)
     try:
         while time.monotonic() < deadline:
-            for node in conn.client.status().nodes:
+            for node in conn.client.status("").nodes:
                 if node.address == str(victim.address) and node.tasks_in_flight > 0:
                     return
             time.sleep(0.01)

@@ -87,7 +87,7 @@ class _Handler:
     def ping(self) -> bool:
         return True
 
-    def load(self) -> NodeLoad:
+    def load(self, token: str = "") -> NodeLoad:
         return NodeLoad(tasks_in_flight=7)
 
     def put_shard(self, digest: str, data: bytes, token: str) -> None:
@@ -112,7 +112,7 @@ def test_server_keeps_serving_past_garbage_forged_lengths_and_idle_peers(server)
 
     conn = connect(ComputeNode.Client, server.address, timeout_s=2.0)
     started = time.perf_counter()
-    assert conn.client.load().tasks_in_flight == 7
+    assert conn.client.load("").tasks_in_flight == 7
     assert time.perf_counter() - started < 1.0
     conn.close()
     for s in [*idle, garbage, forged]:

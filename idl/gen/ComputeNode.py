@@ -21,15 +21,21 @@ class Iface(object):
     def ping(self):
         pass
 
-    def load(self):
+    def load(self, token):
+        """
+        Parameters:
+         - token
+
+        """
         pass
 
-    def missing_shards(self, digests):
+    def missing_shards(self, digests, token):
         """
         Which of these digests the node lacks (neither cached nor in its data dir).
 
         Parameters:
          - digests
+         - token
 
         """
         pass
@@ -88,13 +94,19 @@ class Client(Iface):
             return result.success
         raise TApplicationException(TApplicationException.MISSING_RESULT, "ping failed: unknown result")
 
-    def load(self):
-        self.send_load()
+    def load(self, token):
+        """
+        Parameters:
+         - token
+
+        """
+        self.send_load(token)
         return self.recv_load()
 
-    def send_load(self):
+    def send_load(self, token):
         self._oprot.writeMessageBegin('load', TMessageType.CALL, self._seqid)
         args = load_args()
+        args.token = token
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -112,23 +124,27 @@ class Client(Iface):
         iprot.readMessageEnd()
         if result.success is not None:
             return result.success
+        if result.denied is not None:
+            raise result.denied
         raise TApplicationException(TApplicationException.MISSING_RESULT, "load failed: unknown result")
 
-    def missing_shards(self, digests):
+    def missing_shards(self, digests, token):
         """
         Which of these digests the node lacks (neither cached nor in its data dir).
 
         Parameters:
          - digests
+         - token
 
         """
-        self.send_missing_shards(digests)
+        self.send_missing_shards(digests, token)
         return self.recv_missing_shards()
 
-    def send_missing_shards(self, digests):
+    def send_missing_shards(self, digests, token):
         self._oprot.writeMessageBegin('missing_shards', TMessageType.CALL, self._seqid)
         args = missing_shards_args()
         args.digests = digests
+        args.token = token
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -146,6 +162,8 @@ class Client(Iface):
         iprot.readMessageEnd()
         if result.success is not None:
             return result.success
+        if result.denied is not None:
+            raise result.denied
         raise TApplicationException(TApplicationException.MISSING_RESULT, "missing_shards failed: unknown result")
 
     def put_shard(self, digest, data, token):
@@ -230,6 +248,8 @@ class Client(Iface):
             raise result.dataset
         if result.denied is not None:
             raise result.denied
+        if result.late is not None:
+            raise result.late
         raise TApplicationException(TApplicationException.MISSING_RESULT, "train failed: unknown result")
 
 
@@ -293,10 +313,13 @@ class Processor(Iface, TProcessor):
         iprot.readMessageEnd()
         result = load_result()
         try:
-            result.success = self._handler.load()
+            result.success = self._handler.load(args.token)
             msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -316,10 +339,13 @@ class Processor(Iface, TProcessor):
         iprot.readMessageEnd()
         result = missing_shards_result()
         try:
-            result.success = self._handler.missing_shards(args.digests)
+            result.success = self._handler.missing_shards(args.digests, args.token)
             msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -390,6 +416,9 @@ class Processor(Iface, TProcessor):
         except Unauthorized as denied:
             msg_type = TMessageType.REPLY
             result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -511,7 +540,15 @@ ping_result.thrift_spec = (
 
 
 class load_args(object):
+    """
+    Attributes:
+     - token
 
+    """
+
+
+    def __init__(self, token="",):
+        self.token = token
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -522,6 +559,11 @@ class load_args(object):
             (fname, ftype, fid) = iprot.readFieldBegin()
             if ftype == TType.STOP:
                 break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -532,6 +574,10 @@ class load_args(object):
             oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
             return
         oprot.writeStructBegin('load_args')
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 1)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -550,6 +596,8 @@ class load_args(object):
         return not (self == other)
 all_structs.append(load_args)
 load_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'token', None, "", ),  # 1
 )
 
 
@@ -557,12 +605,14 @@ class load_result(object):
     """
     Attributes:
      - success
+     - denied
 
     """
 
 
-    def __init__(self, success=None,):
+    def __init__(self, success=None, denied=None,):
         self.success = success
+        self.denied = denied
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -579,6 +629,11 @@ class load_result(object):
                     self.success.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -592,6 +647,10 @@ class load_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.STRUCT, 0)
             self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -612,6 +671,7 @@ class load_result(object):
 all_structs.append(load_result)
 load_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [NodeLoad, None], None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 
 
@@ -619,12 +679,14 @@ class missing_shards_args(object):
     """
     Attributes:
      - digests
+     - token
 
     """
 
 
-    def __init__(self, digests=None,):
+    def __init__(self, digests=None, token="",):
         self.digests = digests
+        self.token = token
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -645,6 +707,11 @@ class missing_shards_args(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -661,6 +728,10 @@ class missing_shards_args(object):
             for iter92 in self.digests:
                 oprot.writeString(iter92)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 2)
+            oprot.writeString(self.token)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -682,6 +753,7 @@ all_structs.append(missing_shards_args)
 missing_shards_args.thrift_spec = (
     None,  # 0
     (1, TType.LIST, 'digests', (TType.STRING, None, False), None, ),  # 1
+    (2, TType.STRING, 'token', None, "", ),  # 2
 )
 
 
@@ -689,12 +761,14 @@ class missing_shards_result(object):
     """
     Attributes:
      - success
+     - denied
 
     """
 
 
-    def __init__(self, success=None,):
+    def __init__(self, success=None, denied=None,):
         self.success = success
+        self.denied = denied
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -715,6 +789,11 @@ class missing_shards_result(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -731,6 +810,10 @@ class missing_shards_result(object):
             for iter99 in self.success:
                 oprot.writeString(iter99)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -751,6 +834,7 @@ class missing_shards_result(object):
 all_structs.append(missing_shards_result)
 missing_shards_result.thrift_spec = (
     (0, TType.LIST, 'success', (TType.STRING, None, False), None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 
 
@@ -998,17 +1082,19 @@ class train_result(object):
      - missing
      - dataset
      - denied
+     - late
 
     """
 
 
-    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None,):
+    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None, late=None,):
         self.success = success
         self.bad = bad
         self.busy = busy
         self.missing = missing
         self.dataset = dataset
         self.denied = denied
+        self.late = late
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1050,6 +1136,11 @@ class train_result(object):
                     self.denied = Unauthorized.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1084,6 +1175,10 @@ class train_result(object):
             oprot.writeFieldBegin('denied', TType.STRUCT, 5)
             self.denied.write(oprot)
             oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 6)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1108,6 +1203,7 @@ train_result.thrift_spec = (
     (3, TType.STRUCT, 'missing', [ShardMissing, None], None, ),  # 3
     (4, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 4
     (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
+    (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
 )
 fix_spec(all_structs)
 del all_structs

@@ -21,13 +21,19 @@ class Iface(object):
     def ping(self):
         pass
 
-    def status(self):
+    def status(self, token):
+        """
+        Parameters:
+         - token
+
+        """
         pass
 
-    def missing_shards(self, digests):
+    def missing_shards(self, digests, token):
         """
         Parameters:
          - digests
+         - token
 
         """
         pass
@@ -96,13 +102,19 @@ class Client(Iface):
             return result.success
         raise TApplicationException(TApplicationException.MISSING_RESULT, "ping failed: unknown result")
 
-    def status(self):
-        self.send_status()
+    def status(self, token):
+        """
+        Parameters:
+         - token
+
+        """
+        self.send_status(token)
         return self.recv_status()
 
-    def send_status(self):
+    def send_status(self, token):
         self._oprot.writeMessageBegin('status', TMessageType.CALL, self._seqid)
         args = status_args()
+        args.token = token
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -120,21 +132,25 @@ class Client(Iface):
         iprot.readMessageEnd()
         if result.success is not None:
             return result.success
+        if result.denied is not None:
+            raise result.denied
         raise TApplicationException(TApplicationException.MISSING_RESULT, "status failed: unknown result")
 
-    def missing_shards(self, digests):
+    def missing_shards(self, digests, token):
         """
         Parameters:
          - digests
+         - token
 
         """
-        self.send_missing_shards(digests)
+        self.send_missing_shards(digests, token)
         return self.recv_missing_shards()
 
-    def send_missing_shards(self, digests):
+    def send_missing_shards(self, digests, token):
         self._oprot.writeMessageBegin('missing_shards', TMessageType.CALL, self._seqid)
         args = missing_shards_args()
         args.digests = digests
+        args.token = token
         args.write(self._oprot)
         self._oprot.writeMessageEnd()
         self._oprot.trans.flush()
@@ -152,6 +168,8 @@ class Client(Iface):
         iprot.readMessageEnd()
         if result.success is not None:
             return result.success
+        if result.denied is not None:
+            raise result.denied
         raise TApplicationException(TApplicationException.MISSING_RESULT, "missing_shards failed: unknown result")
 
     def put_shard(self, digest, data, token):
@@ -232,6 +250,8 @@ class Client(Iface):
             raise result.dataset
         if result.denied is not None:
             raise result.denied
+        if result.late is not None:
+            raise result.late
         raise TApplicationException(TApplicationException.MISSING_RESULT, "run_round failed: unknown result")
 
     def register_node(self, host, port, token):
@@ -336,10 +356,13 @@ class Processor(Iface, TProcessor):
         iprot.readMessageEnd()
         result = status_result()
         try:
-            result.success = self._handler.status()
+            result.success = self._handler.status(args.token)
             msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -359,10 +382,13 @@ class Processor(Iface, TProcessor):
         iprot.readMessageEnd()
         result = missing_shards_result()
         try:
-            result.success = self._handler.missing_shards(args.digests)
+            result.success = self._handler.missing_shards(args.digests, args.token)
             msg_type = TMessageType.REPLY
         except TTransport.TTransportException:
             raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -430,6 +456,9 @@ class Processor(Iface, TProcessor):
         except Unauthorized as denied:
             msg_type = TMessageType.REPLY
             result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -580,7 +609,15 @@ ping_result.thrift_spec = (
 
 
 class status_args(object):
+    """
+    Attributes:
+     - token
 
+    """
+
+
+    def __init__(self, token="",):
+        self.token = token
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -591,6 +628,11 @@ class status_args(object):
             (fname, ftype, fid) = iprot.readFieldBegin()
             if ftype == TType.STOP:
                 break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -601,6 +643,10 @@ class status_args(object):
             oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
             return
         oprot.writeStructBegin('status_args')
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 1)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -619,6 +665,8 @@ class status_args(object):
         return not (self == other)
 all_structs.append(status_args)
 status_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'token', None, "", ),  # 1
 )
 
 
@@ -626,12 +674,14 @@ class status_result(object):
     """
     Attributes:
      - success
+     - denied
 
     """
 
 
-    def __init__(self, success=None,):
+    def __init__(self, success=None, denied=None,):
         self.success = success
+        self.denied = denied
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -648,6 +698,11 @@ class status_result(object):
                     self.success.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -661,6 +716,10 @@ class status_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.STRUCT, 0)
             self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -681,6 +740,7 @@ class status_result(object):
 all_structs.append(status_result)
 status_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [ClusterStatus, None], None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 
 
@@ -688,12 +748,14 @@ class missing_shards_args(object):
     """
     Attributes:
      - digests
+     - token
 
     """
 
 
-    def __init__(self, digests=None,):
+    def __init__(self, digests=None, token="",):
         self.digests = digests
+        self.token = token
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -714,6 +776,11 @@ class missing_shards_args(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -730,6 +797,10 @@ class missing_shards_args(object):
             for iter106 in self.digests:
                 oprot.writeString(iter106)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 2)
+            oprot.writeString(self.token)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -751,6 +822,7 @@ all_structs.append(missing_shards_args)
 missing_shards_args.thrift_spec = (
     None,  # 0
     (1, TType.LIST, 'digests', (TType.STRING, None, False), None, ),  # 1
+    (2, TType.STRING, 'token', None, "", ),  # 2
 )
 
 
@@ -758,12 +830,14 @@ class missing_shards_result(object):
     """
     Attributes:
      - success
+     - denied
 
     """
 
 
-    def __init__(self, success=None,):
+    def __init__(self, success=None, denied=None,):
         self.success = success
+        self.denied = denied
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -784,6 +858,11 @@ class missing_shards_result(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -800,6 +879,10 @@ class missing_shards_result(object):
             for iter113 in self.success:
                 oprot.writeString(iter113)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -820,6 +903,7 @@ class missing_shards_result(object):
 all_structs.append(missing_shards_result)
 missing_shards_result.thrift_spec = (
     (0, TType.LIST, 'success', (TType.STRING, None, False), None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 
 
@@ -1055,17 +1139,19 @@ class run_round_result(object):
      - missing
      - dataset
      - denied
+     - late
 
     """
 
 
-    def __init__(self, success=None, bad=None, none=None, missing=None, dataset=None, denied=None,):
+    def __init__(self, success=None, bad=None, none=None, missing=None, dataset=None, denied=None, late=None,):
         self.success = success
         self.bad = bad
         self.none = none
         self.missing = missing
         self.dataset = dataset
         self.denied = denied
+        self.late = late
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1107,6 +1193,11 @@ class run_round_result(object):
                     self.denied = Unauthorized.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1141,6 +1232,10 @@ class run_round_result(object):
             oprot.writeFieldBegin('denied', TType.STRUCT, 5)
             self.denied.write(oprot)
             oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 6)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1165,6 +1260,7 @@ run_round_result.thrift_spec = (
     (3, TType.STRUCT, 'missing', [ShardMissing, None], None, ),  # 3
     (4, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 4
     (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
+    (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
 )
 
 

@@ -11,3 +11,4 @@ from thrift.protocol.TProtocol import TProtocolException
 from thrift.TRecursive import fix_spec
 
 from .ttypes import *
+DEFAULT_MAX_TASK_WORK = 10000000000000

@@ -1901,6 +1901,8 @@ class DatasetError(TException):
 
 class Unauthorized(TException):
     """
+    The call lacks the cluster's shared secret, or carries a wrong one.
+
     Attributes:
      - message
 
@@ -1950,6 +1952,94 @@ class Unauthorized(TException):
         if self.message is not None:
             oprot.writeFieldBegin('message', TType.STRING, 1)
             oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class DeadlineExceeded(TException):
+    """
+    A task ran out of its time budget (budget_s seconds): the node stopped training it.
+
+    Attributes:
+     - message
+     - budget_s
+
+    """
+
+
+    def __init__(self, message=None, budget_s=None,):
+        super(DeadlineExceeded, self).__setattr__('message', message)
+        super(DeadlineExceeded, self).__setattr__('budget_s', budget_s)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, self.budget_s, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        budget_s = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.DOUBLE:
+                    budget_s = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+            budget_s=budget_s,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('DeadlineExceeded')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        if self.budget_s is not None:
+            oprot.writeFieldBegin('budget_s', TType.DOUBLE, 2)
+            oprot.writeDouble(self.budget_s)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2124,6 +2214,12 @@ all_structs.append(Unauthorized)
 Unauthorized.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'message', None, None, ),  # 1
+)
+all_structs.append(DeadlineExceeded)
+DeadlineExceeded.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', None, None, ),  # 1
+    (2, TType.DOUBLE, 'budget_s', None, None, ),  # 2
 )
 fix_spec(all_structs)
 del all_structs
