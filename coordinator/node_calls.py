@@ -14,8 +14,10 @@ arrives rather than a bare socket timeout.
 from __future__ import annotations
 
 import copy
+import logging
 import ssl
 import time
+import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -30,6 +32,7 @@ from coordinator.executor import (
     TaskOutOfTime,
     TaskRejected,
 )
+from idl.events import log_event
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     DatasetError,
@@ -68,6 +71,19 @@ def attempt_task(task: ShardTask, may_decline: bool, timeout_s: float) -> ShardT
     return request
 
 
+def untangled(exc: BaseException) -> BaseException:
+    """`exc` with the finished frames of its traceback cleared; returns `exc`.
+
+    Thrift's generated client raises a declared error from a frame that still holds it
+    (`raise result.missing`): a reference cycle through the traceback that keeps every frame
+    below the catcher alive, and through their callers' frames this attempt's request and
+    result, a whole model each, until the cycle collector happens to run. Measured: the
+    first round's ShardMissing kept that round's weights and delta through the next round.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    return exc
+
+
 @lru_cache(maxsize=4096)
 def _address(text: str) -> Address:
     return Address.parse(text)
@@ -101,6 +117,7 @@ class NodeCaller:
         self.pool = ConnectionPool(ComputeNode.Client, max_idle=64, tls=tls)
         self._token = token
         self._counters = counters or Counters()
+        self._refused: set[Address] = set()  # nodes whose last probe refused our token
 
     def __call__(
         self, node: str, work: NodeTask, timeout_s: float, may_decline: bool
@@ -115,6 +132,7 @@ class NodeCaller:
             outcome = self._train(address, request, work.shard_bytes, deadline)
         except (TException, OSError, EOFError) as exc:
             # A socket timeout: REPLY_MARGIN_S past the budget, reported as the budget.
+            untangled(exc)
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
         if isinstance(outcome, TaskResult):
@@ -139,10 +157,10 @@ class NodeCaller:
         with self.pool.connection(address, deadline + REPLY_MARGIN_S - time.monotonic()) as conn:
             try:
                 return conn.client.train(task)
-            except ShardMissing:
-                pass
+            except ShardMissing as exc:
+                untangled(exc)
             except DECLARED as exc:
-                return exc
+                return untangled(exc)
             self._counters.add("shard_uploads")
             digest = task.shard.digest
             try:
@@ -152,20 +170,25 @@ class NodeCaller:
                 conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
                 return conn.client.train(task)
             except DECLARED as exc:
-                return exc
+                return untangled(exc)
 
     def probe(self, address: Address, timeout_s: float) -> dict:
         """Ask a node for its load (doubles as the heartbeat); NodeFailure if it cannot."""
         try:
             load = self.pool.call(address, timeout_s, lambda c: c.load(self._token))
-        except Unauthorized as exc:  # it answers, but must not get tasks: dead, saying why
-            raise NodeFailure(
-                f"node refused the coordinator's token: {exc.message} (give the coordinator "
-                "and every node the same --token-file or FEDCLUSTER_TOKEN)"
-            ) from None
+        except Unauthorized as exc:
+            # It answers, so it is alive; it refuses our token, a configuration error that
+            # the first task sent there reports at once (ConfigurationError). Marked dead
+            # instead, a round would wait for a node until its deadline and say less.
+            if address not in self._refused:
+                self._refused.add(address)
+                log_event("node_refused_token", level=logging.WARNING, node=str(address),
+                          reason=exc.message)
+            return {}
         except (TException, OSError, EOFError) as exc:
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
+        self._refused.discard(address)
         return {
             "load_probability": load.load_probability or 0.0,
             "recent_service_s": load.recent_service_s or 0.0,
