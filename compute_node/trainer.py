@@ -209,7 +209,7 @@ def run_training(
     except TrainingTimeout as exc:
         budget = budget_s if budget_s is not None else exc.limit_s
         raise OutOfTime(
-            f"task ran out of its time budget of {budget:g}s after {exc.epochs_done:,} of "
+            f"task ran out of its time budget of {budget:.3g}s after {exc.epochs_done:,} of "
             f"{exc.epochs:,} epochs; the node stopped it (raise the coordinator's "
             "--task-timeout-s, or ask for less work)",
             budget,

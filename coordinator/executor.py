@@ -445,21 +445,23 @@ class _Round:
                 continue
             except TaskOutOfTime as exc:
                 ex._registry.end_task(node, None)
-                failures.append(f"{node} out of time ({exc.budget_s:g}s budget)")
+                # The attempt's budget as given (the node's may be a little less after an
+                # upload): the figure a person set, --task-timeout-s or the round's time left.
+                failures.append(f"{node} out of time ({timeout_s:.3g}s budget)")
                 if ex._clock() >= self.deadline:
                     raise self._deadline_error(index, failures) from None
                 ex.counters.add("deadline_exceeded")
                 out_of_time.append(node)
                 log_event("task_out_of_time", round=self.label, shard=index, node=node,
-                          budget_s=exc.budget_s)
+                          budget_s=timeout_s, reason=exc)
                 if len(out_of_time) >= OUT_OF_TIME_TRIES:
                     raise TaskOutOfTime(
-                        f"shard task {index} ran out of its time budget of {exc.budget_s:g}s "
+                        f"shard task {index} ran out of its time budget of {timeout_s:.3g}s "
                         f"on {len(out_of_time)} tries ({', '.join(out_of_time)}); "
                         f"the budget is the coordinator's --task-timeout-s "
                         f"({ex._task_timeout_s:g}s) or the round's time left, whichever is "
                         "less: raise it, or ask for fewer epochs or smaller shards",
-                        exc.budget_s,
+                        timeout_s,
                     ) from None
                 failed.add(node)  # try it once more, elsewhere
                 node = None

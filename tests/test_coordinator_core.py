@@ -11,15 +11,17 @@ import pytest
 
 import coordinator.executor as executor_module
 from coordinator.executor import (
+    ConfigurationError,
     NodeBusyError,
     NodeFailure,
     RoundExecutor,
     RoundFailed,
+    TaskOutOfTime,
     TaskRejected,
 )
 from coordinator.nodes_file import NodesFileError, parse_nodes, read_nodes_file
 from coordinator.policies import LoadAware, RandomPolicy, RoundRobin
-from coordinator.registry import Registry
+from coordinator.registry import Registry, RegistryFull
 from coordinator.shard_store import ShardError, ShardStore
 from idl.rpc import Address
 
@@ -365,3 +367,61 @@ def test_the_cycle_collector_is_off_during_rounds_and_back_after_overlapping_one
     with pytest.raises(TaskRejected):
         RoundExecutor(registry, reject).run([0], RoundRobin(), 10.0)
     assert gc.isenabled()
+
+# ---------------------------------------------------------------- time budgets and tokens
+
+
+def test_task_out_of_time_gets_one_more_node_then_fails_the_round_naming_the_budget():
+    registry = make_registry(1, 2, 3, 4, 5)
+    calls: list[str] = []
+
+    def call(node, task, timeout_s, may_decline):
+        calls.append(node)
+        raise TaskOutOfTime(f"{node}: ran out", timeout_s)
+
+    executor = RoundExecutor(registry, call, task_timeout_s=1.5, max_attempts=5)
+    with pytest.raises(TaskOutOfTime, match=r"time budget of 1.5s on 2 tries") as caught:
+        executor.run([0], RoundRobin(), 10.0)
+
+    assert len(calls) == 2 and len(set(calls)) == 2  # not on every node: once more, elsewhere
+    assert "--task-timeout-s (1.5s)" in str(caught.value) and caught.value.budget_s == 1.5
+    assert len(registry.views()) == 5  # an answer in time is no node failure
+    counters = executor.counters.as_dict()
+    assert counters["deadline_exceeded"] == 2 and counters.get("failures", 0) == 0
+
+
+def test_task_out_of_time_once_then_done_elsewhere_is_a_normal_result():
+    registry = make_registry(1, 2)
+
+    def call(node, task, timeout_s, may_decline):
+        if node == "n:1":
+            raise TaskOutOfTime("slow node", 2.49)  # the node's figure: less after an upload
+        return node
+
+    [outcome] = RoundExecutor(registry, call, task_timeout_s=2.5).run([0], RoundRobin(), 10.0)
+    assert outcome.value == "n:2" and outcome.attempts == 2
+    assert outcome.failures == ["n:1 out of time (2.5s budget)"]
+
+
+def test_a_node_refusing_the_token_fails_the_round_at_once():
+    registry = make_registry(1, 2, 3)
+    calls: list[str] = []
+
+    def call(node, task, timeout_s, may_decline):
+        calls.append(node)
+        raise ConfigurationError(f"node {node} refused the coordinator's token: no")
+
+    executor = RoundExecutor(registry, call)
+    with pytest.raises(ConfigurationError, match="node n:1 refused the coordinator's token"):
+        executor.run([0], RoundRobin(), 10.0)
+    assert calls == ["n:1"]
+    assert len(registry.views()) == 3 and "failures" not in executor.counters.as_dict()
+
+
+def test_registry_bounds_new_registrations_but_not_known_nodes():
+    registry = make_registry(1)
+    registry.register(Address("n", 2), max_nodes=2)
+    registry.register(Address("n", 1), max_nodes=2)  # a heartbeat of a known node
+    with pytest.raises(RegistryFull, match=r"already knows 2 nodes.*--max-nodes 2"):
+        registry.register(Address("n", 3), max_nodes=2)
+    assert [str(a) for a in registry.addresses()] == ["n:1", "n:2"]
