@@ -227,10 +227,10 @@ class MalformingCoordinator:
     def ping(self) -> bool:
         return True
 
-    def status(self) -> ClusterStatus:
+    def status(self, token: str = "") -> ClusterStatus:
         return ClusterStatus(nodes=[], policy="round-robin", counters={})
 
-    def missing_shards(self, digests: list[str]) -> list[str]:
+    def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
         return []
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
