@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from thrift.Thrift import TException
+
 from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
 from compute_node.shards import DigestMismatch
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
+from idl.cycles import let_go
 from idl.events import log_event
 from idl.gen.ttypes import (
     DatasetError,
@@ -90,9 +93,13 @@ class ComputeNodeHandler:
             self._core.put_shard(digest or "", data or b"")
 
     def train(self, task: ShardTask) -> TaskResult:
-        with declared_errors("train"):
-            self._core.authorize(task.token or "")
-            report = self._core.train(_decode_task(task))
+        try:
+            with declared_errors("train"):
+                self._core.authorize(task.token or "")
+                report = self._core.train(_decode_task(task))
+        except TException as exc:
+            let_go(exc, task, "weights")  # see idl/cycles.py: a declined task holds no model
+            raise
         out = report.output
         return TaskResult(
             delta=encode_tensors(out.delta),

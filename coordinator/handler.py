@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from thrift.Thrift import TException
+
 from coordinator.executor import RoundFailed, TaskOutOfTime, TaskRejected
 from coordinator.service import CoordinatorService, Denied, MissingShards
 from coordinator.shard_store import ShardError
 from coordinator.validation import RequestError
+from idl.cycles import let_go
 from idl.events import log_event
 from idl.gen.ttypes import (
     ClusterStatus,
@@ -75,8 +78,12 @@ class CoordinatorHandler:
             self._service.put_shard(digest or "", data or b"", token or "")
 
     def run_round(self, request: RoundRequest) -> RoundResult:
-        with declared_errors("run_round"):
-            return self._service.run_round(request)
+        try:
+            with declared_errors("run_round"):
+                return self._service.run_round(request)
+        except TException as exc:
+            let_go(exc, request, "weights")  # see idl/cycles.py: ShardMissing holds no model
+            raise
 
     def register_node(self, host: str, port: int, token: str = "") -> None:
         with declared_errors("register_node"):

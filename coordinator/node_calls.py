@@ -17,7 +17,6 @@ import copy
 import logging
 import ssl
 import time
-import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -72,16 +71,16 @@ def attempt_task(task: ShardTask, may_decline: bool, timeout_s: float) -> ShardT
 
 
 def untangled(exc: BaseException) -> BaseException:
-    """`exc` with the finished frames of its traceback cleared; returns `exc`.
+    """`exc` without its traceback: an answer to pass on, holding no frames.
 
     Thrift's generated client raises a declared error from a frame that still holds it
-    (`raise result.missing`): a reference cycle through the traceback that keeps every frame
-    below the catcher alive, and through their callers' frames this attempt's request and
-    result, a whole model each, until the cycle collector happens to run. Measured: the
+    (`raise result.missing`), and a caller that keeps the error keeps its own frame through
+    the traceback: reference cycles that hold the frames' locals, this attempt's request and
+    result (a whole model each), until the cycle collector happens to run. Measured: the
     first round's ShardMissing kept that round's weights and delta through the next round.
+    with_traceback works on thrift's frozen exceptions (it does not go through setattr).
     """
-    traceback.clear_frames(exc.__traceback__)
-    return exc
+    return exc.with_traceback(None)
 
 
 @lru_cache(maxsize=4096)
