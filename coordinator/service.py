@@ -16,7 +16,7 @@ from coordinator.executor import (
     RoundExecutor,
     RoundFailed,
     TaskOutcome,
-    collector_paused,
+    fewer_collections,
 )
 from coordinator.node_calls import NodeTask
 from coordinator.policies import Policy, make_policy, policy_name
@@ -145,7 +145,7 @@ class CoordinatorService:
         log_event("round_start", round=label, shards=len(work), policy=policy.name,
                   deadline_s=deadline_s, nodes_alive=self.registry.n_alive())
         began = time.monotonic()
-        with collector_paused:  # the records too: 10,000 of them are as many allocations
+        with fewer_collections:  # the records too: 10,000 of them are as many allocations
             try:
                 outcomes = self.executor.run(work, policy, deadline_s, label=label)
             except Exception as exc:

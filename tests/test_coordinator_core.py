@@ -338,14 +338,15 @@ def test_a_failed_round_frees_the_slots_of_tasks_no_worker_took(monkeypatch):
     assert [v.in_flight for v in registry.views()] == [0, 0]
 
 
-def test_the_cycle_collector_is_off_during_rounds_and_back_after_overlapping_ones():
-    assert gc.isenabled()
+def test_rounds_collect_less_often_but_never_turn_the_collector_off():
+    before = gc.get_threshold()
+    assert gc.isenabled() and before[0] < executor_module.ROUND_GC_THRESHOLD
     registry = make_registry(1)
     seen = []
     release_first = threading.Event()
 
     def call(node, task, timeout_s, may_decline):
-        seen.append(gc.isenabled())
+        seen.append((gc.isenabled(), gc.get_threshold()))
         if task == "slow":
             release_first.wait(5.0)
         return task
@@ -356,17 +357,20 @@ def test_the_cycle_collector_is_off_during_rounds_and_back_after_overlapping_one
     while not seen:
         time.sleep(0.001)
     executor.run(["quick"], RoundRobin(), 10.0)
-    assert not gc.isenabled()  # the slow round still runs
+    raised = (executor_module.ROUND_GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == raised  # the slow round still runs
     release_first.set()
     slow.join(5.0)
-    assert seen == [False, False] and gc.isenabled()
+    assert seen == [(True, raised), (True, raised)]
+    assert gc.isenabled() and gc.get_threshold() == before
 
     def reject(node, task, timeout_s, may_decline):
         raise TaskRejected(ValueError("no"))
 
     with pytest.raises(TaskRejected):
         RoundExecutor(registry, reject).run([0], RoundRobin(), 10.0)
-    assert gc.isenabled()
+    assert gc.isenabled() and gc.get_threshold() == before
+
 
 # ---------------------------------------------------------------- time budgets and tokens
 
