@@ -61,8 +61,9 @@ class FrameBudget:
     sending big frames at once cannot make the server hold more than `limit_bytes`.
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, wait_s: float = BUDGET_WAIT_S) -> None:
         self.limit_bytes = limit_bytes
+        self.wait_s = wait_s
         self._used = 0
         self._freed = threading.Condition(threading.Lock())
 
@@ -275,7 +276,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
     def _grow(self, frame: BytesIO, cap: int) -> None:
         """Make `frame` `cap` bytes long, within the budget (closing the connection if not)."""
         if self._budget is not None:
-            wait_s = BUDGET_WAIT_S
+            wait_s = self._budget.wait_s
             if self._deadline is not None:
                 wait_s = min(wait_s, max(0.0, self._deadline - time.monotonic()))
             if not self._budget.reserve(cap - self._reserved, wait_s):
