@@ -351,6 +351,10 @@ def run_model_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
           f"(model {model_mb:.0f} MB)")
     verdict("tensor bytes per second of round trip (median of rounds 2..)", rate, 300, "MB/s",
             at_most=False)
+    verdict(f"coordinator peak RSS over {len(rows)} rounds / model", coord_rss / model_mb, 2.5,
+            "x", at_most=True)
+    verdict(f"node peak RSS over {len(rows)} rounds / model", node_rss / model_mb, 3, "x",
+            at_most=True)
     return {"model_mb_per_s": rate, "model_coord_rss_x": coord_rss / model_mb,
             "model_node_rss_x": node_rss / model_mb}
 
