@@ -9,7 +9,7 @@ namespace py idl.gen
 
 /**
  * The default bound on one task's work, epochs x rows x parameters (d*h + h + h*k + k):
- * about 15-30 minutes of one core, so beyond any default task timeout. A node
+ * some 20-50 minutes of one core, far beyond the default task timeout. A node
  * (--max-task-work) and a coordinator refuse bigger requests with InvalidRequest before
  * spending time on them; the seed's workload is ~1e8, the largest benchmark ~3e8.
  */
