@@ -43,7 +43,7 @@ class RunConfig:
     init: str = "uniform"
     policy: str = ""
     round_deadline_s: float = 600.0
-    token: str = ""
+    token: str = field(default="", repr=False)  # the secret: never in a repr or a log
     timing_path: Path = Path("timing.txt")
     checkpoint_path: Path | None = None
     model_out: Path | None = None
