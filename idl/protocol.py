@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from thrift.protocol import TBinaryProtocol, fastbinary
+from thrift.protocol.TProtocol import TProtocolException
 from thrift.Thrift import TType
 
 from idl.framing import BULK_BYTES, MAX_MESSAGE_BYTES, PEEK_ITEMS, FramedTransport, PeekLimit
@@ -79,15 +80,33 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
         return b""  # the generated caller writes this: nothing more
 
     def _decode_struct(self, obj: Any, iprot: Any, spec: list) -> None:
-        if (
-            isinstance(self.trans, FramedTransport)
-            and _holds_binary(spec[1])
-            and self.trans.holds_bulk_binary(spec[1])
-        ):
-            self._python_next = True
-            obj.read(self)
+        try:
+            if (
+                isinstance(self.trans, FramedTransport)
+                and _holds_binary(spec[1])
+                and self.trans.holds_bulk_binary(spec[1])
+            ):
+                self._python_next = True
+                obj.read(self)
+            else:
+                fastbinary.decode_binary(obj, iprot, spec)
+        except (TypeError, ValueError, OverflowError) as exc:
+            # The C codec reports a malformed message (wrong type byte, bad size, bytes that
+            # are not UTF-8) as plain Python errors: make it the protocol error it is.
+            raise _malformed(exc) from None
+
+    def skip(self, ttype: int, max_depth: int = 64) -> None:
+        """Skip a value; a skipped string is read as bytes (need not be UTF-8)."""
+        if ttype == TType.STRING:
+            self.readBinary()
         else:
-            fastbinary.decode_binary(obj, iprot, spec)
+            super().skip(ttype, max_depth)
+
+    def readMessageBegin(self) -> tuple[str, int, int]:  # noqa: N802 - thrift's interface
+        try:
+            return super().readMessageBegin()
+        except UnicodeDecodeError as exc:  # the old-style header's name
+            raise _malformed(exc) from None
 
     def readBinary(self) -> bytes | memoryview:  # noqa: N802 - thrift's interface
         size = self.readI32()
@@ -103,7 +122,15 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
     def readString(self) -> str:  # noqa: N802 - thrift's interface
         size = self.readI32()
         self._check_string_length(size)
-        return self.trans.readAll(size).decode("utf-8")
+        try:
+            return self.trans.readAll(size).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _malformed(exc) from None
+
+
+def _malformed(exc: Exception) -> TProtocolException:
+    """A malformed incoming message as thrift's INVALID_DATA, naming what was wrong."""
+    return TProtocolException(TProtocolException.INVALID_DATA, f"malformed message: {exc}")
 
 
 _holds_binary_cache: dict[int, bool] = {}

@@ -8,6 +8,7 @@ pays exactly one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 from idl.gen.ttypes import Tensor
 
 WIRE_DTYPE = np.dtype("<f8")
+# numpy's own limit is 64 dimensions; no tensor of this project has more than 2.
+MAX_DIMS = 32
 
 
 class TensorError(ValueError):
@@ -34,16 +37,19 @@ def decode_tensor(tensor: Tensor, *, name: str = "tensor", writable: bool = True
     native float64 (no copy; the array keeps the bytes alive).
     """
     shape = tuple(tensor.shape or ())
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{name}: {len(shape)} dimensions, at most {MAX_DIMS} allowed")
     if any(n < 0 for n in shape):
         raise TensorError(f"{name}: negative dimension in shape {list(shape)}")
-    n_values = int(np.prod(shape, dtype=np.int64))
+    # Python integers: an int64 product wraps around (2**32 x 2**32 "needs" 0 bytes).
+    n_bytes = math.prod(shape) * WIRE_DTYPE.itemsize
     data = tensor.data or b""
-    if len(data) != n_values * WIRE_DTYPE.itemsize:
-        raise TensorError(
-            f"{name}: shape {list(shape)} needs {n_values * WIRE_DTYPE.itemsize} bytes, "
-            f"got {len(data)}"
-        )
-    array = np.frombuffer(data, dtype=WIRE_DTYPE).reshape(shape)
+    if len(data) != n_bytes:
+        raise TensorError(f"{name}: shape {list(shape)} needs {n_bytes} bytes, got {len(data)}")
+    try:
+        array = np.frombuffer(data, dtype=WIRE_DTYPE).reshape(shape)
+    except ValueError as exc:  # e.g. (0, 2**63 - 1): empty, yet too big for numpy
+        raise TensorError(f"{name}: shape {list(shape)}: {exc}") from None
     if writable or not array.dtype.isnative:
         array = array.astype(np.float64)
     if not all_finite(array):
