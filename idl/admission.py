@@ -4,8 +4,10 @@ Why: a server spends a thread and a slot on every connection. With a plain cap, 
 hundred connections that never send a byte lock out everyone else (a `client status`,
 the coordinator's heartbeats) until they time out. Here a connection waiting for the
 first byte of its next frame is idle and gives way to a newcomer, the longest idle
-first; one address cannot take more than its share; only when nothing is idle is a new
-connection refused.
+first, and among those first the ones that never sent a message (a flood of silent
+connections cannot push out a client's pooled, proven one); one address cannot take
+more than its share, and at its cap it gives up its own; only when nothing is idle is a
+new connection refused.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class Slot:
             return self.transport.idle_since
         return self.waiting_since
 
+    def eviction_rank(self) -> tuple[bool, float] | None:
+        """Smallest goes first: never used, then longest idle; None when busy."""
+        since = self.idle_since()
+        if since is None:
+            return None
+        used = self.transport is not None and self.transport.n_frames > 0
+        return (used, since)
+
     def shut(self) -> None:
         """Wake its thread from any recv (which then sees the end of the stream)."""
         # socket.socket's own shutdown: an SSLSocket's would drop its TLS state under the
@@ -99,6 +109,11 @@ class ConnectionTable:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+    def n_idle(self) -> int:
+        """Connections waiting for their next message (an instant's view)."""
+        with self._lock:
+            return sum(slot.idle_since() is not None for slot in self._slots)
 
     def admit(self, slot: Slot) -> Admission:
         """Add `slot` unless it must be refused; the slot to evict for it is taken out.
@@ -139,9 +154,10 @@ class ConnectionTable:
 
 
 def _longest_idle(slots: set[Slot]) -> Slot | None:
-    best, best_since = None, None
+    """The idle slot to give way first (see Slot.eviction_rank); None if all are busy."""
+    best, best_rank = None, None
     for slot in slots:
-        since = slot.idle_since()
-        if since is not None and (best_since is None or since < best_since):
-            best, best_since = slot, since
+        rank = slot.eviction_rank()
+        if rank is not None and (best_rank is None or rank < best_rank):
+            best, best_rank = slot, rank
     return best

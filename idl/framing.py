@@ -133,6 +133,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         self._deadline: float | None = None  # the frame being received must be whole by then
         self._timeout_set: float | None = None  # the socket timeout last set here
         self.idle_since: float | None = None
+        self.n_frames = 0  # frames begun: a connection that never sent one is least missed
 
     def isOpen(self) -> bool:  # noqa: N802 - thrift's interface
         return self._sock.isOpen()
@@ -164,6 +165,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
             while len(head) < 4:
                 head += self._recv_some(SMALL_FRAME_BYTES)
             (size,) = _FRAME_HEADER.unpack_from(head)
+            self.n_frames += 1
             if size < 0:
                 raise TTransport.TTransportException(
                     TTransport.TTransportException.NEGATIVE_SIZE, f"negative frame size ({size})"

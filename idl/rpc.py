@@ -119,6 +119,10 @@ class ThriftServer:
     def n_connections(self) -> int:
         return len(self._table)
 
+    @property
+    def n_idle_connections(self) -> int:
+        return self._table.n_idle()
+
     def serve_forever(self) -> None:
         """Accept connections until `stop()`; each one is served on its own daemon thread."""
         log_event("listening", server=self._name, address=str(self.address))
