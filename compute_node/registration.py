@@ -7,6 +7,7 @@ that restarted (and forgot its nodes) learn about this one again.
 
 from __future__ import annotations
 
+import ssl
 import threading
 
 from thrift.Thrift import TException
@@ -22,13 +23,14 @@ class Registrar:
     """Background thread calling register_node on every coordinator each `interval_s`."""
 
     def __init__(
-        self, coordinators: list[Address], advertised: Address, token: str, interval_s: float
+        self, coordinators: list[Address], advertised: Address, token: str, interval_s: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._coordinators = coordinators
         self._advertised = advertised
         self._token = token
         self._interval_s = interval_s
-        self._pool = ConnectionPool(Coordinator.Client)
+        self._pool = ConnectionPool(Coordinator.Client, tls=tls)
         self._stopping = threading.Event()
         self._reachable: dict[Address, bool] = {}
         self._thread = threading.Thread(target=self._run, daemon=True, name="registrar")

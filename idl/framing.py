@@ -232,9 +232,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
             raise self._timed_out(exc) from None
         except OSError as exc:
-            raise TTransport.TTransportException(
-                message="unexpected exception", inner=exc
-            ) from None
+            raise TTransport.TTransportException(message=_failure(exc), inner=exc) from None
         if not data:
             raise TTransport.TTransportException(
                 TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"
@@ -300,9 +298,7 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
         except (TimeoutError, BlockingIOError) as exc:  # the latter: SO_RCVTIMEO
             raise self._timed_out(exc) from None
         except OSError as exc:
-            raise TTransport.TTransportException(
-                message="unexpected exception", inner=exc
-            ) from None
+            raise TTransport.TTransportException(message=_failure(exc), inner=exc) from None
         if n == 0:
             raise TTransport.TTransportException(
                 TTransport.TTransportException.END_OF_FILE, "TSocket read 0 bytes"

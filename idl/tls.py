@@ -58,6 +58,14 @@ class TlsContexts:
     server: ssl.SSLContext | None = None
     client: ssl.SSLContext | None = None
 
+    @property
+    def mode(self) -> str:
+        """For the start-up log: off, on, or mutual (client certificates required)."""
+        context = self.server or self.client
+        if context is None:
+            return "off"
+        return "mutual" if self.server and self.server.verify_mode == ssl.CERT_REQUIRED else "on"
+
 
 def load_contexts(files: TlsFiles, *, serves: bool) -> TlsContexts:
     """Both contexts of a server (TLS iff cert + key), or a client's one."""

@@ -6,6 +6,9 @@ and stops everything afterwards, also on failure or Ctrl-C:
 
     python scripts/local_cluster.py --nodes 4 --policy load-aware -- DATA_DIR 3 75 24 1e-4
 
+With `tls=TlsFiles(cert, key, ca)` (--tls-cert/--tls-key/--tls-ca on the command line)
+every process gets the same three files: TLS on every hop, mutual when a CA is given.
+
 Every server binds port 0 and prints `listening on HOST:PORT` on stdout once it
 accepts connections; the harness reads that line, then polls ping() until it
 answers. Nothing sleeps to "let it start".
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from idl.gen import ComputeNode, Coordinator
 from idl.rpc import Address, connect, wait_until_ready
+from idl.tls import TlsConfigError, TlsFiles, client_context
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "letter-recognition.data"
@@ -69,9 +73,16 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def start_server(module: str, args: list[str], log_path: Path, client_cls: type) -> ServerProcess:
-    """Run `python -m module args...`, wait for its ready line and a successful ping."""
-    argv = [sys.executable, "-m", module, *args]
+def start_server(
+    module: str, args: list[str], log_path: Path, client_cls: type, tls: TlsFiles | None = None
+) -> ServerProcess:
+    """Run `python -m module args...`, wait for its ready line and a successful ping.
+
+    With `tls`, the server gets the files as options and the ping goes over TLS with them.
+    """
+    tls = tls or TlsFiles()
+    argv = [sys.executable, "-m", module, *args, *tls.args()]
+    context = client_context(tls)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log_file = open(log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
     popen = subprocess.Popen(
@@ -83,7 +94,7 @@ def start_server(module: str, args: list[str], log_path: Path, client_cls: type)
         proc = ServerProcess(popen, address, log_path, argv)
 
         def ping() -> None:
-            conn = connect(client_cls, address, timeout_s=2.0)
+            conn = connect(client_cls, address, 2.0, context)
             try:
                 conn.client.ping()
             finally:
@@ -123,7 +134,9 @@ def _read_ready_line(popen: subprocess.Popen, log_path: Path) -> Address:
     raise TimeoutError(f"no ready line from {' '.join(popen.args)} in {READY_TIMEOUT_S}s")
 
 
-def start_node(workdir: Path, load_probability: float = 0.0, *extra: str) -> ServerProcess:
+def start_node(
+    workdir: Path, load_probability: float = 0.0, *extra: str, tls: TlsFiles | None = None
+) -> ServerProcess:
     """A real compute node on a free loopback port (load delay defaults to 3 s as the seed's)."""
     workdir.mkdir(parents=True, exist_ok=True)
     index = len(list(workdir.glob("node-*.log")))
@@ -132,11 +145,12 @@ def start_node(workdir: Path, load_probability: float = 0.0, *extra: str) -> Ser
         ["0", str(load_probability), "--host", "127.0.0.1", *extra],
         workdir / f"node-{index}.log",
         ComputeNode.Client,
+        tls,
     )
 
 
 def start_coordinator(
-    workdir: Path, policy: str, nodes: list[Address], *extra: str
+    workdir: Path, policy: str, nodes: list[Address], *extra: str, tls: TlsFiles | None = None
 ) -> ServerProcess:
     """A real coordinator on a free loopback port, knowing `nodes` through a nodes file."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -148,19 +162,21 @@ def start_coordinator(
         ["0", policy, "--host", "127.0.0.1", "--nodes", str(nodes_file), *extra],
         workdir / f"coordinator-{index}.log",
         Coordinator.Client,
+        tls,
     )
 
 
 class LocalCluster:
     """A coordinator and compute nodes on loopback, stopped together on exit."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: TlsFiles | None = None) -> None:
         self.workdir = workdir
+        self.tls = tls or TlsFiles()  # given to every process it starts
         self.nodes: list[ServerProcess] = []
         self.coordinators: list[ServerProcess] = []
 
     def add_node(self, load_probability: float = 0.0, *extra: str) -> ServerProcess:
-        node = start_node(self.workdir, load_probability, *extra)
+        node = start_node(self.workdir, load_probability, *extra, tls=self.tls)
         self.nodes.append(node)
         return node
 
@@ -168,7 +184,7 @@ class LocalCluster:
         self, policy: str = "round-robin", *extra: str, nodes: list[Address] | None = None
     ) -> ServerProcess:
         addresses = [n.address for n in self.nodes] if nodes is None else nodes
-        coordinator = start_coordinator(self.workdir, policy, addresses, *extra)
+        coordinator = start_coordinator(self.workdir, policy, addresses, *extra, tls=self.tls)
         self.coordinators.append(coordinator)
         return coordinator
 
@@ -205,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loads", default="", help="comma-separated load probability per node")
     parser.add_argument("--load-delay", type=float, default=3.0, help="node load delay, s")
     parser.add_argument("--workdir", type=Path, default=None, help="logs go here (default: temp)")
+    for name in ("cert", "key", "ca"):
+        parser.add_argument(f"--tls-{name}", type=Path, default=None,
+                            help=f"TLS {name} file given to every process (and the client)")
     parser.add_argument("client_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     client_args = [a for a in args.client_args if a != "--"] if args.client_args else []
@@ -215,12 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--loads names {len(loads)} nodes, --nodes says {args.nodes}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedcluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    with LocalCluster(workdir) as cluster:
+    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    with LocalCluster(workdir, tls) as cluster:
         try:
             for load in loads:
                 cluster.add_node(load, "--load-delay", str(args.load_delay))
             coordinator = cluster.add_coordinator(args.policy)
-        except (RuntimeError, TimeoutError) as exc:
+        except (RuntimeError, TimeoutError, TlsConfigError) as exc:
             print(f"local_cluster: could not start the cluster: {exc}", file=sys.stderr)
             return 1
         print(f"cluster: coordinator {coordinator.address}, {len(cluster.nodes)} nodes "
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 cluster.coordinator.popen.wait()
             return 0
         argv_client = [sys.executable, "-m", "client", coordinator.address.host,
-                       str(coordinator.address.port), *client_args]
+                       str(coordinator.address.port), *client_args, *tls.args()]
         try:
             return subprocess.call(argv_client)
         except KeyboardInterrupt:
