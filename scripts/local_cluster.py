@@ -166,6 +166,50 @@ def start_coordinator(
     )
 
 
+@dataclass(frozen=True)
+class Pki:
+    """Throwaway certificates: what the servers, a client and a stranger are given."""
+
+    server: TlsFiles  # SAN IP:127.0.0.1; serves and, with the CA, calls out (node, coordinator)
+    client: TlsFiles  # a client certificate from the same CA
+    stranger: TlsFiles  # a client certificate from another CA (trusting ours)
+    other_ca: Path
+
+
+def throwaway_pki(directory: Path, openssl: str = "openssl") -> Pki:
+    """Make a CA and certificates with the openssl command (for tests and benchmarks)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    def new_ca(name: str) -> None:
+        run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=fedcluster {name}")
+
+    def issue(name: str, ca: str, extensions: str) -> None:
+        (directory / f"{name}.ext").write_text(extensions)
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=fedcluster {name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+    new_ca("ca")
+    new_ca("other-ca")
+    # Servers call out with the same certificate, so it is good for both ends.
+    issue("server", "ca", "subjectAltName=IP:127.0.0.1\n"
+          "extendedKeyUsage=serverAuth,clientAuth\n")
+    issue("client", "ca", "extendedKeyUsage=clientAuth\n")
+    issue("stranger", "other-ca", "extendedKeyUsage=clientAuth\n")
+    ca = directory / "ca.pem"
+
+    def files(name: str) -> TlsFiles:
+        return TlsFiles(directory / f"{name}.pem", directory / f"{name}.key", ca)
+
+    return Pki(files("server"), files("client"), files("stranger"), directory / "other-ca.pem")
+
+
 class LocalCluster:
     """A coordinator and compute nodes on loopback, stopped together on exit."""
 

@@ -9,18 +9,22 @@ from local_cluster import (  # noqa: E402
     REPO,
     SHARED_DATA,
     LocalCluster,
+    Pki,
     ServerProcess,
     start_coordinator,
     start_node,
     start_server,
+    throwaway_pki,
 )
 
 __all__ = [
     "REPO",
     "SHARED_DATA",
     "LocalCluster",
+    "Pki",
     "ServerProcess",
     "start_coordinator",
     "start_node",
     "start_server",
+    "throwaway_pki",
 ]
