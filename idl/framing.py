@@ -371,12 +371,18 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
                 TTransport.TTransportException.NOT_OPEN, "Transport not open"
             )
         view = tail.getbuffer()
+        size = sum(len(p) for p in parts) + len(view)
+        # A server's big reply must leave within the frame timeout, as a request must arrive:
+        # a peer that stops reading cannot hold a thread for the idle timeout. (Small ones
+        # skip the two system calls: they fit the socket's buffer.)
+        bounded = self._frame_timeout_s is not None and size >= SMALL_FRAME_BYTES
         try:
-            size = sum(len(p) for p in parts) + len(view)
             header = _FRAME_HEADER.pack(size)
             if size < SMALL_FRAME_BYTES:
                 handle.sendall(header + view)
             else:
+                if bounded:
+                    self._set_timeout(self._frame_timeout_s)
                 handle.sendall(header)
                 for part in parts:
                     handle.sendall(part)
@@ -388,6 +394,8 @@ class FramedTransport(TTransport.TTransportBase, TTransport.CReadableTransport):
             ) from None
         finally:
             view.release()
+            if bounded:
+                self._set_timeout(self._idle_timeout_s)
 
     # CReadableTransport: what the accelerated protocol reads from directly.
     @property

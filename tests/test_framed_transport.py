@@ -294,3 +294,18 @@ def test_the_budget_refuses_the_partial_frame_that_does_not_fit_until_one_ends()
     assert budget.used_bytes == 100 * KIB  # the last frame, until it is released
     receivers[4].release_read_frame()
     assert budget.used_bytes == 0
+
+
+def test_a_big_reply_to_a_peer_that_stops_reading_fails_at_the_frame_deadline():
+    a, b = socket.socketpair()
+    sender = _server_side(b, frame_timeout_s=0.5, idle_timeout_s=30)
+    sender.write(b"z" * (8 * 1024 * 1024))  # far more than the socket buffers hold
+
+    began = time.monotonic()
+    with pytest.raises(TTransport.TTransportException) as stuck:
+        sender.flush()
+
+    assert isinstance(stuck.value.inner, TimeoutError)
+    assert time.monotonic() - began < 2.0  # the frame deadline, not the 30 s idle timeout
+    assert b.gettimeout() == 30  # back to waiting for the next request
+    a.close()
