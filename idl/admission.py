@@ -50,6 +50,11 @@ class ServerLimits:
         for name, value in vars(self).items():
             if not value > 0:  # also nan
                 raise ValueError(f"{name} must be positive, got {value}")
+        if self.in_flight_bytes < self.max_frame_bytes:
+            raise ValueError(
+                f"in_flight_bytes ({self.in_flight_bytes}) below max_frame_bytes "
+                f"({self.max_frame_bytes}): a frame of the largest size could never arrive"
+            )
 
     def kwargs(self) -> dict[str, Any]:
         """As keyword arguments of ThriftServer."""

@@ -389,3 +389,5 @@ def test_limits_must_be_positive():
             ServerLimits(**{field: 0})
     with pytest.raises(ValueError):
         ServerLimits(idle_timeout_s=float("nan"))
+    with pytest.raises(ValueError, match="could never arrive"):
+        ServerLimits(max_frame_bytes=2 * MIB, in_flight_bytes=MIB)
