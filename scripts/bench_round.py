@@ -10,9 +10,13 @@ Side by side in the same run:
   (min(nodes, cores)), i.e. a cluster with zero overhead. With more nodes than
   cores the nodes time-slice and their compute times stretch, so a second ideal,
   the in-process time divided by the cores in use, is printed beside it;
-- per-task overhead: rounds of near-empty tasks (1 epoch, h = 1), wall time per task.
+- per-task overhead: rounds of near-empty tasks (1 epoch, h = 1), wall time per task;
+- with --tls: both workloads on clusters with mutual TLS on every hop (throwaway
+  certificates made with the openssl command) against plain ones, in --repeats pairs of
+  runs alternating which goes first (the machine is shared: drift hits both alike),
+  medians over all their steady rounds, and the TLS/plain ratios.
 
-Usage: .venv/bin/python scripts/bench_round.py [--data DIR] [--nodes 1,2,4] [--rounds 3]
+Usage: .venv/bin/python scripts/bench_round.py [--data DIR] [--nodes 1,2,4] [--rounds 3] [--tls]
 Ends with one key=value line of headline figures.
 """
 
@@ -31,7 +35,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_cluster import REPO, LocalCluster  # noqa: E402
+from local_cluster import REPO, LocalCluster, Pki, throwaway_pki  # noqa: E402
 
 from client.timing import read_timing  # noqa: E402
 from mlcore.data import read_data_dir  # noqa: E402
@@ -58,20 +62,48 @@ def in_process_round_s(data_dir: Path, rounds: int, epochs: int, hidden: int,
     return statistics.median(times)
 
 
-def run_cluster(workdir: Path, n_nodes: int, data_dir: Path, train_args: list[str]) -> list:
-    """Run the client on a fresh local cluster; return timing.txt's rows."""
+def run_cluster(workdir: Path, n_nodes: int, data_dir: Path, train_args: list[str],
+                pki: Pki | None = None) -> list:
+    """Run the client on a fresh local cluster (TLS on every hop with `pki`); return
+    timing.txt's rows."""
     timing = workdir / "timing.txt"
-    with LocalCluster(workdir) as cluster:
+    with LocalCluster(workdir, tls=pki.server if pki else None) as cluster:
         for _ in range(n_nodes):
             cluster.add_node(0.0, "--load-delay", "0")
         coordinator = cluster.add_coordinator("round-robin")
         argv = [sys.executable, "-m", "client", coordinator.address.host,
                 str(coordinator.address.port), str(data_dir), *train_args,
-                "--timing", str(timing)]
+                "--timing", str(timing), *(pki.client.args() if pki else [])]
         done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
         if done.returncode != 0:
             sys.exit(f"bench_round: the client failed:\n{done.stderr}")
     return read_timing(timing)[1]
+
+
+def side_by_side(workdir: Path, n_nodes: int, data_dir: Path, train_args: list[str], pki: Pki,
+                 repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Plain and TLS runs of one workload, interleaved; each summarised over all its runs."""
+    rows: dict[str, list] = {"plain": [], "tls": []}
+    for i in range(repeats):
+        order = ("plain", "tls") if i % 2 == 0 else ("tls", "plain")
+        for kind in order:
+            run = run_cluster(workdir / f"{kind}-{i}", n_nodes, data_dir, train_args,
+                              pki if kind == "tls" else None)
+            rows[kind].append(run)
+    return pooled(rows["plain"]), pooled(rows["tls"])
+
+
+def pooled(runs: list[list[dict]]) -> dict[str, float]:
+    """Like summarise, over the steady rounds of several runs together."""
+    walls, tasks = [], []
+    for rows in runs:
+        rounds = [r for r in rows if r["kind"] == "round"]
+        for row in rounds[1:] or rounds:
+            walls.append(float(row["round_s"]))
+            tasks.append(sum(1 for r in rows if r["kind"] == "task"
+                             and r["round"] == row["round"]))
+    return {"wall_s": statistics.median(walls), "tasks": statistics.median(tasks),
+            "rounds": len(walls)}
 
 
 def summarise(rows: list[dict], n_nodes: int) -> dict[str, float]:
@@ -97,6 +129,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=letters.default_data_dir())
     parser.add_argument("--nodes", default="1,2,4")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tls", action="store_true",
+                        help="also run every workload with mutual TLS on every hop")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="with --tls: pairs of plain and TLS runs per workload")
     args = parser.parse_args()
     node_counts = [int(n) for n in args.nodes.split(",")]
     seed_args = [str(args.rounds), "75", "24", "1e-4"]
@@ -112,10 +148,19 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     figures = {}
+    tls_rows: dict[int, tuple[dict, dict, dict, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+        pki = throwaway_pki(Path(tmp) / "pki") if args.tls else None
         for n in node_counts:
             seed_run = summarise(run_cluster(Path(tmp) / f"seed-{n}", n, args.data, seed_args), n)
             empty = summarise(run_cluster(Path(tmp) / f"empty-{n}", n, args.data, empty_args), n)
+            if pki:
+                tls_rows[n] = (
+                    *side_by_side(Path(tmp) / f"tls-seed-{n}", n, args.data, seed_args, pki,
+                                  args.repeats),
+                    *side_by_side(Path(tmp) / f"tls-empty-{n}", n, args.data, empty_args, pki,
+                                  args.repeats),
+                )
             per_task_ms = empty["wall_s"] / empty["tasks"] * 1000
             vs_ideal = seed_run["wall_s"] / seed_run["ideal_s"]
             vs_local = seed_run["wall_s"] / local_s
@@ -128,9 +173,37 @@ def main() -> None:
     print("\nround = the client's wall time per round (send weights, schedule, train, return, "
           "FedAvg, validate);\nideal = sum of node compute / cores in use; medians over "
           "rounds 2.. (round 1 uploads the shards).")
+    if tls_rows:
+        print_tls(tls_rows)
     print(" ".join(f"n{n}_vs_ideal={v[0]:.2f} n{n}_vs_inprocess_per_core={v[3]:.2f} "
                    f"n{n}_vs_inprocess={v[1]:.2f} n{n}_overhead_per_task_ms={v[2]:.2f}"
-                   for n, v in figures.items()))
+                   for n, v in figures.items())
+          + "".join(f" n{n}_tls_vs_plain={t[1]['wall_s'] / t[0]['wall_s']:.3f}"
+                    f" n{n}_tls_vs_plain_empty={t[3]['wall_s'] / t[2]['wall_s']:.3f}"
+                    for n, t in tls_rows.items()))
+
+
+def print_tls(rows: dict[int, tuple[dict, dict, dict, dict]]) -> None:
+    """Plain and TLS side by side: the seed's rounds and the near-empty ones, and the goal."""
+    runs = next(iter(rows.values()))[0]["rounds"]
+    print(f"\nmutual TLS on every hop (client -> coordinator -> nodes) vs plain: interleaved "
+          f"runs, medians over {runs:g} steady rounds each:")
+    header = (f"{'nodes':>5} {'plain round ms':>14} {'TLS round ms':>12} {'TLS/plain':>9} "
+              f"{'plain task ms':>13} {'TLS task ms':>11} {'TLS/plain':>9}")
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for n, (plain, tls, plain_empty, tls_empty) in rows.items():
+        ratio = tls["wall_s"] / plain["wall_s"]
+        worst = max(worst, ratio)
+        plain_task = plain_empty["wall_s"] / plain_empty["tasks"] * 1000
+        tls_task = tls_empty["wall_s"] / tls_empty["tasks"] * 1000
+        print(f"{n:>5} {plain['wall_s'] * 1000:>14.1f} {tls['wall_s'] * 1000:>12.1f} "
+              f"{ratio:>9.3f} {plain_task:>13.2f} {tls_task:>11.2f} "
+              f"{tls_task / plain_task:>9.3f}")
+    outcome = "met" if worst <= 1.15 else f"MISSED ({worst:.3f}x)"
+    print(f"goal TLS round <= 1.15x plain (seed's workload, worst over node counts): "
+          f"{worst:.3f}x -> {outcome}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ Three parts, each selectable with --part (nodes | data | model | all):
 - model: a ~10M-parameter model through client -> coordinator -> node -> coordinator ->
   client: tensor bytes moved per second of transfer time, and peak RSS against model size.
 
-Usage: .venv/bin/python scripts/bench_scale.py [--part all] [--quick]
+With --tls the data and model parts run on clusters with mutual TLS on every hop
+(throwaway certificates made with the openssl command); the nodes part's simulated
+endpoints speak plain text only, so it stays plain.
+
+Usage: .venv/bin/python scripts/bench_scale.py [--part all] [--quick] [--tls]
 Ends with one key=value line of headline figures.
 """
 
@@ -35,13 +39,20 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from local_cluster import LocalCluster, ServerProcess, start_coordinator  # noqa: E402
+from local_cluster import (  # noqa: E402
+    LocalCluster,
+    Pki,
+    ServerProcess,
+    start_coordinator,
+    throwaway_pki,
+)
 from sim_nodes import start_sim_nodes  # noqa: E402
 
 from idl.gen import Coordinator  # noqa: E402
 from idl.gen.ttypes import RoundRequest, ShardRef, TrainConfig  # noqa: E402
 from idl.rpc import Connection, connect  # noqa: E402
 from idl.tensors import encode_tensors  # noqa: E402
+from idl.tls import client_context  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CALL_TIMEOUT_S = 600.0
@@ -76,8 +87,15 @@ def verdict(name: str, value: float, goal: float, unit: str, *, at_most: bool) -
     return met
 
 
-def coordinator_client(proc: ServerProcess) -> Connection:
-    return connect(Coordinator.Client, proc.address, timeout_s=CALL_TIMEOUT_S)
+def coordinator_client(proc: ServerProcess, pki: Pki | None = None) -> Connection:
+    """A connection to the coordinator, over TLS with the client certificate given `pki`."""
+    tls = client_context(pki.client) if pki else None
+    return connect(Coordinator.Client, proc.address, CALL_TIMEOUT_S, tls)
+
+
+def cluster(workdir: Path, args: argparse.Namespace) -> LocalCluster:
+    """A local cluster, TLS on every hop with --tls."""
+    return LocalCluster(workdir, tls=args.pki.server if args.pki else None)
 
 
 # ---------------------------------------------------------------------------- part: nodes
@@ -251,11 +269,11 @@ def measure_data(workdir: Path, data_dir: Path, n_rows: int,
     params = init_params(data.n_features, 24, data.n_classes, seed=1)
     weights = encode_tensors(params.tensors())
     walls, uploads = [], []
-    with LocalCluster(workdir) as cluster:
-        cluster.add_node(0.0, "--load-delay", "0")
-        cluster.add_node(0.0, "--load-delay", "0")
-        coord = cluster.add_coordinator("round-robin")
-        conn = coordinator_client(coord)
+    with cluster(workdir, args) as local:
+        local.add_node(0.0, "--load-delay", "0")
+        local.add_node(0.0, "--load-delay", "0")
+        coord = local.add_coordinator("round-robin")
+        conn = coordinator_client(coord, args.pki)
         try:
             for ref, raw in shards:
                 conn.client.put_shard(ref.digest, raw, "")
@@ -268,10 +286,10 @@ def measure_data(workdir: Path, data_dir: Path, n_rows: int,
                 conn.client.run_round(request)
                 walls.append(time.perf_counter() - began)
                 counters = conn.client.status("").counters
-                uploads.append((counters.get("shard_uploads", 0), sum(_stored_events(cluster))))
+                uploads.append((counters.get("shard_uploads", 0), sum(_stored_events(local))))
         finally:
             conn.close()
-        node_rss = [peak_rss_mb(node.pid) for node in cluster.nodes]
+        node_rss = [peak_rss_mb(node.pid) for node in local.nodes]
     # Round robin over 2 nodes places shard i on node i % 2 every round.
     per_node_mb = [sum(len(raw) for j, (_, raw) in enumerate(shards) if j % 2 == i) / 1e6
                    for i in range(2)]
@@ -314,10 +332,10 @@ def run_model_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     ref = ShardRef(name="wide", digest=hashlib.sha256(shard).hexdigest(), n_rows=4,
                    n_bytes=len(shard))
     rows = []
-    with LocalCluster(workdir) as cluster:
-        node = cluster.add_node(0.0, "--load-delay", "0")
-        coord = cluster.add_coordinator("round-robin")
-        conn = coordinator_client(coord)
+    with cluster(workdir, args) as local:
+        node = local.add_node(0.0, "--load-delay", "0")
+        coord = local.add_coordinator("round-robin")
+        conn = coordinator_client(coord, args.pki)
         try:
             conn.client.put_shard(ref.digest, shard, "")
             for round_no in range(1, args.model_rounds + 1):
@@ -378,14 +396,18 @@ def main() -> None:
     parser.add_argument("--model-rounds", type=int, default=4)
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="keep generated letters here between runs")
+    parser.add_argument("--tls", action="store_true",
+                        help="data and model parts: mutual TLS on every hop")
     args = parser.parse_args()
     if args.quick:
         args.tasks = min(args.tasks, 2000)
         args.idle_s = min(args.idle_s, 2.0)
         args.data_rows = "20000,100000"
-    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
+    print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
+          + ("; mutual TLS on every hop (data and model parts)" if args.tls else ""))
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        args.pki = throwaway_pki(Path(tmp) / "pki") if args.tls else None
         if args.part in ("nodes", "all"):
             figures |= run_nodes_part(Path(tmp) / "nodes", args)
         if args.part in ("data", "all"):
