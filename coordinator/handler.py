@@ -78,6 +78,8 @@ class CoordinatorHandler:
             self._service.put_shard(digest or "", data or b"", token or "")
 
     def run_round(self, request: RoundRequest) -> RoundResult:
+        if request is None:  # a message with the struct cut off; thrift passes None
+            raise InvalidRequest(message="run_round: the request argument is missing")
         try:
             with declared_errors("run_round"):
                 return self._service.run_round(request)
