@@ -8,8 +8,11 @@ cluster is mutual TLS throughout.
 from __future__ import annotations
 
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
+from thrift.transport.TTransport import TTransportException
 
+import idl.rpc
 import letters
 from client.status import fetch_status
 from harness import REPO, LocalCluster, Pki, throwaway_pki
-from idl.tls import TlsFiles, client_context
+from idl.gen import ComputeNode
+from idl.rpc import Address, connect
+from idl.tls import TlsFiles, client_context, server_context
 
 TRAIN = ["2", "3", "8", "1e-4", "--seed", "7"]  # ROUNDS EPOCHS H ETA: small, any result will do
 
@@ -183,3 +190,56 @@ def test_a_bad_tls_configuration_is_one_line_at_start(pki, tmp_path, command, fi
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
     assert says in one_line_error(done)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[Address, list[socket.socket]]]:
+    """A loopback listener that accepts and never writes; tests may wrap what it accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield Address("127.0.0.1", listener.getsockname()[1]), accepted
+    listener.close()
+    for sock in accepted:
+        sock.close()
+
+
+def test_a_call_over_tls_times_out_at_its_timeout(pki, silent_server):
+    # The plain client's kernel timeout (SO_RCVTIMEO) does not bound an SSLSocket's read.
+    address, accepted = silent_server
+    context = server_context(pki.server)
+    result: list = []
+
+    def handshake_then_nothing() -> None:
+        while not accepted:
+            time.sleep(0.01)
+        result.append(context.wrap_socket(accepted[0], server_side=True))
+
+    threading.Thread(target=handshake_then_nothing, daemon=True).start()
+    conn = connect(ComputeNode.Client, address, 0.3, client_context(pki.client))
+    started = time.monotonic()
+    with pytest.raises(TTransportException) as failed:
+        conn.client.ping()
+    conn.close()
+
+    assert failed.value.type == TTransportException.TIMED_OUT
+    assert 0.25 < time.monotonic() - started < 3
+
+
+def test_a_tls_handshake_with_a_silent_server_is_bounded(pki, silent_server, monkeypatch):
+    monkeypatch.setattr(idl.rpc, "CONNECT_TIMEOUT_S", 0.3)
+    started = time.monotonic()
+
+    with pytest.raises(TTransportException, match="TLS handshake") as failed:
+        connect(ComputeNode.Client, silent_server[0], 30.0, client_context(pki.client))
+
+    assert isinstance(failed.value.inner, (TimeoutError, ssl.SSLError))
+    assert time.monotonic() - started < 3
