@@ -14,6 +14,7 @@ cdef extern from "_mlp.h" nogil:
         double* gb1
         double* gw2
         double* gb2
+        void* mem
 
     ctypedef Py_ssize_t (*mlcore_train_fn)(mlcore_net*, const double*, const int64_t*,
                                            Py_ssize_t, Py_ssize_t, double, Py_ssize_t, double,
@@ -35,8 +36,12 @@ cdef extern from "_mlp.h" nogil:
     int mlcore_isa_supported(int i)
     int mlcore_best_isa()
 
-    int mlcore_net_alloc(mlcore_net* net, Py_ssize_t d, Py_ssize_t h, Py_ssize_t k,
-                         Py_ssize_t n_order)
+    const int MLCORE_NEED_GRAD
+    const int MLCORE_NEED_VELOCITY
+    const int MLCORE_NEED_LOW_RANK
+    int mlcore_low_rank_pays(Py_ssize_t d, Py_ssize_t h, Py_ssize_t rows)
+    int mlcore_net_alloc(mlcore_net* net, Py_ssize_t d, Py_ssize_t h, Py_ssize_t k, int need,
+                         Py_ssize_t n_order, Py_ssize_t batch_rows, double* w1_own)
     void mlcore_net_free(mlcore_net* net)
     void mlcore_net_load(mlcore_net* net, const double* w1, const double* b1,
                          const double* w2, const double* b2)

@@ -28,7 +28,13 @@ Why the kernels look like this:
   that loop, reading the monotonic clock between steps (MLCORE_CLOCK_WORK in _mlp.h),
   rather than by returning to Python every epoch: no GIL round trip per epoch, no cost. Shapes and dtypes are checked
   once, in mlcore/model.py, before the kernels are entered; one aligned allocation per call
-  holds a padded working copy of the weights and every buffer.
+  holds a padded working copy of the weights and the buffers that call needs.
+* Memory: a wide model is nearly all w1 (d x h). With h a multiple of 4 the kernels work in
+  the caller's w1 (train updates it in place, the other entries read it), gradients exist
+  only in train and gradient(), velocities only with momentum, and when a step's rows are
+  few, w1's step is summed from those rows and their hidden deltas (X^T D1, in gw1's order)
+  instead of a gw1 as large as w1: training a 10M-parameter model on a few rows adds a few MB
+  to the caller's two copies of the weights, not three times the model (_mlp.h).
 * Mini-batch shuffling uses SplitMix64 + Fisher-Yates in C (mirrored in reference.py).
 """
 
@@ -76,21 +82,34 @@ cdef class _Net:
     """Owns one mlcore_net allocation (padded weights, gradients, velocities, buffers)."""
     cdef mlcore_net net
 
-    def __cinit__(self, const double[:, ::1] w1, const double[::1] b1,
-                  const double[:, ::1] w2, const double[::1] b2, Py_ssize_t n_order=0):
-        if mlcore_net_alloc(&self.net, w1.shape[0], w1.shape[1], w2.shape[1], n_order) != 0:
-            raise MemoryError("cannot allocate the kernel's work buffers")
-        mlcore_net_load(&self.net, &w1[0, 0], &b1[0], &w2[0, 0], &b2[0])
+    def __cinit__(self):
+        self.net.mem = NULL
 
     def __dealloc__(self):
         mlcore_net_free(&self.net)
+
+
+cdef _Net _net(const double[:, ::1] w1, const double[::1] b1, const double[:, ::1] w2,
+               const double[::1] b2, int need=0, Py_ssize_t n_order=0,
+               Py_ssize_t batch_rows=0, double* w1_own=NULL):
+    """The work buffers of one call, loaded with the weights (see mlcore_net_alloc).
+
+    w1_own: where the net may keep w1 (the caller's, used when h is a multiple of 4 and it is
+    32-byte aligned); the read-only entries pass w1 itself, which they never write.
+    """
+    cdef _Net work = _Net.__new__(_Net)
+    if mlcore_net_alloc(&work.net, w1.shape[0], w1.shape[1], w2.shape[1], need, n_order,
+                        batch_rows, w1_own) != 0:
+        raise MemoryError("cannot allocate the kernel's work buffers")
+    mlcore_net_load(&work.net, &w1[0, 0], &b1[0], &w2[0, 0], &b2[0])
+    return work
 
 
 def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
           double[:, ::1] w1, double[::1] b1,                      # IN/OUT
           double[:, ::1] w2, double[::1] b2,                      # IN/OUT
           Py_ssize_t epochs, double eta, Py_ssize_t batch_size, double momentum,
-          uint64_t seed, double limit_s=0.0):
+          uint64_t seed, double limit_s=0.0, low_rank=None):
     """Train in place: epochs of (mini-)batch descent, step = eta * summed gradient.
 
     batch_size 0 means full batch with rows in order; otherwise rows are reshuffled each
@@ -98,8 +117,18 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
     limit_s > 0 stops between steps once that many seconds have passed (the clock is read
     inside the loop, so the GIL stays released). Returns the epochs completed: fewer than
     `epochs` means the limit stopped it and the weights are mid-training.
+    low_rank (tests): force w1's step in low rank or not; None chooses by memory
+    (mlcore_low_rank_pays). Either way the bits are the same.
     """
-    cdef _Net work = _Net(w1, b1, w2, b2, x.shape[0] if batch_size > 0 else 0)
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t rows = min(batch_size, n) if batch_size > 0 else n
+    cdef int need = MLCORE_NEED_GRAD
+    if momentum != 0.0:
+        need |= MLCORE_NEED_VELOCITY
+    if (mlcore_low_rank_pays(w1.shape[0], w1.shape[1], rows) if low_rank is None
+            else low_rank):
+        need |= MLCORE_NEED_LOW_RANK
+    cdef _Net work = _net(w1, b1, w2, b2, need, n if batch_size > 0 else 0, rows, &w1[0, 0])
     cdef mlcore_net* net = &work.net
     cdef mlcore_train_fn fn = mlcore_isas[_isa].train
     cdef Py_ssize_t done
@@ -117,7 +146,7 @@ def gradient(const double[:, ::1] x, const int64_t[::1] y,                      
              double[:, ::1] gw1, double[::1] gb1,                                # OUT
              double[:, ::1] gw2, double[::1] gb2):                               # OUT
     """Summed gradient over all rows in order (the full-batch step's gradient)."""
-    cdef _Net work = _Net(w1, b1, w2, b2)
+    cdef _Net work = _net(w1, b1, w2, b2, MLCORE_NEED_GRAD, 0, 0, <double*>&w1[0, 0])
     cdef mlcore_net* net = &work.net
     cdef mlcore_gradient_fn fn = mlcore_isas[_isa].gradient
     with nogil:
@@ -131,7 +160,7 @@ def evaluate(const double[:, ::1] x, const int64_t[::1] y,                      
              const double[:, ::1] w2, const double[::1] b2,                       # IN
              int64_t[::1] labels):                                                # OUT (n,)
     """Most probable class per row into labels, and the summed cross-entropy (one pass)."""
-    cdef _Net work = _Net(w1, b1, w2, b2)
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     cdef double total = 0.0
     with nogil:
@@ -144,7 +173,7 @@ def forward(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             double[:, ::1] proba):                                                 # OUT (n, k)
     """Softmax class probabilities for every row."""
-    cdef _Net work = _Net(w1, b1, w2, b2)
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     with nogil:
         fn(&work.net, &x[0, 0], NULL, x.shape[0], &proba[0, 0], NULL, NULL)
@@ -155,7 +184,7 @@ def predict(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             int64_t[::1] labels):                                                  # OUT (n,)
     """Most probable class per row (first maximum wins, as numpy.argmax)."""
-    cdef _Net work = _Net(w1, b1, w2, b2)
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     with nogil:
         fn(&work.net, &x[0, 0], NULL, x.shape[0], NULL, &labels[0], NULL)
@@ -165,7 +194,7 @@ def summed_loss(const double[:, ::1] x, const int64_t[::1] y,                   
                 const double[:, ::1] w1, const double[::1] b1,                     # IN
                 const double[:, ::1] w2, const double[::1] b2):                    # IN
     """Cross-entropy summed over rows: log(sum(exp(z - max))) - (z[y] - max)."""
-    cdef _Net work = _Net(w1, b1, w2, b2)
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     cdef double total = 0.0
     with nogil:

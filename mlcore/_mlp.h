@@ -83,25 +83,55 @@ static inline double mlcore_exp_nonpos(double t)
 /* Padded, aligned working copy of the model plus every buffer one kernel call needs, in one
    allocation. hp and kp are h and k rounded up to a multiple of 4; the padding holds exact
    zeros that stay zero (zero weights get zero gradients), so padded hidden units are never
-   active and padded classes are masked out of the softmax. */
+   active and padded classes are masked out of the softmax.
+
+   Memory (a 10M-parameter model is 82 MB; what is not allocated is never resident):
+   * w1 (d x hp, nearly all of a wide model) is the caller's own array when h is a multiple
+     of 4 (then the padded layout is the caller's layout) and it starts on a 32-byte
+     boundary (the vector loads need it; mlcore.model gives training such a copy):
+     training updates it in place, the read-only passes read it where it is. Otherwise a
+     padded copy.
+   * the gradients exist only where a call needs them (training, gradient()); the
+     velocities only with momentum (v starts at 0 and mu = 0 makes v = g: w -= eta * g).
+   * low rank: the step's w1 gradient is X^T D1 over the batch's rows (rank <= rows). When
+     the batch's input rows and hidden deltas (rows x (d + hp)) are far smaller than gw1
+     (d x hp), training keeps those and adds each element's products straight into the step,
+     in the order gw1 would have summed them (the same bits), instead of a gw1 buffer.
+   * one calloc: memory fresh from the OS is zero already and is not written up front. */
 typedef struct {
     ptrdiff_t d, h, k, hp, kp, hw; /* hw: 64-bit words per row mask (ceil(hp / 64)) */
     ptrdiff_t block;               /* rows per block, <= MLCORE_BLOCK_MAX */
-    double *w1, *b1, *w2, *b2;     /* (d, hp), (hp), (hp, kp), (kp) */
+    int low_rank;                  /* w1's step from xr/x and d1 of the whole batch, no gw1 */
+    double *w1, *b1, *w2, *b2;     /* (d, hp), (hp), (hp, kp), (kp); w1 maybe the caller's */
     double *w2t;                   /* (k, hp): w2 transposed, for d1 = d2 @ w2.T */
-    double *gw1, *gb1, *gw2, *gb2; /* summed gradients, same layouts */
-    double *vw1, *vb1, *vw2, *vb2; /* momentum velocities, same layouts */
+    double *gw1, *gb1, *gw2, *gb2; /* summed gradients, same layouts (NULL: not needed) */
+    double *vw1, *vb1, *vw2, *vb2; /* momentum velocities, same layouts (NULL: no momentum) */
     double *xb;                    /* (block, d) the block's input rows */
+    double *xr;                    /* low rank, shuffled rows: (batch, d) the batch's rows */
     double *z1;                    /* (block, hp) hidden pre-activations */
     double *z2;                    /* (block, kp) logits -> probabilities -> p - onehot(y) */
-    double *d1;                    /* (block, hp) hidden deltas, 0 at inactive units */
+    double *d1;                    /* (block, hp) hidden deltas, 0 at inactive units; low
+                                      rank: (batch, hp), block after block */
     uint64_t *rowmask;             /* (block, hw) bit j: unit j active in that row */
     uint64_t *colmask;             /* (hp) bit r: unit active in block row r */
     int64_t *order;                /* (n) row order for shuffled mini-batches, or NULL */
     void *mem;
 } mlcore_net;
 
+/* What a call needs besides the weights and the forward buffers (mlcore_net_alloc's `need`). */
+#define MLCORE_NEED_GRAD 1     /* gradients (gw1 unless low rank) and the backward buffers */
+#define MLCORE_NEED_VELOCITY 2 /* momentum velocities */
+#define MLCORE_NEED_LOW_RANK 4 /* w1's step from the batch's rows and deltas (training) */
+
 static inline ptrdiff_t mlcore_round4(ptrdiff_t v) { return (v + 3) & ~(ptrdiff_t)3; }
+
+/* Whether training with batches of `rows` rows should take w1's step in low rank: the rows
+   and deltas it keeps instead of gw1 are at most half of gw1's size. */
+static inline int mlcore_low_rank_pays(ptrdiff_t d, ptrdiff_t h, ptrdiff_t rows)
+{
+    ptrdiff_t hp = mlcore_round4(h);
+    return rows > 0 && 2 * (double)rows * (double)(d + hp) <= (double)d * (double)hp;
+}
 
 static inline void mlcore_net_free(mlcore_net *net)
 {
@@ -109,51 +139,78 @@ static inline void mlcore_net_free(mlcore_net *net)
     net->mem = NULL;
 }
 
-/* Allocate everything for a (d, h, k) model; n_order > 0 also reserves a row-order vector.
-   Returns 0 on success, -1 when out of memory. */
+/* Allocate everything for a (d, h, k) model and the call's `need` (MLCORE_NEED_*): n_order >
+   0 reserves a row-order vector (shuffled mini-batches), batch_rows is the most rows of one
+   step (low rank), and w1_own, if not NULL, is the caller's (d, h) w1 to work in when h is a
+   multiple of 4 and w1_own 32-byte aligned (written only by training). Returns 0 on success, -1 when out of memory. */
 static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, ptrdiff_t k,
-                                   ptrdiff_t n_order)
+                                   int need, ptrdiff_t n_order, ptrdiff_t batch_rows,
+                                   double *w1_own)
 {
     ptrdiff_t hp = mlcore_round4(h), kp = mlcore_round4(k), hw = (hp + 63) / 64, blk;
+    const int grad = (need & MLCORE_NEED_GRAD) != 0, vel = (need & MLCORE_NEED_VELOCITY) != 0;
+    const int low_rank = grad && (need & MLCORE_NEED_LOW_RANK) && batch_rows > 0;
+    const int own_w1 = w1_own != NULL && hp == h && (uintptr_t)w1_own % 32 == 0;
     size_t doubles, off = 0;
     double *base;
+    char *raw;
     /* Block rows: enough to amortise the gradient loads and stores, few enough that the
        block buffers (z1, d1: block * hp doubles each) stay in L1 (measured: 32 rows up to
        h = 128, 8 rows at h = 256). */
     blk = hp <= 128 ? 32 : 8;
     net->d = d; net->h = h; net->k = k; net->hp = hp; net->kp = kp; net->hw = hw;
     net->block = blk;
+    net->low_rank = low_rank;
 #define MLCORE_SZ(v) ((((size_t)(v)) + 7) & ~(size_t)7) /* doubles, keeps 64-byte alignment */
-    doubles = 3 * (MLCORE_SZ(d * hp) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp) + MLCORE_SZ(kp))
-              + MLCORE_SZ(k * hp) + MLCORE_SZ(blk * d) + 2 * MLCORE_SZ(blk * hp)
-              + MLCORE_SZ(blk * kp) + MLCORE_SZ(blk * hw) + MLCORE_SZ(hp) + MLCORE_SZ(n_order);
-    base = NULL;
-    if (posix_memalign((void **)&base, 64, doubles * sizeof(double)) != 0) return -1;
-    memset(base, 0, doubles * sizeof(double));
-    net->mem = base;
+    doubles = (own_w1 ? 0 : MLCORE_SZ(d * hp)) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp)
+              + MLCORE_SZ(kp) + MLCORE_SZ(k * hp) + MLCORE_SZ(blk * d) + MLCORE_SZ(blk * hp)
+              + MLCORE_SZ(blk * kp) + MLCORE_SZ(blk * hw);
+    if (grad)
+        doubles += (low_rank ? 0 : MLCORE_SZ(d * hp)) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp)
+                   + MLCORE_SZ(kp) + MLCORE_SZ(low_rank ? batch_rows * hp : blk * hp)
+                   + MLCORE_SZ(hp) + MLCORE_SZ(n_order)
+                   + (low_rank && n_order > 0 ? MLCORE_SZ(batch_rows * d) : 0);
+    if (vel)
+        doubles += MLCORE_SZ(d * hp) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp) + MLCORE_SZ(kp);
+    /* calloc: large blocks come zeroed from the OS (never written here, so pages a call
+       does not use are never resident); 64 bytes more to align the start. */
+    raw = (char *)calloc(doubles * sizeof(double) + 64, 1);
+    if (raw == NULL) return -1;
+    net->mem = raw;
+    base = (double *)(raw + (64 - (uintptr_t)raw % 64) % 64);
 #define MLCORE_TAKE(ptr, type, count) \
     do { ptr = (type *)(base + off); off += MLCORE_SZ(count); } while (0)
-    MLCORE_TAKE(net->w1, double, d * hp);
+    if (own_w1) net->w1 = w1_own;
+    else MLCORE_TAKE(net->w1, double, d * hp);
     MLCORE_TAKE(net->b1, double, hp);
     MLCORE_TAKE(net->w2, double, hp * kp);
     MLCORE_TAKE(net->b2, double, kp);
-    MLCORE_TAKE(net->gw1, double, d * hp);
-    MLCORE_TAKE(net->gb1, double, hp);
-    MLCORE_TAKE(net->gw2, double, hp * kp);
-    MLCORE_TAKE(net->gb2, double, kp);
-    MLCORE_TAKE(net->vw1, double, d * hp);
-    MLCORE_TAKE(net->vb1, double, hp);
-    MLCORE_TAKE(net->vw2, double, hp * kp);
-    MLCORE_TAKE(net->vb2, double, kp);
     MLCORE_TAKE(net->w2t, double, k * hp);
     MLCORE_TAKE(net->xb, double, blk * d);
     MLCORE_TAKE(net->z1, double, blk * hp);
-    MLCORE_TAKE(net->d1, double, blk * hp);
     MLCORE_TAKE(net->z2, double, blk * kp);
     MLCORE_TAKE(net->rowmask, uint64_t, blk * hw);
-    MLCORE_TAKE(net->colmask, uint64_t, hp);
-    if (n_order > 0) MLCORE_TAKE(net->order, int64_t, n_order);
-    else net->order = NULL;
+    net->gw1 = net->gb1 = net->gw2 = net->gb2 = NULL;
+    net->vw1 = net->vb1 = net->vw2 = net->vb2 = NULL;
+    net->d1 = net->xr = NULL;
+    net->colmask = NULL;
+    net->order = NULL;
+    if (grad) {
+        if (!low_rank) MLCORE_TAKE(net->gw1, double, d * hp);
+        MLCORE_TAKE(net->gb1, double, hp);
+        MLCORE_TAKE(net->gw2, double, hp * kp);
+        MLCORE_TAKE(net->gb2, double, kp);
+        MLCORE_TAKE(net->d1, double, low_rank ? batch_rows * hp : blk * hp);
+        MLCORE_TAKE(net->colmask, uint64_t, hp);
+        if (n_order > 0) MLCORE_TAKE(net->order, int64_t, n_order);
+        if (low_rank && n_order > 0) MLCORE_TAKE(net->xr, double, batch_rows * d);
+    }
+    if (vel) {
+        MLCORE_TAKE(net->vw1, double, d * hp);
+        MLCORE_TAKE(net->vb1, double, hp);
+        MLCORE_TAKE(net->vw2, double, hp * kp);
+        MLCORE_TAKE(net->vb2, double, kp);
+    }
 #undef MLCORE_TAKE
 #undef MLCORE_SZ
     return 0;
@@ -167,25 +224,30 @@ static inline void mlcore_net_transpose_w2(mlcore_net *net)
         for (j = 0; j < net->hp; j++) net->w2t[c * net->hp + j] = net->w2[j * net->kp + c];
 }
 
-/* Copy the caller's C-contiguous (d, h), (h), (h, k), (k) tensors in (padding stays 0). */
+/* Copy the caller's C-contiguous (d, h), (h), (h, k), (k) tensors in (padding stays 0); w1
+   stays where it is when the net works in the caller's w1. */
 static inline void mlcore_net_load(mlcore_net *net, const double *w1, const double *b1,
                                    const double *w2, const double *b2)
 {
     ptrdiff_t i;
-    for (i = 0; i < net->d; i++) memcpy(net->w1 + i * net->hp, w1 + i * net->h, net->h * 8);
+    if (net->w1 != w1)
+        for (i = 0; i < net->d; i++)
+            memcpy(net->w1 + i * net->hp, w1 + i * net->h, net->h * 8);
     memcpy(net->b1, b1, net->h * 8);
     for (i = 0; i < net->h; i++) memcpy(net->w2 + i * net->kp, w2 + i * net->k, net->k * 8);
     memcpy(net->b2, b2, net->k * 8);
     mlcore_net_transpose_w2(net);
 }
 
-/* Copy the padded tensors t1 (d, hp), t2 (hp), t3 (hp, kp), t4 (kp) out, unpadded. */
+/* Copy the padded tensors t1 (d, hp), t2 (hp), t3 (hp, kp), t4 (kp) out, unpadded (t1 may
+   be w1 itself: the caller's w1 the net worked in, left as it is). */
 static inline void mlcore_net_unload(const mlcore_net *net, const double *t1, const double *t2,
                                      const double *t3, const double *t4, double *w1,
                                      double *b1, double *w2, double *b2)
 {
     ptrdiff_t i;
-    for (i = 0; i < net->d; i++) memcpy(w1 + i * net->h, t1 + i * net->hp, net->h * 8);
+    if (t1 != w1)
+        for (i = 0; i < net->d; i++) memcpy(w1 + i * net->h, t1 + i * net->hp, net->h * 8);
     memcpy(b1, t2, net->h * 8);
     for (i = 0; i < net->h; i++) memcpy(w2 + i * net->k, t3 + i * net->kp, net->k * 8);
     memcpy(b2, t4, net->k * 8);

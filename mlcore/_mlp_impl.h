@@ -164,6 +164,81 @@ static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is
     }
 }
 
+/* Low-rank step of rt rows of w (row stride ws) and nv vectors: g = 0 + sum over t
+   ascending of coef[r*crs + t*ccs] * b[t*bs + v], the very sum tile() would have stored
+   in a gradient (same order, same bits); then the step of F(step) on it, in registers. */
+MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, ptrdiff_t ws,
+                                       const double *coef, ptrdiff_t crs, ptrdiff_t ccs,
+                                       const double *b, ptrdiff_t bs, ptrdiff_t len,
+                                       double eta, double mu, const int rt, const int nv)
+{
+    V acc[MLP_RT][MLP_NV], bv[MLP_NV];
+    double c;
+    ptrdiff_t t;
+    int r, v;
+    for (r = 0; r < rt; r++)
+        for (v = 0; v < nv; v++) acc[r][v] = SPLAT(0.0);
+    for (t = 0; t < len; t++) {
+        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);
+        for (r = 0; r < rt; r++) {
+            c = coef[r * crs + t * ccs];
+            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);
+        }
+    }
+    for (r = 0; r < rt; r++)
+        for (v = 0; v < nv; v++) {
+            double *wp = w + r * ws + W * v;
+            V vv = acc[r][v];
+            if (vel) {
+                vv = LD(vel + r * ws + W * v) * mu + vv;
+                ST(vel + r * ws + W * v, vv);
+            }
+            ST(wp, LD(wp) - vv * eta);
+        }
+}
+
+/* w (rows x nvec vectors, stride ws) takes its step from the low-rank gradient
+   coef^T b (see tile_step); vel NULL: no momentum. */
+static void F(dense_step)(double *w, double *vel, ptrdiff_t ws, const double *coef,
+                          ptrdiff_t crs, ptrdiff_t ccs, const double *b, ptrdiff_t bs,
+                          ptrdiff_t len, ptrdiff_t rows, ptrdiff_t nvec, double eta, double mu)
+{
+    ptrdiff_t r0, v0;
+    int nv, full;
+    for (v0 = 0; v0 < nvec; v0 += MLP_NV) {
+        nv = nvec - v0 < MLP_NV ? (int)(nvec - v0) : MLP_NV;
+        for (r0 = 0; r0 < rows; r0 += full ? MLP_RT : 1) {
+            double *o = w + r0 * ws + W * v0, *ov = vel ? vel + r0 * ws + W * v0 : NULL;
+            const double *cf = coef + r0 * crs, *bb = b + W * v0;
+            full = rows - r0 >= MLP_RT;
+#define MLP_TILE(NV_)                                                                      \
+    case NV_:                                                                              \
+        if (full) F(tile_step)(o, ov, ws, cf, crs, ccs, bb, bs, len, eta, mu, MLP_RT, NV_); \
+        else F(tile_step)(o, ov, ws, cf, crs, ccs, bb, bs, len, eta, mu, 1, NV_);         \
+        break;
+            switch (nv) {
+                MLP_TILE(1)
+#if MLP_NV >= 2
+                MLP_TILE(2)
+#endif
+#if MLP_NV >= 3
+                MLP_TILE(3)
+#endif
+#if MLP_NV >= 4
+                MLP_TILE(4)
+#endif
+#if MLP_NV >= 5
+                MLP_TILE(5)
+#endif
+#if MLP_NV >= 6
+                MLP_TILE(6)
+#endif
+            }
+#undef MLP_TILE
+        }
+    }
+}
+
 /* ------------------------------------------------------------------- sparse products */
 
 /* z2[r, v0 + v] = b2 + sum over active j ascending of z1[r, j] w2[j, v0 + v], for nv
@@ -369,21 +444,22 @@ static void F(softmax_rows)(mlcore_net *net, ptrdiff_t nrows, const int64_t *y)
         }
 }
 
-/* Backward pass of a block whose z2 holds p - onehot(y): adds its rows' gradients. */
-static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
+/* Backward pass of a block whose z2 holds p - onehot(y): adds its rows' gradients, its
+   hidden deltas into d1 (nrows, hp); in low rank, gw1's part stays in d1 and xb. */
+static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows, double *d1)
 {
     const ptrdiff_t hp = net->hp, kp = net->kp;
     ptrdiff_t r, v;
     /* d1 = (d2 @ w2.T) masked by z1 > 0; gb1 += d1, rows in order. */
-    F(dense)(net->d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / W);
+    F(dense)(d1, hp, NULL, 0, net->z2, kp, 1, net->w2t, hp, net->k, nrows, hp / W);
     for (v = 0; v < hp; v += W) { /* column-wise: the gb1 and mask sums stay in registers */
         V acc = LD(net->gb1 + v);
         VI cols = ISPLAT(0);
         for (r = 0; r < nrows; r++) {
             const int64_t bit = (int64_t)((uint64_t)1 << r);
             VI on = LD(net->z1 + r * hp + v) > SPLAT(0.0);
-            V dv = (V)((VI)LD(net->d1 + r * hp + v) & on);
-            ST(net->d1 + r * hp + v, dv);
+            V dv = (V)((VI)LD(d1 + r * hp + v) & on);
+            ST(d1 + r * hp + v, dv);
             acc = acc + dv;
             cols = cols | (on & ISPLAT(bit));
         }
@@ -392,17 +468,19 @@ static void F(block_backward)(mlcore_net *net, const double *xb, ptrdiff_t nrows
     }
     F(gw2)(net);
     /* gw1[l, :] += sum over rows of x[r, l] d1[r, :] */
-    F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, net->d1, hp, nrows, net->d, hp / W);
+    if (!net->low_rank)
+        F(dense)(net->gw1, hp, net->gw1, hp, xb, 1, net->d, d1, hp, nrows, net->d, hp / W);
 }
 
-/* Summed gradient over rows (row indices, or NULL: rows 0..n-1 in order) into net->g*. */
+/* Summed gradient over rows (row indices, or NULL: rows 0..n-1 in order) into net->g*; in
+   low rank, w1's part as the rows (net->xr when gathered) and net->d1 (n, hp). */
 static void F(batch_gradient)(mlcore_net *net, const double *x, const int64_t *y,
                               const int64_t *rows, ptrdiff_t n)
 {
     const ptrdiff_t d = net->d, hp = net->hp, kp = net->kp;
     int64_t yb[MLCORE_BLOCK_MAX];
     ptrdiff_t b0, nr, r;
-    memset(net->gw1, 0, (size_t)(d * hp) * 8);
+    if (!net->low_rank) memset(net->gw1, 0, (size_t)(d * hp) * 8);
     memset(net->gb1, 0, (size_t)hp * 8);
     memset(net->gw2, 0, (size_t)(hp * kp) * 8);
     memset(net->gb2, 0, (size_t)kp * 8);
@@ -410,26 +488,32 @@ static void F(batch_gradient)(mlcore_net *net, const double *x, const int64_t *y
         const double *xb;
         nr = n - b0 < net->block ? n - b0 : net->block;
         if (rows) {
+            double *xg = net->low_rank ? net->xr + b0 * d : net->xb;
             for (r = 0; r < nr; r++) {
-                memcpy(net->xb + r * d, x + rows[b0 + r] * d, (size_t)d * 8);
+                memcpy(xg + r * d, x + rows[b0 + r] * d, (size_t)d * 8);
                 yb[r] = y[rows[b0 + r]];
             }
-            xb = net->xb;
+            xb = xg;
         } else {
             memcpy(yb, y + b0, (size_t)nr * sizeof(int64_t));
             xb = x + b0 * d;
         }
         F(block_forward)(net, xb, nr);
         F(softmax_rows)(net, nr, yb);
-        F(block_backward)(net, xb, nr);
+        F(block_backward)(net, xb, nr, net->low_rank ? net->d1 + b0 * hp : net->d1);
     }
 }
 
-/* v = mu * v + g; w -= eta * v (mu = 0 gives exactly w -= eta * g). size % W == 0. */
+/* v = mu * v + g; w -= eta * v. size % W == 0. vel NULL (no momentum): w -= eta * g, the
+   bits of mu = 0 (v * 0 + g is g: a sum that starts at +0 is never -0). */
 static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, double eta,
                     double mu)
 {
     ptrdiff_t i;
+    if (!vel) {
+        for (i = 0; i < size; i += W) ST(w + i, LD(w + i) - LD(g + i) * eta);
+        return;
+    }
     for (i = 0; i < size; i += W) {
         V vv = LD(vel + i) * mu + LD(g + i);
         ST(vel + i, vv);
@@ -442,7 +526,8 @@ static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, dou
 /* Epochs of (mini-)batch descent on the net's padded weights; batch 0 = full batch in
    row order, else rows reshuffled each epoch from seed (net->order must hold n).
    limit_s > 0: stop before any step that would start limit_s seconds or more after the call
-   (the clock is read as MLCORE_CLOCK_WORK says). Returns the epochs completed: `epochs`,
+   (the clock is read as MLCORE_CLOCK_WORK says). mu must be 0 unless the net has velocities.
+   Returns the epochs completed: `epochs`,
    or fewer when the limit stopped it (the weights are then mid-training: discard them). */
 static ptrdiff_t F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
                           ptrdiff_t epochs, double eta, ptrdiff_t batch, double mu,
@@ -470,7 +555,10 @@ static ptrdiff_t F(train)(mlcore_net *net, const double *x, const int64_t *y, pt
             }
             if (rows) F(batch_gradient)(net, x, y, rows + start, size);
             else F(batch_gradient)(net, x + start * d, y + start, NULL, size);
-            F(step)(net->w1, net->vw1, net->gw1, d * hp, eta, mu);
+            if (net->low_rank) /* gw1 = X^T D1, rows ascending, summed inside the step */
+                F(dense_step)(net->w1, net->vw1, hp, rows ? net->xr : x + start * d, 1, d,
+                              net->d1, hp, size, d, hp / W, eta, mu);
+            else F(step)(net->w1, net->vw1, net->gw1, d * hp, eta, mu);
             F(step)(net->b1, net->vb1, net->gb1, hp, eta, mu);
             F(step)(net->w2, net->vw2, net->gw2, hp * kp, eta, mu);
             F(step)(net->b2, net->vb2, net->gb2, kp, eta, mu);

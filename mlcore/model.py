@@ -174,7 +174,7 @@ def train(
         _is_real(time_limit_s) and math.isfinite(time_limit_s) and time_limit_s > 0
     ):
         raise ValueError(f"time_limit_s must be > 0 and finite (or None), got {time_limit_s!r}")
-    out = _checked_params(params)
+    out = _working_copy(_checked_params(params, copy=False))
     xs, ys = _checked_data(out, x, y)
     limit_s = float(time_limit_s or 0.0)
     done = _kernels.train(
@@ -261,6 +261,20 @@ def _checked_params(params: Params, *, copy: bool = True) -> Params:
         _check_shapes(*tensors)
         return params
     return params.copy()
+
+
+def _working_copy(params: Params) -> Params:
+    """A copy for the kernels to train in place, w1 starting on a 64-byte boundary.
+
+    The kernels then work in this w1 itself (h a multiple of 4) instead of a copy of their
+    own: a wide model's weights are nearly all w1 (see mlcore/_mlp.h, "Memory").
+    """
+    w1 = params.w1
+    buf = np.empty(w1.size + 8, dtype=np.float64)
+    start = (-buf.ctypes.data % 64) // 8
+    aligned = buf[start:start + w1.size].reshape(w1.shape)
+    np.copyto(aligned, w1)
+    return Params(aligned, params.b1.copy(), params.w2.copy(), params.b2.copy())
 
 
 def _checked_x(p: Params, x: np.ndarray) -> np.ndarray:

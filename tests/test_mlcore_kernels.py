@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from mlcore import _kernels, reference
 from mlcore.model import Params, gradient, init_params, loss, predict, predict_proba, train
@@ -272,3 +273,61 @@ def test_diverging_training_raises_a_clear_error():
     params, x, y = _problem(n=50)
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train(params, x * 1e150, y, epochs=5, eta=1e10)
+
+
+@pytest.mark.parametrize(
+    ("h", "batch_size", "momentum"),
+    [(132, 0, 0.0), (132, 20, 0.9), (130, 7, 0.0), (130, 0, 0.5), (64, 1, 0.0)],
+)
+def test_low_rank_step_gives_the_bits_of_the_gradient_buffer(isa, h, batch_size, momentum):
+    """w1's step summed from the batch's rows and hidden deltas (no gw1) adds each element's
+    products in gw1's order: the same bits, several blocks per batch, padded h or not, the
+    caller's w1 worked in place (aligned, h % 4 == 0) or a padded copy."""
+    params, x, y = _problem(n=60, d=200, h=h, k=26)
+    params = init_params(200, h, 26, seed=4, scale=0.05)
+    bits = []
+    for low_rank in (False, True):
+        p = params.copy()
+        _kernels.train(x, y.astype(np.int64), *p.tensors(), 2, 1e-4, batch_size, momentum, 3,
+                       low_rank=low_rank)
+        bits.append(_digest(p))
+    assert bits[0] == bits[1]
+    got = train(params, x, y, epochs=2, eta=1e-4, batch_size=batch_size, momentum=momentum,
+                seed=3)
+    assert _digest(got.params) == bits[0]  # model.train chooses by memory: still these bits
+    _assert_close(got.params, reference.train(params, x, y, epochs=2, eta=1e-4,
+                                              batch_size=batch_size, momentum=momentum, seed=3))
+
+
+_MEMORY_CHILD = """
+import numpy as np
+from mlcore.model import init_params, train
+d, h, k = 1000, 4000, 26
+p = init_params(d, h, k, seed=1)
+x = np.arange(4 * d, dtype=np.float64).reshape(4, d) % 16
+y = np.arange(4) % k
+train(p, x, y, epochs=1, eta=1e-3)  # imports and first-call allocations out of the way
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+before = rss("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the current RSS
+train(p, x, y, epochs=3, eta=1e-3)
+print((rss("VmHWM:") - before) / (8 * (d * h + h + h * k + k)))
+"""
+
+
+def test_training_a_wide_model_on_few_rows_holds_about_one_copy_of_it():
+    """train() copies the weights once to train in; the kernels add only a few MB of their
+    own (no padded copy of w1, no gradient of w1's size, no velocities without momentum)."""
+    require(Path("/proc/self/clear_refs").exists(), "needs Linux /proc/self/clear_refs")
+    child = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD], cwd=REPO, capture_output=True, text=True,
+        timeout=120, env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1",
+                          "PYTHONPATH": str(REPO)},
+    )
+    assert child.returncode == 0, child.stderr
+    extra = float(child.stdout)
+    assert extra <= 1.25, f"training added {extra:.2f}x the model's size at its peak"
