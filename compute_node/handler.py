@@ -93,6 +93,8 @@ class ComputeNodeHandler:
             self._core.put_shard(digest or "", data or b"")
 
     def train(self, task: ShardTask) -> TaskResult:
+        if task is None:  # a message with the struct cut off; thrift passes None
+            raise InvalidRequest(message="train: the task argument is missing")
         try:
             with declared_errors("train"):
                 self._core.authorize(task.token or "")
@@ -100,6 +102,9 @@ class ComputeNodeHandler:
         except TException as exc:
             let_go(exc, task, "weights")  # see idl/cycles.py: a declined task holds no model
             raise
+        # The received model (views of its frame) was kept for the delta only: let it go
+        # before the reply copies the delta, or the node holds three models at once.
+        task.weights = None
         out = report.output
         return TaskResult(
             delta=encode_tensors(out.delta),
