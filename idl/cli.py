@@ -164,8 +164,10 @@ def tls_options(*, serves: bool):
             return command(*args, tls=tls, **kwargs)
 
         for name, help_text in (
-            ("--tls-ca", "CA that signs the peers' certificates: servers verified by it; "
-                         "on a server, clients must present one (mutual TLS)."),
+            ("--tls-ca", "CA that signs the peers' certificates: servers called are "
+                         "verified by it, and callers must present one (mutual TLS)."
+                         if serves else "CA the server's certificate must be signed by "
+                         "[the system's trust store]."),
             ("--tls-key", "PEM private key of --tls-cert."),
             ("--tls-cert", "PEM certificate: served (TLS on) and presented when calling out."
                            if serves else "PEM client certificate presented to the server."),
