@@ -317,6 +317,8 @@ def _tls_reason(exc: BaseException) -> str:
     """The useful part of an ssl error: 'certificate verify failed: ...', 'alert ...'."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message.rstrip('.')}"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "the server closed the connection (does it serve TLS?)"
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
     if isinstance(exc, ConnectionError):

@@ -145,6 +145,16 @@ def test_a_plain_client_fails_cleanly_and_the_server_keeps_serving(tls_cluster, 
     assert "event=tls_handshake_failed" in tls_cluster.coordinator.log()
 
 
+def test_a_tls_client_against_a_plain_server_fails_cleanly(pki, tmp_path):
+    with LocalCluster(tmp_path) as plain:
+        coordinator = plain.add_coordinator("round-robin", nodes=[])
+        done = client("status", str(coordinator.address), *pki.client.args())
+        still = client("status", str(coordinator.address))
+
+    assert "does it serve TLS?" in one_line_error(done)
+    assert still.returncode == 0, still.stderr
+
+
 def test_a_node_registering_over_tls_shows_up_alive(pki, tmp_path):
     with LocalCluster(tmp_path, tls=pki.server) as cluster:
         coordinator = cluster.add_coordinator("round-robin", nodes=[])
