@@ -312,6 +312,19 @@ class Connection:
     def close(self) -> None:
         self._transport.close()
 
+    def closed_by_peer(self) -> bool:
+        """Whether the peer closed this idle connection (or wrote to it unasked).
+
+        A full server lets its longest-idle connection go, and that may be one resting in
+        a pool: reusing it would fail the next call for nothing. One poll, no wait.
+        """
+        handle = self._socket.handle
+        if handle is None:
+            return True
+        poller = select.poll()
+        poller.register(handle, select.POLLIN)
+        return bool(poller.poll(0))
+
 
 def _tls_reason(exc: BaseException) -> str:
     """The useful part of an ssl error: 'certificate verify failed: ...', 'alert ...'."""
@@ -381,7 +394,7 @@ class ConnectionPool:
             conns = self._idle.get(address, [])
             while conns:
                 conn = conns.pop()
-                if now - conn.last_used < POOL_IDLE_S:
+                if now - conn.last_used < POOL_IDLE_S and not conn.closed_by_peer():
                     return conn
                 conn.close()
         return None

@@ -132,6 +132,25 @@ def test_pool_reuses_connections_and_drops_broken_ones(server) -> None:
     pool.close()
 
 
+def test_pool_skips_a_connection_the_server_let_go_while_it_was_idle() -> None:
+    srv = ThriftServer(ComputeNode.Processor(_Handler()), name="full", max_connections=2)
+    srv.start()
+    pool = ConnectionPool(ComputeNode.Client)
+    try:
+        assert pool.call(srv.address, 2.0, lambda client: client.ping())  # idle in the pool
+        busy = connect(ComputeNode.Client, srv.address, 2.0)
+        assert busy.client.ping()
+        newcomer = connect(ComputeNode.Client, srv.address, 2.0)  # the pooled one gives way
+        assert newcomer.client.ping()
+        with pool.connection(srv.address, 2.0) as conn:
+            assert conn.client.ping()
+        busy.close()
+        newcomer.close()
+    finally:
+        pool.close()
+        srv.stop()
+
+
 def test_declared_errors_pass_through_the_pool_intact(server) -> None:
     pool = ConnectionPool(ComputeNode.Client)
 
