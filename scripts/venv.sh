@@ -7,7 +7,8 @@ ensure_venv() {
     if [ ! -x .venv/bin/python ]; then
         echo "== creating .venv with $($py --version 2>&1)"
         "$py" -m venv .venv
-        .venv/bin/python -m pip install -q --upgrade pip
+        # setuptools >= 77 reads the SPDX license string, also for an in-place build_ext
+        .venv/bin/python -m pip install -q --upgrade pip "setuptools>=77"
     fi
     local stamp=".venv/.fedcluster-installed"
     local stale=0
