@@ -14,7 +14,12 @@ import click
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.progress import with_progress
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
-from idl.cli import (
+from idl.rpc import Address
+from idl.tensors import TensorError
+from idl.tls import TlsContexts
+from mlcore.data import DataError
+from mlcore.model import INIT_SCHEMES
+from runtime.cli import (
     AddressListType,
     finite,
     log_level_option,
@@ -22,12 +27,7 @@ from idl.cli import (
     tls_options,
     token_options,
 )
-from idl.events import configure_logging
-from idl.rpc import Address
-from idl.tensors import TensorError
-from idl.tls import TlsContexts
-from mlcore.data import DataError
-from mlcore.model import INIT_SCHEMES
+from runtime.events import configure_logging
 
 POLICY_NAMES = {"1": "random", "2": "load-aware", "3": "round-robin"}
 

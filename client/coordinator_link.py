@@ -16,7 +16,6 @@ from pathlib import Path
 from thrift.Thrift import TApplicationException, TException
 from thrift.transport.TTransport import TTransportException
 
-from idl.events import log_event
 from idl.gen import Coordinator
 from idl.gen.ttypes import (
     DatasetError,
@@ -29,6 +28,7 @@ from idl.gen.ttypes import (
     Unauthorized,
 )
 from idl.rpc import Address, ConnectionPool
+from runtime.events import log_event
 
 # Uploads and status calls are short; a round may take as long as its deadline.
 SHORT_CALL_S = 30.0

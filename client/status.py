@@ -16,11 +16,11 @@ from collections.abc import Callable
 import click
 from thrift.Thrift import TException
 
-from idl.cli import tls_options, token_options
 from idl.gen import Coordinator
 from idl.gen.ttypes import ClusterStatus, Unauthorized
 from idl.rpc import Address, connect
 from idl.tls import TlsContexts
+from runtime.cli import tls_options, token_options
 
 COLUMNS = ("node", "alive", "load p", "in flight", "done", "failures", "last seen", "service")
 

@@ -14,7 +14,11 @@ from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.shards import ShardStore
 from idl.admission import ServerLimits
-from idl.cli import (
+from idl.gen import ComputeNode
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
+from idl.rpc import Address, ThriftServer
+from idl.tls import TlsContexts
+from runtime.cli import (
     AddressType,
     finite,
     log_level_option,
@@ -25,11 +29,7 @@ from idl.cli import (
     tls_options,
     token_options,
 )
-from idl.events import configure_logging, log_event
-from idl.gen import ComputeNode
-from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from idl.rpc import Address, ThriftServer
-from idl.tls import TlsContexts
+from runtime.events import configure_logging, log_event
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

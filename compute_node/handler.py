@@ -11,7 +11,6 @@ from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
 from compute_node.shards import DigestMismatch
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
-from idl.events import log_event
 from idl.gen.ttypes import (
     DatasetError,
     DeadlineExceeded,
@@ -26,6 +25,7 @@ from idl.gen.ttypes import (
 )
 from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.data import DataError
+from runtime.events import log_event
 
 
 @contextmanager

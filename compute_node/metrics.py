@@ -25,8 +25,8 @@ from idl.gen.ttypes import (
     TaskResult,
     Unauthorized,
 )
-from idl.metrics import serve_metrics
 from idl.rpc import Address
+from runtime.metrics import serve_metrics
 
 SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _OUTCOMES = ((NodeBusy, "busy"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),

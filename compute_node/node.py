@@ -32,9 +32,9 @@ from compute_node.trainer import (
     params_from_arrays,
     run_training,
 )
-from idl.auth import DENIED_HINT, token_matches
-from idl.events import log_event
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
+from runtime.auth import DENIED_HINT, token_matches
+from runtime.events import log_event
 
 
 class Denied(PermissionError):

@@ -12,9 +12,9 @@ import threading
 
 from thrift.Thrift import TException
 
-from idl.events import log_event
 from idl.gen import Coordinator
 from idl.rpc import Address, ConnectionPool
+from runtime.events import log_event
 
 CALL_TIMEOUT_S = 5.0
 

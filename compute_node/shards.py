@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from idl.events import log_event
 from mlcore.data import Dataset, parse_data
+from runtime.events import log_event
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 # Files larger than this are not indexed (nor read): no shard is that big, and a

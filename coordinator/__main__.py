@@ -18,7 +18,11 @@ from coordinator.registry import Registry
 from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
 from coordinator.shard_store import ShardStore
 from idl.admission import ServerLimits
-from idl.cli import (
+from idl.gen import Coordinator
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
+from idl.rpc import ThriftServer
+from idl.tls import TlsContexts
+from runtime.cli import (
     log_level_option,
     metrics_port_option,
     run_cli,
@@ -27,11 +31,7 @@ from idl.cli import (
     tls_options,
     token_options,
 )
-from idl.events import configure_logging, log_event
-from idl.gen import Coordinator
-from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from idl.rpc import ThriftServer
-from idl.tls import TlsContexts
+from runtime.events import configure_logging, log_event
 
 DEFAULT_NODES_FILE = "compute_nodes.txt"
 

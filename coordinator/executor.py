@@ -36,7 +36,7 @@ from typing import Any
 
 from coordinator.policies import Policy
 from coordinator.registry import Registry
-from idl.events import log_event
+from runtime.events import log_event
 
 MAX_WORKERS = 256
 # Allocations between young collections while rounds run (default 700): see _FewerCollections.

@@ -12,7 +12,6 @@ from coordinator.service import CoordinatorService, Denied, MissingShards
 from coordinator.shard_store import ShardError
 from coordinator.validation import RequestError
 from idl.cycles import let_go
-from idl.events import log_event
 from idl.gen.ttypes import (
     ClusterStatus,
     DatasetError,
@@ -24,6 +23,7 @@ from idl.gen.ttypes import (
     ShardMissing,
     Unauthorized,
 )
+from runtime.events import log_event
 
 
 @contextmanager

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from coordinator.handler import CoordinatorHandler
 from coordinator.service import CoordinatorService
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardMissing
-from idl.metrics import serve_metrics
 from idl.rpc import Address
+from runtime.metrics import serve_metrics
 
 ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Always exported (0 until they happen), so dashboards need no special cases.

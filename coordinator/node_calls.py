@@ -31,7 +31,6 @@ from coordinator.executor import (
     TaskOutOfTime,
     TaskRejected,
 )
-from idl.events import log_event
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     DatasetError,
@@ -44,6 +43,7 @@ from idl.gen.ttypes import (
     Unauthorized,
 )
 from idl.rpc import Address, ConnectionPool
+from runtime.events import log_event
 
 DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded)
 REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its DeadlineExceeded) travels

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from coordinator.policies import NodeView
-from idl.events import log_event
 from idl.rpc import Address
+from runtime.events import log_event
 
 EMA_WEIGHT = 0.3  # weight of the newest sample in the service-time average
 

@@ -23,8 +23,6 @@ from coordinator.policies import Policy, make_policy, policy_name
 from coordinator.registry import Registry, RegistryFull
 from coordinator.shard_store import ShardStore
 from coordinator.validation import RequestError, check_node_address, check_request
-from idl.auth import DENIED_HINT, token_matches
-from idl.events import log_event
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import (
     ClusterStatus,
@@ -34,6 +32,8 @@ from idl.gen.ttypes import (
     ShardTask,
     TaskRecord,
 )
+from runtime.auth import DENIED_HINT, token_matches
+from runtime.events import log_event
 
 # Registrations past this many known nodes are refused: each costs a heartbeat per interval.
 DEFAULT_MAX_NODES = 4096

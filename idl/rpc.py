@@ -34,9 +34,9 @@ from idl.admission import (
     ServerLimits,
     Slot,
 )
-from idl.events import log_event
 from idl.framing import MAX_MESSAGE_BYTES, FrameBudget, FramedTransport
 from idl.protocol import protocol_factory
+from runtime.events import log_event
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_CALL_TIMEOUT_S = 30.0

@@ -43,11 +43,11 @@ from local_cluster import LocalCluster  # noqa: E402
 from timing_analysis import percentile  # noqa: E402
 
 from client.coordinator_link import CoordinatorLink  # noqa: E402
-from idl.events import configure_logging  # noqa: E402
 from idl.gen import Coordinator  # noqa: E402
 from idl.gen.ttypes import RoundRequest, ShardRef, TrainConfig  # noqa: E402
 from idl.rpc import Address, ConnectionPool  # noqa: E402
 from idl.tensors import encode_tensors  # noqa: E402
+from runtime.events import configure_logging  # noqa: E402
 
 RAW_COLUMNS = ("level", "client", "seq", "kind", "start_s", "end_s", "latency_s", "ok", "error")
 SUMMARY_COLUMNS = ("level", "kind", "requests", "ok", "errors", "error_rate", "wall_s",

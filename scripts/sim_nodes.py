@@ -26,7 +26,6 @@ from pathlib import Path
 import click
 from thrift.transport import TTransport
 
-from idl.events import configure_logging, log_event
 from idl.framing import MAX_MESSAGE_BYTES
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
@@ -39,6 +38,7 @@ from idl.gen.ttypes import (
     Tensor,
 )
 from idl.protocol import protocol_factory
+from runtime.events import configure_logging, log_event
 
 _FRAME = struct.Struct("!i")
 

@@ -12,7 +12,6 @@ import pytest
 from thrift.protocol import TBinaryProtocol
 from thrift.transport import TSocket, TTransport
 
-from idl.events import format_event
 from idl.framing import FramedTransport
 from idl.gen import ComputeNode
 from idl.gen.ttypes import (
@@ -36,6 +35,7 @@ from idl.tensors import (
     encode_tensor,
     encode_tensors,
 )
+from runtime.events import format_event
 
 
 def test_tensor_round_trip_is_bitwise() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from idl.events import log_event
 from idl.rpc import Address
+from runtime.events import log_event
 
 
 def serve_metrics(registry: Any, host: str, port: int) -> Address:
