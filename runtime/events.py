@@ -22,6 +22,9 @@ def configure_logging(level: str = "INFO", *, component: str = "") -> None:
     _LOGGER.handlers[:] = [handler]
     _LOGGER.setLevel(level.upper())
     _LOGGER.propagate = False
+    # Thrift's own loggers print stray lines ("Could not connect to any of [...]") for
+    # failures the caller already reports as events: keep them to real crashes.
+    logging.getLogger("thrift").setLevel(logging.CRITICAL)
 
 
 def _format_value(value: object) -> str:
