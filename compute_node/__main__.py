@@ -12,7 +12,7 @@ from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
-from compute_node.shards import ShardStore
+from compute_node.shards import node_store
 from idl.admission import ServerLimits
 from idl.gen import ComputeNode
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
@@ -107,7 +107,7 @@ def cli(
     configure_logging(log_level, component="node")
     if seed is None:
         seed = secrets.randbits(32)
-    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024), data_dir)
+    store = node_store(int(max_shard_cache_mb * 1024 * 1024), data_dir)
     load = LoadSimulator(
         LoadConfig(load_probability, load_delay, crash_probability, extra_latency, seed)
     )

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from thrift.Thrift import TException
 
 from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
-from compute_node.shards import DigestMismatch
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
 from idl.gen.ttypes import (
@@ -26,6 +25,7 @@ from idl.gen.ttypes import (
 from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.data import DataError
 from runtime.events import log_event
+from runtime.shard_store import ShardError
 
 
 @contextmanager
@@ -36,7 +36,7 @@ def declared_errors(call: str) -> Iterator[None]:
     except Denied as exc:
         log_event("call_denied", call=call)
         raise Unauthorized(message=str(exc)) from None
-    except (InvalidTask, DigestMismatch, TensorError) as exc:
+    except (InvalidTask, ShardError, TensorError) as exc:
         log_event("invalid_request", call=call, reason=exc)
         raise InvalidRequest(message=str(exc)) from None
     except (ShardMismatch, DataError) as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compute_node.load import LoadSimulator
-from compute_node.shards import ShardStore, check_digest
+from compute_node.shards import Shard
 from compute_node.stats import LoadSnapshot, NodeStats
 from compute_node.trainer import (
     InvalidTask,
@@ -35,6 +35,7 @@ from compute_node.trainer import (
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from runtime.auth import DENIED_HINT, token_matches
 from runtime.events import log_event
+from runtime.shard_store import ShardStore, check_digest
 
 
 class Denied(PermissionError):
@@ -84,7 +85,7 @@ class ComputeNodeCore:
 
     def __init__(
         self,
-        store: ShardStore,
+        store: ShardStore[Shard],
         load: LoadSimulator,
         *,
         workers: int = 1,

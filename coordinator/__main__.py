@@ -16,7 +16,6 @@ from coordinator.nodes_file import NodesFileError, read_nodes_file
 from coordinator.policies import policy_name
 from coordinator.registry import Registry
 from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
-from coordinator.shard_store import ShardStore
 from idl.admission import ServerLimits
 from idl.gen import Coordinator
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
@@ -32,6 +31,7 @@ from runtime.cli import (
     token_options,
 )
 from runtime.events import configure_logging, log_event
+from runtime.shard_store import ShardStore
 
 DEFAULT_NODES_FILE = "compute_nodes.txt"
 
@@ -112,7 +112,8 @@ def cli(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
-    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024))
+    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024), refuse_oversize=True,
+                       owner="the coordinator")
     service = CoordinatorService(
         registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,
         max_task_work=max_task_work,

@@ -9,7 +9,6 @@ from thrift.Thrift import TException
 
 from coordinator.executor import RoundFailed, TaskOutOfTime, TaskRejected
 from coordinator.service import CoordinatorService, Denied, MissingShards
-from coordinator.shard_store import ShardError
 from coordinator.validation import RequestError
 from idl.cycles import let_go
 from idl.gen.ttypes import (
@@ -24,6 +23,7 @@ from idl.gen.ttypes import (
     Unauthorized,
 )
 from runtime.events import log_event
+from runtime.shard_store import ShardError
 
 
 @contextmanager

@@ -21,7 +21,6 @@ from coordinator.executor import (
 from coordinator.node_calls import NodeTask
 from coordinator.policies import Policy, make_policy, policy_name
 from coordinator.registry import Registry, RegistryFull
-from coordinator.shard_store import ShardStore
 from coordinator.validation import RequestError, check_node_address, check_request
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import (
@@ -34,6 +33,7 @@ from idl.gen.ttypes import (
 )
 from runtime.auth import DENIED_HINT, token_matches
 from runtime.events import log_event
+from runtime.shard_store import ShardStore
 
 # Registrations past this many known nodes are refused: each costs a heartbeat per interval.
 DEFAULT_MAX_NODES = 4096
@@ -60,7 +60,7 @@ class CoordinatorService:
     def __init__(
         self,
         registry: Registry,
-        store: ShardStore,
+        store: ShardStore[bytes],
         executor: RoundExecutor,
         *,
         policy: str,

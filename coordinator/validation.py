@@ -12,10 +12,10 @@ import math
 import re
 
 from coordinator.policies import policy_name
-from coordinator.shard_store import ShardError, check_digest
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import RoundRequest, Tensor
 from idl.rpc import Address
+from runtime.shard_store import ShardError, check_digest
 
 MAX_SHARDS = 100_000
 DEFAULT_DEADLINE_S = 3600.0

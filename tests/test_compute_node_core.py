@@ -13,7 +13,7 @@ from test_compute_node import make_shard
 
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
-from compute_node.shards import DigestMismatch, ShardStore, compact_shard, index_data_dir
+from compute_node.shards import compact_shard, node_store
 from compute_node.stats import EMA_ALPHA, NodeStats
 from compute_node.trainer import (
     MAX_ACTIVATION_VALUES,
@@ -29,6 +29,7 @@ from idl.tensors import decode_tensors, encode_tensors
 from mlcore.data import DataError, Dataset, parse_data
 from mlcore.model import init_params, train
 from mlcore.standardize import standardize
+from runtime.shard_store import ShardError, index_data_dir
 
 
 def shard_bytes(n_rows: int, seed: int = 0, d: int = 4, k: int = 3) -> bytes:
@@ -117,12 +118,12 @@ def test_fault_draws_leave_the_load_draws_unchanged():
 
 
 def test_store_checks_the_digest_and_parses_strictly():
-    store = ShardStore(max_cache_bytes=1 << 20)
+    store = node_store(max_bytes=1 << 20)
     data = shard_bytes(10)
 
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(ShardError):
         store.put(sha(data + b"\n"), data)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(ShardError):
         store.put("ABC", data)
     with pytest.raises(DataError, match="line 1"):
         store.put(sha(b"1,2,x\n"), b"1,2,x\n")
@@ -137,7 +138,7 @@ def test_store_checks_the_digest_and_parses_strictly():
 def test_cache_evicts_least_recently_used_within_its_bound():
     shards = [shard_bytes(100, seed=i) for i in range(3)]
     one_size = 100 * 4 + 100  # cached compactly: x uint8 (100, 4) + y uint8 (100,)
-    store = ShardStore(max_cache_bytes=2 * one_size)
+    store = node_store(max_bytes=2 * one_size)
     store.put(sha(shards[0]), shards[0])
     store.put(sha(shards[1]), shards[1])
     assert store.get(sha(shards[0])) is not None  # 0 is now the most recently used
@@ -148,7 +149,7 @@ def test_cache_evicts_least_recently_used_within_its_bound():
 
 
 def test_newest_shard_stays_even_when_alone_over_the_bound():
-    store = ShardStore(max_cache_bytes=10)
+    store = node_store(max_bytes=10)
     small, big = shard_bytes(5, seed=1), shard_bytes(50, seed=2)
     store.put(sha(small), small)
 
@@ -177,7 +178,7 @@ def test_data_dir_file_changed_after_startup_is_no_longer_served(tmp_path):
     data = shard_bytes(5)
     path = tmp_path / "train_1.txt"
     path.write_bytes(data)
-    store = ShardStore(max_cache_bytes=1 << 20, data_dir=tmp_path)
+    store = node_store(max_bytes=1 << 20, data_dir=tmp_path)
     assert store.missing([sha(data)]) == []
 
     path.write_bytes(shard_bytes(6))
@@ -218,7 +219,7 @@ def test_task_too_large_for_memory_is_invalid():
 def make_core(p: float, crash_probability: float = 0.0) -> tuple[ComputeNodeCore, list[int]]:
     crashes: list[int] = []
     core = ComputeNodeCore(
-        ShardStore(1 << 20),
+        node_store(1 << 20),
         LoadSimulator(LoadConfig(p, 0.0, crash_probability=crash_probability, seed=1)),
         crash=lambda: crashes.append(1),
     )
@@ -261,7 +262,7 @@ def test_injected_crash_happens_after_training_before_the_reply():
 
 
 def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
-    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 0.5, seed=1)))
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(1.0, 0.5, seed=1)))
     data = shard_bytes(20)
     core.put_shard(sha(data), data)
     outcomes: list[str] = []
@@ -289,7 +290,7 @@ def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
 
 
 def test_task_budget_bounds_the_load_delay_and_training():
-    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 5.0, seed=1)))
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(1.0, 5.0, seed=1)))
     data = shard_bytes(20)
     core.put_shard(sha(data), data)
     task = dataclasses.replace(task_for(data), timeout_s=0.2)
@@ -305,7 +306,7 @@ def test_task_budget_bounds_the_load_delay_and_training():
 
 
 def test_task_beyond_the_work_bound_is_refused_naming_it():
-    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(0.0, 0.0, seed=1)),
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(0.0, 0.0, seed=1)),
                            max_task_work=1000)
     data = shard_bytes(20)
     core.put_shard(sha(data), data)

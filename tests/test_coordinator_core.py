@@ -22,8 +22,8 @@ from coordinator.executor import (
 from coordinator.nodes_file import NodesFileError, parse_nodes, read_nodes_file
 from coordinator.policies import LoadAware, RandomPolicy, RoundRobin
 from coordinator.registry import Registry, RegistryFull
-from coordinator.shard_store import ShardError, ShardStore
 from idl.rpc import Address
+from runtime.shard_store import ShardError, ShardStore
 
 # ---------------------------------------------------------------- nodes file
 

@@ -19,7 +19,7 @@ import pytest
 from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
-from compute_node.shards import ShardStore
+from compute_node.shards import node_store
 from coordinator.executor import NodeBusyError
 from coordinator.node_calls import NodeCaller, NodeTask, attempt_task
 from idl.gen import ComputeNode
@@ -137,7 +137,7 @@ def test_a_declared_error_from_a_node_keeps_no_request_alive(
 def test_a_node_answering_an_error_keeps_nothing_of_the_request(no_collector, answer: str) -> None:
     """The generated processor holds its declared error in a cycle with its own frame."""
     gc.collect()  # what earlier tests left
-    core = ComputeNodeCore(ShardStore(1 << 20), LoadSimulator(LoadConfig(1.0, 0.0, seed=1)))
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(1.0, 0.0, seed=1)))
     task = make_task()
     task.weights = encode_tensors([np.zeros((4, 8192)), np.zeros(8192), np.zeros((8192, 3)),
                                    np.zeros(3)])  # a model of bulk tensors: views of the frame
