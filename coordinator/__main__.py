@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 
 import click
@@ -19,13 +18,15 @@ from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
 from idl.admission import ServerLimits
 from idl.gen import Coordinator
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from idl.rpc import ThriftServer
 from idl.tls import TlsContexts
 from runtime.cli import (
+    FiniteRange,
+    listen_or_fail,
     log_level_option,
     metrics_port_option,
     run_cli,
     serve_metrics_or_fail,
+    serve_until_stopped,
     server_limit_options,
     tls_options,
     token_options,
@@ -34,6 +35,8 @@ from runtime.events import configure_logging, log_event
 from runtime.shard_store import ShardStore
 
 DEFAULT_NODES_FILE = "compute_nodes.txt"
+MIB = 1024 * 1024
+MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine, and int() of it cannot overflow
 
 
 def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -51,16 +54,18 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--nodes", "nodes_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help=f"Nodes file, host,port per line [default: {DEFAULT_NODES_FILE} if present].",
 )
-@click.option("--heartbeat-s", type=click.FloatRange(min=0, min_open=True, max=3600),
+@click.option("--heartbeat-s", type=FiniteRange(min=0, min_open=True, max=3600),
               default=1.0, show_default=True, help="Seconds between node health probes.")
-@click.option("--task-timeout-s", type=click.FloatRange(min=0, min_open=True, max=86400),
+@click.option("--task-timeout-s", type=FiniteRange(min=0, min_open=True, max=86400),
               default=300.0, show_default=True, help="Longest a node may take for one task.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Node failures allowed per task before the round fails.")
-@click.option("--straggler-factor", type=click.FloatRange(min=0), default=4.0, show_default=True,
+@click.option("--straggler-factor", type=FiniteRange(min=0, max=1e6), default=4.0,
+              show_default=True,
               help="Re-run a task elsewhere once it runs this many times the round's median "
                    "(0: never).")
-@click.option("--straggler-min-s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--straggler-min-s", type=FiniteRange(min=0, max=86400), default=10.0,
+              show_default=True,
               help="...and only once it is this many seconds beyond the median.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed for the policies' random choices.")
@@ -71,8 +76,8 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
               show_default=True, help="Refuse rounds whose tasks' epochs x rows x parameters "
                                       "exceed this (as nodes do).")
-@click.option("--max-shard-cache-mb", type=click.FloatRange(min=1), default=1024.0,
-              show_default=True, help="Bound on shard bytes kept for forwarding to nodes.")
+@click.option("--max-shard-cache-mb", type=FiniteRange(min=1, max=MAX_CACHE_MB), default=1024.0,
+              show_default=True, help="Bound on shard bytes kept for forwarding to nodes, MiB.")
 @metrics_port_option
 @server_limit_options
 @tls_options(serves=True)
@@ -102,38 +107,25 @@ def cli(
     configure_logging(log_level, component="coordinator")
     # thrift logs every refused connect at ERROR; the executor already reports those as events.
     logging.getLogger("thrift").setLevel(logging.CRITICAL)
-    nodes = _read_nodes(nodes_path)
-    registry = Registry(probe_interval_s=heartbeat_s, max_backoff_s=max(8 * heartbeat_s, 2.0))
-    for address in nodes:
-        registry.add(address)
+    registry, n_nodes = _registry(nodes_path, heartbeat_s)
     counters = Counters()
     caller = NodeCaller(token, counters, tls=tls.client)
     executor = RoundExecutor(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
-    store = ShardStore(int(max_shard_cache_mb * 1024 * 1024), refuse_oversize=True,
+    store = ShardStore(int(max_shard_cache_mb * MIB), refuse_oversize=True,
                        owner="the coordinator")
     service = CoordinatorService(
         registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,
         max_task_work=max_task_work,
     )
-    metrics = None
-    if metrics_port is not None:  # imported only when asked for: prometheus-client is optional
-        from coordinator.metrics import CoordinatorMetrics
-
-        metrics = CoordinatorMetrics()
-    try:
-        server = ThriftServer(
-            Coordinator.Processor(_handler(service, metrics)), host, port, name="coordinator",
-            tls=tls.server, **limits.kwargs(),
-        )
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+    metrics = _metrics() if metrics_port is not None else None
+    server = listen_or_fail(Coordinator.Processor(_handler(service, metrics)), host, port,
+                            "coordinator", tls, limits)
     service.address = str(server.address)
     log_event(
-        "coordinator_config", address=str(server.address), policy=policy, nodes=len(nodes),
+        "coordinator_config", address=str(server.address), policy=policy, nodes=n_nodes,
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
         tls=tls.mode, auth="token" if token else "off", max_nodes=max_nodes,
@@ -141,15 +133,26 @@ def cli(
     )
     if metrics:
         serve_metrics_or_fail(metrics, host, metrics_port)
-    health = HealthMonitor(registry, caller.probe, heartbeat_s)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.stop())
-    print(f"listening on {server.address}", flush=True)
-    health.start()
-    server.serve_forever()
-    health.stop()
-    caller.close()
-    log_event("stopped", address=str(server.address))
+    try:
+        serve_until_stopped(server, [HealthMonitor(registry, caller.probe, heartbeat_s)])
+    finally:
+        caller.close()
+
+
+def _registry(nodes_path: Path | None, heartbeat_s: float) -> tuple[Registry, int]:
+    """The node registry, holding the nodes file's nodes; and how many it named."""
+    nodes = _read_nodes(nodes_path)
+    registry = Registry(probe_interval_s=heartbeat_s, max_backoff_s=max(8 * heartbeat_s, 2.0))
+    for address in nodes:
+        registry.add(address)
+    return registry, len(nodes)
+
+
+def _metrics():
+    """Round and call metrics; imported only when asked for: prometheus-client is optional."""
+    from coordinator.metrics import CoordinatorMetrics
+
+    return CoordinatorMetrics()
 
 
 def _handler(service: CoordinatorService, metrics) -> CoordinatorHandler:

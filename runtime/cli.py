@@ -1,4 +1,4 @@
-"""Command-line pieces every process shares: address types, a finiteness check, the entry.
+"""Command-line pieces every command shares: address, list and finite-float types, the entry.
 
 Click validates; the cores trust what they are given. A user's mistake ends as one
 `error: ...` line and a non-zero exit, never a traceback.
@@ -7,7 +7,9 @@ Click validates; the cores trust what they are given. A user's mistake ends as o
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any
 import click
 
 from idl.admission import ServerLimits
-from idl.rpc import Address
-from idl.tls import TlsConfigError, TlsFiles, load_contexts
+from idl.rpc import Address, ThriftServer
+from idl.tls import TlsConfigError, TlsContexts, TlsFiles, load_contexts
+from runtime.events import log_event
 
 
 class AddressType(click.ParamType):
@@ -48,17 +51,97 @@ class AddressListType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """Callback for float options: FloatRange lets nan and inf through."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"must be a finite number, got {value}", ctx, param)
-    return value
+class FiniteRange(click.FloatRange):
+    """A float in a range, and finite: click's FloatRange lets nan and inf through.
+
+    Every float option of every command uses this type (tests/test_cli_contract.py checks).
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx) -> float:  # type: ignore[override]
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, got {value}", param, ctx)
+        return number
+
+
+class ListType(click.ParamType):
+    """Comma-separated values, each checked by `item` (e.g. --nodes 1,2,4 as [1, 2, 4])."""
+
+    def __init__(self, item: click.ParamType, name: str | None = None) -> None:
+        self.item = item
+        self.name = name or f"{item.name.upper()},..."
+
+    def convert(self, value, param, ctx) -> list[Any]:  # type: ignore[override]
+        if isinstance(value, list):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(parts):
+            self.fail(f"expected a comma-separated list, got {value!r}", param, ctx)
+        items = []
+        for part in parts:
+            try:
+                items.append(self.item.convert(part, param, ctx))
+            except click.BadParameter as exc:
+                self.fail(f"{exc.message} (in {value!r})", param, ctx)
+        return items
+
+
+class RenamedOption(click.Option):
+    """An option whose first name is its name; the others are old spellings, still
+    accepted but left out of --help (e.g. --load-delay for --load-delay-s)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        every_name, self.opts = self.opts, self.opts[:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = every_name
+
+
+def old_unit_alias(old: str, param_name: str, factor: float, kind: click.ParamType):
+    """A hidden option `old` in another unit: its value times `factor` becomes `param_name`'s.
+
+    For a renamed option whose unit changed too (--delay-ms for --delay-s, factor 1e-3).
+    """
+    dest = f"old_{param_name}"
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def with_alias(*args: Any, **kwargs: Any) -> Any:
+            old_value = kwargs.pop(dest)
+            if old_value is not None:
+                source = click.get_current_context().get_parameter_source(param_name)
+                if source is click.core.ParameterSource.COMMANDLINE:
+                    raise click.UsageError(
+                        f"{old} is the old name of --{param_name.replace('_', '-')}: give one"
+                    )
+                kwargs[param_name] = old_value * factor
+            return command(*args, **kwargs)
+
+        return click.option(old, dest, type=kind, default=None, hidden=True)(with_alias)
+
+    return decorate
+
+
+def require_module(name: str, extra: str = "bench") -> Any:
+    """Import an optional dependency, or end with one line that says how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise click.ClickException(
+            f"this script needs {name}: .venv/bin/pip install -e '.[{extra}]'"
+        ) from None
 
 
 def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = None) -> None:
     """Run a click command; user mistakes become one `error: ...` line and a non-zero exit."""
     try:
         command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a group run bare: its help, as click does
+        click.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
@@ -66,6 +149,34 @@ def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = Non
         click.echo("error: aborted", err=True)
         sys.exit(1)
     sys.exit(0)
+
+
+def listen_or_fail(processor: Any, host: str, port: int, name: str, tls: TlsContexts,
+                   limits: ServerLimits) -> ThriftServer:
+    """A ThriftServer bound to host:port; a port that cannot be bound is a user's mistake."""
+    try:
+        return ThriftServer(processor, host, port, name=name, tls=tls.server, **limits.kwargs())
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+
+
+def serve_until_stopped(server: ThriftServer, helpers: list[Any]) -> None:
+    """Serve until SIGTERM or SIGINT; `helpers` (start()/stop() objects) run alongside.
+
+    Prints `listening on HOST:PORT` once the server accepts connections: the line the
+    harness and scripts wait for.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    print(f"listening on {server.address}", flush=True)
+    for helper in helpers:
+        helper.start()
+    server.serve_forever()
+    for helper in helpers:
+        helper.stop()
+    log_event("stopped", address=str(server.address))
 
 
 def serve_metrics_or_fail(metrics: Any, host: str, port: int) -> None:
@@ -125,21 +236,19 @@ def server_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ("--max-connections-per-peer", click.IntRange(min=1),
          defaults.max_connections_per_peer,
          "Connections from one address at once (its own longest-idle one gives way)."),
-        ("--max-frame-mb", click.FloatRange(max=2047, **positive),
+        ("--max-frame-mb", FiniteRange(max=2047, **positive),
          defaults.max_frame_bytes / mb, "Largest message accepted, in MiB."),
-        ("--in-flight-mb", click.FloatRange(**positive), defaults.in_flight_bytes / mb,
+        ("--in-flight-mb", FiniteRange(**positive), defaults.in_flight_bytes / mb,
          "MiB that frames being received may hold in all; beyond it, a connection "
          "that needs more is closed."),
-        ("--idle-timeout-s", click.FloatRange(**positive), defaults.idle_timeout_s,
+        ("--idle-timeout-s", FiniteRange(**positive), defaults.idle_timeout_s,
          "Seconds a connection may wait for its next message before it is closed."),
-        ("--frame-timeout-s", click.FloatRange(**positive), defaults.frame_timeout_s,
+        ("--frame-timeout-s", FiniteRange(**positive), defaults.frame_timeout_s,
          "Seconds a message may take to arrive once its first byte did (and a TLS "
          "handshake to finish)."),
     )):
-        callback = finite if isinstance(kind, click.FloatRange) else None
         with_limits = click.option(
-            name, type=kind, default=default, show_default=True, callback=callback,
-            help=help_text,
+            name, type=kind, default=default, show_default=True, help=help_text,
         )(with_limits)
     return with_limits
 
