@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from thrift.Thrift import TException
 
-from compute_node.node import Busy, ComputeNodeCore, Denied, MissingShard, Task
+from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
 from idl.gen.ttypes import (
@@ -20,35 +17,24 @@ from idl.gen.ttypes import (
     ShardTask,
     TaskResult,
     TaskTimings,
-    Unauthorized,
 )
 from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.data import DataError
-from runtime.events import log_event
+from runtime.declared_errors import DENIED, Declared, declared_errors
 from runtime.shard_store import ShardError
 
-
-@contextmanager
-def declared_errors(call: str) -> Iterator[None]:
-    """Turn the core's errors into the exceptions the IDL declares for `call`."""
-    try:
-        yield
-    except Denied as exc:
-        log_event("call_denied", call=call)
-        raise Unauthorized(message=str(exc)) from None
-    except (InvalidTask, ShardError, TensorError) as exc:
-        log_event("invalid_request", call=call, reason=exc)
-        raise InvalidRequest(message=str(exc)) from None
-    except (ShardMismatch, DataError) as exc:
-        log_event("dataset_error", call=call, reason=exc)
-        raise DatasetError(message=str(exc)) from None
-    except MissingShard as exc:
-        raise ShardMissing(message=str(exc), digest=exc.digest) from None
-    except Busy as exc:
-        log_event("task_declined", reason=exc)
-        raise NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s) from None
-    except OutOfTime as exc:
-        raise DeadlineExceeded(message=str(exc), budget_s=exc.budget_s) from None
+# The node's core errors → the exceptions the IDL declares (the first match wins).
+NODE_ERRORS = (
+    DENIED,
+    Declared((InvalidTask, ShardError, TensorError),
+             lambda exc: InvalidRequest(message=str(exc)), "invalid_request"),
+    Declared((ShardMismatch, DataError), lambda exc: DatasetError(message=str(exc)),
+             "dataset_error"),
+    Declared(MissingShard, lambda exc: ShardMissing(message=str(exc), digest=exc.digest)),
+    Declared(Busy, lambda exc: NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s),
+             "task_declined"),
+    Declared(OutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
+)
 
 
 class ComputeNodeHandler:
@@ -66,7 +52,7 @@ class ComputeNodeHandler:
         return True
 
     def load(self, token: str = "") -> NodeLoad:
-        with declared_errors("load"):
+        with declared_errors("load", NODE_ERRORS):
             self._core.authorize(token)
         return self.node_load()
 
@@ -83,12 +69,12 @@ class ComputeNodeHandler:
         )
 
     def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
-        with declared_errors("missing_shards"):
+        with declared_errors("missing_shards", NODE_ERRORS):
             self._core.authorize(token)
         return self._core.store.missing(list(digests or []))
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
-        with declared_errors("put_shard"):
+        with declared_errors("put_shard", NODE_ERRORS):
             self._core.authorize(token or "")
             self._core.put_shard(digest or "", data or b"")
 
@@ -96,7 +82,7 @@ class ComputeNodeHandler:
         if task is None:  # a message with the struct cut off; thrift passes None
             raise InvalidRequest(message="train: the task argument is missing")
         try:
-            with declared_errors("train"):
+            with declared_errors("train", NODE_ERRORS):
                 self._core.authorize(task.token or "")
                 report = self._core.train(_decode_task(task))
         except TException as exc:

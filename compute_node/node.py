@@ -33,13 +33,9 @@ from compute_node.trainer import (
     run_training,
 )
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from runtime.auth import DENIED_HINT, token_matches
+from runtime.auth import authorize
 from runtime.events import log_event
 from runtime.shard_store import ShardStore, check_digest
-
-
-class Denied(PermissionError):
-    """The call carried the wrong shared-secret token."""
 
 
 class Busy(RuntimeError):
@@ -102,9 +98,8 @@ class ComputeNodeCore:
         self._crash = crash or _exit_abruptly
 
     def authorize(self, token: str | None) -> None:
-        """Denied unless the node has no token or `token` matches it (never says which)."""
-        if not token_matches(self._token, token):
-            raise Denied(f"this node refused the call: token missing or wrong; {DENIED_HINT}")
+        """runtime.auth.Denied unless the node has no token or `token` matches it."""
+        authorize(self._token, token, "this node")
 
     def load_snapshot(self) -> LoadSnapshot:
         return self.stats.snapshot()

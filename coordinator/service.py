@@ -31,16 +31,12 @@ from idl.gen.ttypes import (
     ShardTask,
     TaskRecord,
 )
-from runtime.auth import DENIED_HINT, token_matches
+from runtime.auth import authorize
 from runtime.events import log_event
 from runtime.shard_store import ShardStore
 
 # Registrations past this many known nodes are refused: each costs a heartbeat per interval.
 DEFAULT_MAX_NODES = 4096
-
-
-class Denied(Exception):
-    """The caller's token does not match the coordinator's."""
 
 
 class MissingShards(Exception):
@@ -84,9 +80,8 @@ class CoordinatorService:
         self._lock = threading.Lock()
 
     def authorize(self, token: str | None) -> None:
-        """Denied unless no token is configured or `token` matches (never says which)."""
-        if not token_matches(self._token, token):
-            raise Denied(f"the coordinator refused the call: token missing or wrong; {DENIED_HINT}")
+        """runtime.auth.Denied unless no token is configured or `token` matches."""
+        authorize(self._token, token, "the coordinator")
 
     def policy_for(self, name: str) -> Policy:
         """One long-lived, seeded instance per policy name (round-robin keeps its place)."""
@@ -201,4 +196,4 @@ def _record(outcome: TaskOutcome, shard_name: str) -> TaskRecord:
     )
 
 
-__all__ = ["CoordinatorService", "Denied", "MissingShards", "RequestError", "RoundFailed"]
+__all__ = ["CoordinatorService", "MissingShards", "RequestError", "RoundFailed"]

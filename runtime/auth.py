@@ -20,3 +20,13 @@ def token_matches(expected: str, given: str | None) -> bool:
     return hmac.compare_digest(
         (given or "").encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
     )
+
+
+class Denied(PermissionError):
+    """A call carried a missing or wrong token."""
+
+
+def authorize(expected: str, given: str | None, server: str) -> None:
+    """Denied unless no token is configured or `given` matches it (never says which)."""
+    if not token_matches(expected, given):
+        raise Denied(f"{server} refused the call: token missing or wrong; {DENIED_HINT}")
