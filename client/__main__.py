@@ -1,18 +1,20 @@
 """python -m client COORDINATOR_IP COORDINATOR_PORT DATA_DIR ROUNDS EPOCHS H ETA [options]
+   python -m client status HOST:PORT [options]
 
-The seed's positional usage, plus options for seeds, outputs, resume and fail-over.
+The seed's positional usage (also spelled `python -m client train ...`), plus options for
+seeds, outputs, resume and fail-over; and `status`, the cluster as the coordinator sees it.
 Checks live in the click types; the training core trusts what it is given.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.progress import with_progress
+from client.status import status_command
 from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
 from idl.rpc import Address
 from idl.tensors import TensorError
@@ -21,7 +23,8 @@ from mlcore.data import DataError
 from mlcore.model import INIT_SCHEMES
 from runtime.cli import (
     AddressListType,
-    finite,
+    FiniteRange,
+    RenamedOption,
     log_level_option,
     run_cli,
     tls_options,
@@ -40,31 +43,53 @@ def _print_round(report: RoundReport) -> None:
     )
 
 
+class TrainByDefault(click.Group):
+    """A group whose first argument, when it names no subcommand, starts `train`'s.
+
+    So the seed's `python -m client IP PORT DIR ROUNDS EPOCHS H ETA` works unchanged beside
+    `python -m client status HOST:PORT`.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=TrainByDefault, context_settings={"help_option_names": ["-h", "--help"]},
+             options_metavar="",
+             subcommand_metavar="[train] COORDINATOR_IP COORDINATOR_PORT DATA_DIR ROUNDS EPOCHS H "
+                                "ETA [OPTIONS] | status HOST:PORT [OPTIONS]")
+def cli() -> None:
+    """Train an MLP across the cluster (the seed's command: `train` may be left out), or
+    show the cluster (`status`). `python -m client train --help` lists the options."""
+
+
 # ignore_unknown_options: a negative ETA ("-1") reaches its range check instead of
 # being taken for an option.
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
-                                 "ignore_unknown_options": True},
-               epilog="To see the cluster: python -m client status HOST:PORT [--watch [SECONDS]].")
+@cli.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                               "ignore_unknown_options": True},
+             epilog="To see the cluster: python -m client status HOST:PORT [--watch [SECONDS]].")
 @click.argument("coordinator_ip")
 @click.argument("coordinator_port", type=click.IntRange(1, 65535))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("rounds", type=click.IntRange(min=1))
 @click.argument("epochs", type=click.IntRange(min=1))
 @click.argument("h", type=click.IntRange(min=1, max=1_000_000))
-@click.argument("eta", type=click.FloatRange(min=0, min_open=True), callback=finite)
+@click.argument("eta", type=FiniteRange(min=0, min_open=True))
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the initial weights.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Mini-batch size inside a node's epochs; 0 = the seed's full batch.")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+@click.option("--momentum", type=FiniteRange(0, 1, max_open=True), default=0.0,
               show_default=True, help="Momentum of mini-batch SGD.")
 @click.option("--standardize/--no-standardize", default=False, show_default=True,
               help="Standardise inputs with mean and std from the training shards "
                    "(stored with the model).")
 @click.option("--init", "init", type=click.Choice(INIT_SCHEMES), default="uniform",
               show_default=True, help="Initial weights: the seed's uniform +-0.01, or He/Glorot.")
-@click.option("--policy", type=click.Choice(["", "1", "2", "3", "random", "load-aware",
-                                             "round-robin"]),
-              default="", help="Override the coordinator's scheduling policy for this run.")
+@click.option("--policy", type=click.Choice([*POLICY_NAMES, *POLICY_NAMES.values()]),
+              default=None, help="Override the coordinator's scheduling policy for this run "
+                                 "[the coordinator's].")
 @click.option("--coordinators", type=AddressListType(), default=None,
               help="Fail-over list host:port,host:port tried after the first coordinator.")
 @click.option("--timing", "timing_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -74,14 +99,15 @@ def _print_round(report: RoundReport) -> None:
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Checkpoint after every round (.npz); see --resume.")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint's last round.")
-@click.option("--deadline", "round_deadline_s", type=click.FloatRange(min=0, min_open=True),
-              default=600.0, show_default=True, help="Seconds a round may take before it fails.")
+@click.option("--deadline-s", "--deadline", "round_deadline_s", cls=RenamedOption,
+              type=FiniteRange(min=0, min_open=True, max=86400), default=600.0,
+              show_default=True, help="Seconds a round may take before it fails.")
 @token_options("sent with every call.")
 @tls_options(serves=False)
 @log_level_option("WARNING")
 def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: int, epochs: int,
           h: int, eta: float, seed: int, batch_size: int, momentum: float, standardize: bool,
-          init: str, policy: str,
+          init: str, policy: str | None,
           coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
           checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
           tls: TlsContexts, log_level: str) -> None:
@@ -98,7 +124,7 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
     config = RunConfig(
         data_dir=data_dir, rounds=rounds, epochs=epochs, hidden=h, eta=eta, seed=seed,
         batch_size=batch_size, momentum=momentum, standardize=standardize, init=init,
-        policy=POLICY_NAMES.get(policy, policy),
+        policy=POLICY_NAMES.get(policy, policy) if policy else "",
         round_deadline_s=round_deadline_s, token=token, timing_path=timing_path,
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
     )
@@ -117,14 +143,12 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
     click.echo(f"final validation error {summary.validation_error:.2%}")
 
 
-def main() -> None:
-    """`status ...` shows the cluster; anything else is the training command."""
-    if sys.argv[1:2] == ["status"]:
-        from client.status import status_command
+cli.add_command(status_command, "status")
 
-        run_cli(status_command, "python -m client status", sys.argv[2:])
-    run_cli(train, "python -m client", sys.argv[1:])
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "python -m client", argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -20,7 +20,7 @@ from idl.gen import Coordinator
 from idl.gen.ttypes import ClusterStatus, Unauthorized
 from idl.rpc import Address, connect
 from idl.tls import TlsContexts
-from runtime.cli import tls_options, token_options
+from runtime.cli import FiniteRange, RenamedOption, tls_options, token_options
 
 COLUMNS = ("node", "alive", "load p", "in flight", "done", "failures", "last seen", "service")
 
@@ -78,20 +78,15 @@ def watch(
         shown += 1
 
 
-def _interval(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    if value is not None and not (0.1 <= value <= 3600):
-        raise click.BadParameter("refresh interval must be between 0.1 and 3600 seconds")
-    return value
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("coordinator", metavar="HOST:PORT")
-@click.option("--watch", "interval_s", type=float, is_flag=False, flag_value=2.0, default=None,
-              callback=_interval, metavar="[SECONDS]",
+@click.option("--watch", "interval_s", type=FiniteRange(min=0.1, max=3600), is_flag=False,
+              flag_value=2.0, default=None, metavar="[SECONDS]",
               help="Refresh every SECONDS (default 2) until Ctrl-C.")
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="With --watch: stop after this many refreshes.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1, max=600), default=5.0,
+@click.option("--timeout-s", "--timeout", "timeout_s", cls=RenamedOption,
+              type=FiniteRange(min=0.1, max=600), default=5.0,
               show_default=True, help="Seconds to wait for the coordinator's answer.")
 @tls_options(serves=False)
 @token_options("sent with the status call.")
