@@ -9,6 +9,7 @@ import click
 
 from letters import DEFAULT_SAMPLES, DEFAULT_SHARDS, DEFAULT_VALIDATE
 from mlcore.data import DataError
+from runtime.cli import run_cli
 
 _LAYOUT_HELP = (
     "The last VALIDATE rows form validate_letters.txt; the rows before them are cut, in "
@@ -17,12 +18,12 @@ _LAYOUT_HELP = (
 )
 
 
-@click.group()
-def main() -> None:
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
     """The letter-recognition dataset: generate, split and summarise data files."""
 
 
-@main.command()
+@cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=2), default=DEFAULT_SAMPLES, show_default=True,
               help="Rows in all (training + validation).")
@@ -52,7 +53,7 @@ def generate(out_dir: Path, samples: int, shards: int, validate: int, seed: int,
 generate.help = (generate.help or "") + "\n\n" + _LAYOUT_HELP
 
 
-@main.command()
+@cli.command()
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--shards", type=click.IntRange(min=1), default=DEFAULT_SHARDS, show_default=True)
@@ -76,7 +77,7 @@ def split(source: Path, out_dir: Path, shards: int, validate: int, overwrite: bo
 split.help = (split.help or "") + "\n\n" + _LAYOUT_HELP
 
 
-@main.command()
+@cli.command()
 @click.argument("path", metavar="DIR_OR_FILE", type=click.Path(exists=True, path_type=Path))
 def stats(path: Path) -> None:
     """Print per-attribute mean/std/min/max and class counts of a file or dataset directory."""
@@ -92,6 +93,10 @@ def stats(path: Path) -> None:
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "python -m letters", argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import letters
-from letters.__main__ import main as cli
+from letters.__main__ import cli
 from letters.attributes import raw_attributes, scale_attributes
 from letters.generator import BLOCK, generate, generate_dataset
 from letters.layout import shard_sizes
