@@ -39,7 +39,7 @@ def _print_round(report: RoundReport) -> None:
     click.echo(
         f"round {report.round}/{report.rounds}  validation error {report.validation_error:.2%}"
         f"  train loss {report.train_loss:.4f}  time {report.seconds:.2f}s"
-        f"  retries {report.retries}"
+        f"  declined {report.declined}  failed {report.failed}"
     )
 
 

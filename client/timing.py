@@ -7,11 +7,12 @@ to the row's kind holds `-`. All times are seconds. See README "timing.txt".
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-FORMAT = "fedcluster-timing/1"
+FORMAT = "fedcluster-timing/2"  # /2 added `declined`; /1 counted declines under `failures`
 COLUMNS = (
     "kind",  # task | round
     "round",
@@ -20,6 +21,7 @@ COLUMNS = (
     "coordinator",  # host:port that ran the round
     "policy",
     "attempts",  # tries this task took (task rows); sum over tasks (round rows)
+    "declined",  # tries a loaded node declined (not failures: the node is healthy)
     "failures",  # failed tries; each one's reason is in the coordinator's log
     "start_s",  # since the round started at the coordinator (task rows); 0 (round rows)
     "end_s",
@@ -33,11 +35,24 @@ COLUMNS = (
     "validation_error",  # round rows
     "round_s",  # the client's wall time for the whole round (round rows)
 )
+MISSING = "-"
+
+
+class TimingDialect(csv.Dialect):
+    """Tab-separated, one row per line, no quoting: a cell holding a tab is an error."""
+
+    delimiter = "\t"
+    lineterminator = "\n"
+    quoting = csv.QUOTE_NONE
+    escapechar = None
+    quotechar = None
+    skipinitialspace = False
+    strict = True
 
 
 def _cell(value: object) -> str:
     if value is None:
-        return "-"
+        return MISSING
     if isinstance(value, float):
         return f"{value:.6f}"
     return str(value)
@@ -49,19 +64,21 @@ class TimingWriter:
     def __init__(self, path: Path, meta: Mapping[str, object], *, append: bool = False) -> None:
         self.path = path
         fresh = not (append and path.exists() and path.stat().st_size > 0)
-        self._file: IO[str] = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
+        self._file: IO[str] = open(path, "w" if fresh else "a", encoding="utf-8",  # noqa: SIM115
+                                   newline="")
+        self._rows = csv.writer(self._file, TimingDialect)
         if fresh:
             self._file.write(f"# format={FORMAT}\n")
             for key, value in meta.items():
                 self._file.write(f"# {key}={value}\n")
-            self._file.write("\t".join(COLUMNS) + "\n")
+            self._rows.writerow(COLUMNS)
             self._file.flush()
 
     def write_row(self, **fields: object) -> None:
         unknown = set(fields) - set(COLUMNS)
         if unknown:
             raise ValueError(f"unknown timing columns: {sorted(unknown)}")
-        self._file.write("\t".join(_cell(fields.get(c)) for c in COLUMNS) + "\n")
+        self._rows.writerow(_cell(fields.get(c)) for c in COLUMNS)
 
     def flush(self) -> None:
         self._file.flush()
@@ -70,17 +87,28 @@ class TimingWriter:
         self._file.close()
 
 
-def read_timing(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """Parse a timing.txt into (meta from the comment lines, rows as dicts of strings)."""
+def read_timing(path: str | Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Parse a timing.txt into (meta from the comment lines, rows as dicts of strings).
+
+    A file of format /1 gets `declined` as `-` (it counted declines under `failures`).
+    """
     meta: dict[str, str] = {}
-    rows: list[dict[str, str]] = []
-    header: list[str] | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            key, _, value = line[1:].strip().partition("=")
-            meta[key] = value
-        elif header is None:
-            header = line.split("\t")
-        elif line:
-            rows.append(dict(zip(header, line.split("\t"), strict=True)))
+    with open(path, encoding="utf-8", newline="") as file:
+        body = []
+        for line in file:
+            if line.startswith("#"):
+                key, _, value = line[1:].strip().partition("=")
+                meta[key] = value
+            elif line.strip():
+                body.append(line)
+    reader = csv.DictReader(body, dialect=TimingDialect)
+    old_format = "failures" in (reader.fieldnames or []) and "declined" not in reader.fieldnames
+    rows = []
+    for row in reader:
+        if None in row or None in row.values():
+            raise ValueError(f"{path} line {reader.line_num}: expected "
+                             f"{len(reader.fieldnames or [])} fields")
+        if old_format:
+            row["declined"] = MISSING
+        rows.append(row)
     return meta, rows

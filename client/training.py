@@ -74,7 +74,8 @@ class RoundReport:
     validation_error: float
     train_loss: float
     seconds: float
-    retries: int
+    declined: int  # tries a loaded node declined (load-aware): not failures
+    failed: int  # tries that failed (node dead, timed out, out of time) and went elsewhere
     coordinator: str
     policy: str
 
@@ -271,8 +272,9 @@ def _report(round_no: int, rounds: int, result: RoundResult, val_error: float,
             seconds: float) -> RoundReport:
     n = sum(r.n_samples for r in result.results) or 1
     loss = sum(r.train_loss * r.n_samples for r in result.results) / n
-    retries = sum(max(rec.attempts - 1, 0) for rec in result.records)
-    return RoundReport(round_no, rounds, val_error, loss, seconds, retries,
+    declined = sum(rec.declined or 0 for rec in result.records)
+    failed = sum(len(rec.failures or []) for rec in result.records)
+    return RoundReport(round_no, rounds, val_error, loss, seconds, declined, failed,
                        result.coordinator, result.policy)
 
 
@@ -284,7 +286,8 @@ def _write_round(timing: TimingWriter, round_no: int, result: RoundResult,
         timing.write_row(
             kind="task", round=round_no, shard=rec.shard, node=rec.node,
             coordinator=result.coordinator, policy=result.policy, attempts=rec.attempts,
-            failures=len(rec.failures or []), start_s=rec.start_s, end_s=rec.end_s,
+            declined=rec.declined or 0, failures=len(rec.failures or []),
+            start_s=rec.start_s, end_s=rec.end_s,
             load_delay_s=t.load_delay_s if t else None, compute_s=t.compute_s if t else None,
             wait_s=t.wait_s if t else None,
             transfer_s=max(rec.end_s - rec.start_s - node_total, 0.0),
@@ -293,7 +296,7 @@ def _write_round(timing: TimingWriter, round_no: int, result: RoundResult,
     timing.write_row(
         kind="round", round=round_no, coordinator=result.coordinator, policy=result.policy,
         attempts=sum(r.attempts for r in result.records),
-        failures=sum(len(r.failures or []) for r in result.records),
+        declined=report.declined, failures=report.failed,
         start_s=0.0, end_s=result.wall_s, n_samples=sum(r.n_samples for r in result.results),
         train_loss=report.train_loss, validation_error=report.validation_error,
         round_s=report.seconds,

@@ -64,7 +64,7 @@ class ComputeNodeHandler:
             recent_service_s=snap.recent_service_s,
             load_probability=self._core.load.config.load_probability,
             tasks_done=snap.tasks_done,
-            tasks_rejected=snap.tasks_rejected,
+            tasks_declined=snap.tasks_declined,
             shards_cached=self._core.store.n_available(),
         )
 

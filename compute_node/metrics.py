@@ -29,7 +29,7 @@ from idl.rpc import Address
 from runtime.metrics import serve_metrics
 
 SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_OUTCOMES = ((NodeBusy, "busy"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),
+_OUTCOMES = ((NodeBusy, "declined"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),
              (DatasetError, "dataset_error"), (Unauthorized, "unauthorized"),
              (DeadlineExceeded, "deadline_exceeded"))
 
@@ -71,9 +71,9 @@ class _LoadCollector:
                                 value=load.tasks_in_flight)
         yield CounterMetricFamily("fedcluster_node_tasks_done", "Tasks trained and replied to.",
                                   value=load.tasks_done)
-        yield CounterMetricFamily("fedcluster_node_tasks_rejected",
-                                  "Tasks turned away as busy (simulated load or no worker).",
-                                  value=load.tasks_rejected)
+        yield CounterMetricFamily("fedcluster_node_tasks_declined",
+                                  "Tasks declined (loaded, or no free worker in time).",
+                                  value=load.tasks_declined)
         yield GaugeMetricFamily("fedcluster_node_recent_service_seconds",
                                 "Moving average of accepted tasks' service time.",
                                 value=load.recent_service_s)

@@ -121,7 +121,7 @@ class ComputeNodeCore:
         check_fit(params, shard, task.shard_name or f"shard {task.digest[:12]}")
         check_work(params, shard.n_rows, task.settings, self.max_task_work)
         if self.load.declines(task.may_decline):
-            self.stats.rejected()
+            self.stats.declined()
             raise Busy(
                 "node is loaded and declined the task; try another node",
                 retry_after_s=max(0.05, self.stats.snapshot().recent_service_s),
@@ -138,7 +138,7 @@ class ComputeNodeCore:
     def _run_accepted(self, task, params, shard, received: float) -> TaskReport:
         wait_limit = task.timeout_s if task.timeout_s > 0 else None
         if not self._slots.acquire(timeout=wait_limit):
-            self.stats.rejected()
+            self.stats.declined()
             raise Busy(
                 f"no free worker within the task's timeout of {task.timeout_s:g}s",
                 retry_after_s=max(0.05, self.stats.snapshot().recent_service_s),

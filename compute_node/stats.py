@@ -15,22 +15,22 @@ class LoadSnapshot:
     tasks_in_flight: int
     recent_service_s: float
     tasks_done: int
-    tasks_rejected: int
+    tasks_declined: int
 
 
 class NodeStats:
-    """Thread-safe task counters: in flight from acceptance to reply; done; rejected."""
+    """Thread-safe task counters: in flight from acceptance to reply; done; declined."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._done = 0
-        self._rejected = 0
+        self._declined = 0
         self._service_s = 0.0
 
-    def rejected(self) -> None:
+    def declined(self) -> None:
         with self._lock:
-            self._rejected += 1
+            self._declined += 1
 
     def started(self) -> None:
         with self._lock:
@@ -50,4 +50,4 @@ class NodeStats:
 
     def snapshot(self) -> LoadSnapshot:
         with self._lock:
-            return LoadSnapshot(self._in_flight, self._service_s, self._done, self._rejected)
+            return LoadSnapshot(self._in_flight, self._service_s, self._done, self._declined)

@@ -106,6 +106,7 @@ class TaskOutcome:
     failures: list[str] = field(default_factory=list)
     start_s: float = 0.0  # since the round started
     end_s: float = 0.0
+    declined: int = 0  # attempts a loaded node declined: not failures
 
 
 class Counters:
@@ -386,7 +387,8 @@ class _Round:
     ) -> None:
         ex = self.ex
         slot = self.slots[index]
-        attempts = n_failed = 0
+        attempts = n_failed = n_declined = 0
+        declined_last = False  # a decline is not a failure: the next try is no retry
         out_of_time: list[str] = []  # nodes that stopped this task at its time budget
         failures: list[str] = [f"{avoid} straggler, re-run elsewhere"] if backup else []
         failed: set[str] = {avoid} if avoid else set()
@@ -411,8 +413,9 @@ class _Round:
                 backoff_s = self._wait_for_node(failed, busy, backoff_s, remaining, avoid)
                 continue
             attempts += 1
-            if attempts > 1:
+            if attempts > 1 and not declined_last:
                 ex.counters.add("retries")
+            declined_last = False
             if start_s is None:
                 start_s = ex._clock() - self.start
             began = ex._clock()
@@ -423,11 +426,12 @@ class _Round:
                 value = ex._call_node(node, task, timeout_s, self.policy.may_decline)
             except NodeBusyError as exc:
                 ex._registry.end_task(node, None)
-                ex.counters.add("rejections")
-                failures.append(f"{node} busy")
+                ex.counters.add("declined")
+                n_declined += 1
+                declined_last = True
                 busy.add(node)
                 backoff_s = max(backoff_s, min(exc.retry_after_s, MAX_BUSY_BACKOFF_S))
-                log_event("task_busy", round=self.label, shard=index, node=node)
+                log_event("task_declined", round=self.label, shard=index, node=node)
                 node = None
                 continue
             except NodeFailure as exc:
@@ -478,13 +482,15 @@ class _Round:
             elapsed_s = ex._clock() - began
             ex._registry.end_task(node, elapsed_s, _node_times(value))
             outcome = TaskOutcome(
-                index, value, node, attempts, failures, start_s, ex._clock() - self.start
+                index, value, node, attempts, failures, start_s, ex._clock() - self.start,
+                n_declined,
             )
             won = self._finish(index, outcome)
             if not won:
                 ex.counters.add("results_dropped")
             log_event(
                 "task_done", round=self.label, shard=index, node=node, attempts=attempts,
+                declined=n_declined,
                 elapsed_s=elapsed_s, backup=backup, used=won,
             )
             return
@@ -516,9 +522,13 @@ class _Round:
         return backoff_s
 
     def _deadline_error(self, index: int, failures: list[str]) -> RoundFailed:
-        n_alive = self.ex._registry.n_alive()
-        detail = "; ".join(failures[-3:]) or "no node was available"
+        """The round's picture (tasks left, nodes alive of known), not one task's."""
+        n_left = sum(slot.outcome is None for slot in self.slots)
+        n_alive, n_known = self.ex._registry.n_alive(), len(self.ex._registry.snapshot())
+        detail = (f"; shard task {index} last failed on: " + "; ".join(failures[-3:])
+                  if failures else "")
         return RoundFailed(
-            f"no node finished shard task {index} before the round deadline of "
-            f"{self.deadline_s:g}s ({n_alive} node(s) alive; last failures: {detail})"
+            f"round deadline of {self.deadline_s:g}s passed with {n_left} of "
+            f"{len(self.slots)} tasks unfinished ({n_alive} of {n_known} known nodes alive"
+            f"{detail})"
         )

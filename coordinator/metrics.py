@@ -21,7 +21,7 @@ from runtime.metrics import serve_metrics
 
 ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Always exported (0 until they happen), so dashboards need no special cases.
-KNOWN_COUNTERS = ("rounds", "rounds_failed", "tasks", "retries", "failures", "rejections")
+KNOWN_COUNTERS = ("rounds", "rounds_failed", "tasks", "retries", "failures", "declined")
 
 
 class CoordinatorMetrics:

@@ -187,6 +187,7 @@ def _record(outcome: TaskOutcome, shard_name: str) -> TaskRecord:
         node=outcome.node,
         attempts=outcome.attempts,
         failures=list(outcome.failures),
+        declined=outcome.declined,
         timings=result.timings,
         start_s=outcome.start_s,
         end_s=outcome.end_s,

@@ -79,7 +79,7 @@ struct NodeLoad {
   2: double recent_service_s, // moving average of accepted tasks' total time
   3: double load_probability,
   4: i64 tasks_done,
-  5: i64 tasks_rejected,
+  5: i64 tasks_declined,     // turned away as loaded or without a free worker
   6: i64 shards_cached,
 }
 
@@ -100,14 +100,15 @@ struct TaskRecord {
   1: i32 shard_index,
   2: string shard,
   3: string node,             // the node whose result was used
-  4: i32 attempts,
-  5: list<string> failures,   // "host:port reason" per failed attempt
+  4: i32 attempts,            // tries of the runner whose result was used, declines included
+  5: list<string> failures,   // "host:port reason" per failed attempt (declines are not failures)
   6: TaskTimings timings,
   7: double start_s,          // since the round started at the coordinator
   8: double end_s,
   9: i64 n_samples,
   10: double train_loss,
   11: double train_error,
+  12: i32 declined = 0,       // attempts a loaded node declined (load-aware): it stays healthy
 }
 
 /** A round's per-shard results, in shard order whatever order they arrived in. */

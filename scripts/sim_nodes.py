@@ -61,7 +61,7 @@ class SimNode:
     def load(self, token: str = "") -> NodeLoad:
         return NodeLoad(
             tasks_in_flight=0, recent_service_s=self.delay_s, load_probability=0.0,
-            tasks_done=self.tasks_done, tasks_rejected=0,
+            tasks_done=self.tasks_done, tasks_declined=0,
             shards_cached=len(self.digests),
         )
 

@@ -3,7 +3,9 @@
 A run is one timing.txt. Round times are the client's wall time per round (`round_s`);
 task times are the coordinator's view of each task (`end_s - start_s`), split into the
 node's load delay, compute and queue wait, and the rest (`transfer_s`: RPC, serialisation,
-retries). Shares are of the summed task time, so they add up to 1.
+retries). `declined` counts tries a loaded node turned away; `failures` counts tries that
+failed (a decline is not a failure; files of format /1 counted both as failures). Shares
+are of the summed task time, so they add up to 1.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class RunSummary:
     round_p95_s: float
     part_totals_s: dict[str, float]
     attempts: int
+    declined: int
     failures: int
     tasks_per_node: dict[str, int] = field(default_factory=dict)
 
@@ -75,7 +78,7 @@ def task_durations(rows: Sequence[dict[str, str]]) -> dict[str, list[float]]:
 
 
 def summarise(label: str, rows: Sequence[dict[str, str]]) -> RunSummary:
-    """Round statistics, task counts per node, where task time went, attempts and failures."""
+    """Round statistics, tasks per node, where task time went, attempts, declines, failures."""
     tasks = [r for r in rows if r["kind"] == "task"]
     times = [s for _, s in round_times(rows)]
     policies = sorted({r["policy"] for r in rows if r.get("policy", "-") != "-"})
@@ -89,6 +92,7 @@ def summarise(label: str, rows: Sequence[dict[str, str]]) -> RunSummary:
         round_p95_s=percentile(times, 95),
         part_totals_s={p: sum(_num(t, p) for t in tasks) for p in PARTS},
         attempts=sum(int(_num(t, "attempts")) for t in tasks),
+        declined=sum(int(_num(t, "declined")) for t in tasks),
         failures=sum(int(_num(t, "failures")) for t in tasks),
         tasks_per_node=dict(sorted(Counter(t["node"] for t in tasks).items())),
     )
@@ -97,7 +101,7 @@ def summarise(label: str, rows: Sequence[dict[str, str]]) -> RunSummary:
 SUMMARY_COLUMNS = (
     "label", "policy", "rounds", "tasks", "round_mean_s", "round_p50_s", "round_p95_s",
     *PARTS, *(p.removesuffix("_s") + "_share" for p in PARTS),
-    "attempts", "failures", "nodes", "tasks_per_node",
+    "attempts", "declined", "failures", "nodes", "tasks_per_node",
 )
 
 
@@ -107,7 +111,8 @@ def summary_row(s: RunSummary) -> dict[str, str]:
         "label": s.label, "policy": s.policy, "rounds": s.rounds, "tasks": s.tasks,
         "round_mean_s": f"{s.round_mean_s:.6f}", "round_p50_s": f"{s.round_p50_s:.6f}",
         "round_p95_s": f"{s.round_p95_s:.6f}",
-        "attempts": s.attempts, "failures": s.failures, "nodes": len(s.tasks_per_node),
+        "attempts": s.attempts, "declined": s.declined, "failures": s.failures,
+        "nodes": len(s.tasks_per_node),
         "tasks_per_node": ";".join(f"{n}={c}" for n, c in s.tasks_per_node.items()),
     }
     for p in PARTS:
@@ -120,7 +125,7 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
     """A fixed-width table for the terminal: one line per run, then tasks per node."""
     head = (f"{'run':<16} {'policy':<12} {'rounds':>6} {'tasks':>6} {'mean s':>8} {'p50 s':>8} "
             f"{'p95 s':>8} {'delay':>6} {'compute':>7} {'wait':>6} {'transfer':>8} "
-            f"{'attempts':>8} {'failures':>8}")
+            f"{'attempts':>8} {'declined':>8} {'failures':>8}")
     lines = [head, "-" * len(head)]
     for s in summaries:
         shares = [f"{s.share(p):.0%}" for p in PARTS]
@@ -128,7 +133,7 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
             f"{s.label[:16]:<16} {s.policy[:12]:<12} {s.rounds:>6} {s.tasks:>6} "
             f"{s.round_mean_s:>8.3f} {s.round_p50_s:>8.3f} {s.round_p95_s:>8.3f} "
             f"{shares[0]:>6} {shares[1]:>7} {shares[2]:>6} {shares[3]:>8} "
-            f"{s.attempts:>8} {s.failures:>8}"
+            f"{s.attempts:>8} {s.declined:>8} {s.failures:>8}"
         )
     lines.append("")
     lines.append("tasks per node (shares are of summed task time: delay + compute + wait + "

@@ -91,6 +91,7 @@ def test_analysis_of_real_runs_matches_their_timing_files(make_cluster, tmp_path
         assert float(row["round_p95_s"]) == pytest.approx(np.percentile(round_s, 95), abs=1e-6)
         assert int(row["attempts"]) == sum(int(t["attempts"]) for t in tasks)
         assert int(row["failures"]) == sum(int(t["failures"]) for t in tasks)
+        assert int(row["declined"]) == sum(int(t["declined"]) for t in tasks)
         per_node = dict(item.split("=") for item in row["tasks_per_node"].split(";"))
         assert {n: int(c) for n, c in per_node.items()} == Counter(t["node"] for t in tasks)
         totals = {p: sum(float(t[p]) for t in tasks)

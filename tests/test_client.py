@@ -126,7 +126,7 @@ def test_timing_file_has_a_row_per_task_and_per_round(make_cluster, tmp_path: Pa
 
     assert done.returncode == 0, done.stderr
     meta, rows = read_timing(tmp_path / "timing.txt")
-    assert meta["format"] == "fedcluster-timing/1" and meta["shards"] == "16"
+    assert meta["format"] == "fedcluster-timing/2" and meta["shards"] == "16"
     assert all(list(row) == list(COLUMNS) for row in rows)
     tasks = [r for r in rows if r["kind"] == "task"]
     rounds = [r for r in rows if r["kind"] == "round"]

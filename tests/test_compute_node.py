@@ -136,7 +136,7 @@ def test_ping_and_load_describe_an_idle_node(node_factory):
     load = client.load("")
 
     assert load.load_probability == 0.25
-    assert (load.tasks_in_flight, load.tasks_done, load.tasks_rejected) == (0, 0, 0)
+    assert (load.tasks_in_flight, load.tasks_done, load.tasks_declined) == (0, 0, 0)
     assert load.shards_cached == 0
 
 
@@ -361,7 +361,7 @@ def test_fully_loaded_node_declines_every_task_that_may_be_declined(node_factory
         assert busy.value.retry_after_s > 0
 
     load = client.load("")
-    assert (load.tasks_rejected, load.tasks_done) == (5, 0)
+    assert (load.tasks_declined, load.tasks_done) == (5, 0)
 
 
 def test_fully_loaded_node_delays_every_accepted_task(node_factory):
@@ -388,7 +388,7 @@ def test_unloaded_node_never_delays(node_factory):
         assert result.timings.load_delay_s == 0.0
         assert result.timings.total_s < 5
 
-    assert client.load("").tasks_rejected == 0
+    assert client.load("").tasks_declined == 0
 
 
 def test_tasks_queue_for_the_single_worker_and_report_their_wait(node_factory):

@@ -200,11 +200,11 @@ def test_service_time_is_a_moving_average_of_finished_tasks():
     stats.finished(None)  # failed: leaves the average alone
     stats.started()
     stats.finished(2.0)
-    stats.rejected()
+    stats.declined()
 
     snap = stats.snapshot()
     assert snap.recent_service_s == pytest.approx(EMA_ALPHA * 2.0 + (1 - EMA_ALPHA) * 1.0)
-    assert (snap.tasks_in_flight, snap.tasks_done, snap.tasks_rejected) == (0, 2, 1)
+    assert (snap.tasks_in_flight, snap.tasks_done, snap.tasks_declined) == (0, 2, 1)
 
 
 def test_task_too_large_for_memory_is_invalid():
@@ -236,18 +236,18 @@ def task_for(data: bytes, may_decline: bool = False) -> Task:
     )
 
 
-def test_core_checks_shard_before_load_and_counts_rejections():
+def test_core_checks_shard_before_load_and_counts_declines():
     core, _ = make_core(p=1.0)
     data = shard_bytes(20)
 
     with pytest.raises(MissingShard):
         core.train(task_for(data, may_decline=True))
-    assert core.load_snapshot().tasks_rejected == 0  # no draw for a task that could not run
+    assert core.load_snapshot().tasks_declined == 0  # no draw for a task that could not run
     core.put_shard(sha(data), data)
     with pytest.raises(Busy):
         core.train(task_for(data, may_decline=True))
 
-    assert core.load_snapshot().tasks_rejected == 1
+    assert core.load_snapshot().tasks_declined == 1
 
 
 def test_injected_crash_happens_after_training_before_the_reply():
@@ -286,7 +286,7 @@ def test_task_that_cannot_get_a_worker_within_its_timeout_is_turned_away():
 
     assert sorted(outcomes) == ["busy: no free worker within the task's timeout of 0.1s", "done"]
     snap = core.load_snapshot()
-    assert (snap.tasks_done, snap.tasks_rejected, snap.tasks_in_flight) == (1, 1, 0)
+    assert (snap.tasks_done, snap.tasks_declined, snap.tasks_in_flight) == (1, 1, 0)
 
 
 def test_task_budget_bounds_the_load_delay_and_training():

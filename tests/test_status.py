@@ -129,7 +129,7 @@ def test_metrics_endpoints_report_the_run(make_cluster, tmp_path: Path) -> None:
     assert sum(n["fedcluster_node_service_seconds_count"][()] for n in nodes) == 32
     for n in nodes:
         assert n["fedcluster_node_tasks_in_flight"][()] == 0
-        assert n["fedcluster_node_tasks_rejected_total"][()] == 0
+        assert n["fedcluster_node_tasks_declined_total"][()] == 0
         assert n["fedcluster_node_shards_cached"][()] > 0
         assert n["fedcluster_node_recent_service_seconds"][()] > 0
 
@@ -182,7 +182,8 @@ def test_client_on_a_terminal_shows_task_progress_then_round_lines(make_cluster,
     assert 0 in counts and any(0 < k < 16 for k in counts), output[-2000:]
     assert "task" in output
     lines = [line.strip("\r") for line in output.splitlines()]
-    assert any(re.search(r"round 1/2  validation error .* retries 0", line) for line in lines)
+    assert any(re.search(r"round 1/2  validation error .* declined 0  failed 0", line)
+               for line in lines)
     assert any("round 2/2  validation error" in line for line in lines)
 
 

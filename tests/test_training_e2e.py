@@ -141,5 +141,5 @@ def test_node_killed_mid_round_changes_nothing(
 
         done = outcome["done"]
         assert done.returncode == 0, done.stderr
-        assert "retries 0" not in done.stdout.splitlines()[0]  # round 1 needed retries
+        assert "failed 0" not in done.stdout.splitlines()[0]  # round 1 needed a retry
         assert model_bytes(tmp_path / "run" / "model.npz") == reference_model

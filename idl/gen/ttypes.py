@@ -717,18 +717,18 @@ class NodeLoad(object):
      - recent_service_s
      - load_probability
      - tasks_done
-     - tasks_rejected
+     - tasks_declined
      - shards_cached
 
     """
 
 
-    def __init__(self, tasks_in_flight=None, recent_service_s=None, load_probability=None, tasks_done=None, tasks_rejected=None, shards_cached=None,):
+    def __init__(self, tasks_in_flight=None, recent_service_s=None, load_probability=None, tasks_done=None, tasks_declined=None, shards_cached=None,):
         self.tasks_in_flight = tasks_in_flight
         self.recent_service_s = recent_service_s
         self.load_probability = load_probability
         self.tasks_done = tasks_done
-        self.tasks_rejected = tasks_rejected
+        self.tasks_declined = tasks_declined
         self.shards_cached = shards_cached
 
     def read(self, iprot):
@@ -762,7 +762,7 @@ class NodeLoad(object):
                     iprot.skip(ftype)
             elif fid == 5:
                 if ftype == TType.I64:
-                    self.tasks_rejected = iprot.readI64()
+                    self.tasks_declined = iprot.readI64()
                 else:
                     iprot.skip(ftype)
             elif fid == 6:
@@ -796,9 +796,9 @@ class NodeLoad(object):
             oprot.writeFieldBegin('tasks_done', TType.I64, 4)
             oprot.writeI64(self.tasks_done)
             oprot.writeFieldEnd()
-        if self.tasks_rejected is not None:
-            oprot.writeFieldBegin('tasks_rejected', TType.I64, 5)
-            oprot.writeI64(self.tasks_rejected)
+        if self.tasks_declined is not None:
+            oprot.writeFieldBegin('tasks_declined', TType.I64, 5)
+            oprot.writeI64(self.tasks_declined)
             oprot.writeFieldEnd()
         if self.shards_cached is not None:
             oprot.writeFieldBegin('shards_cached', TType.I64, 6)
@@ -993,11 +993,12 @@ class TaskRecord(object):
      - n_samples
      - train_loss
      - train_error
+     - declined
 
     """
 
 
-    def __init__(self, shard_index=None, shard=None, node=None, attempts=None, failures=None, timings=None, start_s=None, end_s=None, n_samples=None, train_loss=None, train_error=None,):
+    def __init__(self, shard_index=None, shard=None, node=None, attempts=None, failures=None, timings=None, start_s=None, end_s=None, n_samples=None, train_loss=None, train_error=None, declined=0,):
         self.shard_index = shard_index
         self.shard = shard
         self.node = node
@@ -1009,6 +1010,7 @@ class TaskRecord(object):
         self.n_samples = n_samples
         self.train_loss = train_loss
         self.train_error = train_error
+        self.declined = declined
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1080,6 +1082,11 @@ class TaskRecord(object):
                     self.train_error = iprot.readDouble()
                 else:
                     iprot.skip(ftype)
+            elif fid == 12:
+                if ftype == TType.I32:
+                    self.declined = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1136,6 +1143,10 @@ class TaskRecord(object):
         if self.train_error is not None:
             oprot.writeFieldBegin('train_error', TType.DOUBLE, 11)
             oprot.writeDouble(self.train_error)
+            oprot.writeFieldEnd()
+        if self.declined is not None:
+            oprot.writeFieldBegin('declined', TType.I32, 12)
+            oprot.writeI32(self.declined)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2125,7 +2136,7 @@ NodeLoad.thrift_spec = (
     (2, TType.DOUBLE, 'recent_service_s', None, None, ),  # 2
     (3, TType.DOUBLE, 'load_probability', None, None, ),  # 3
     (4, TType.I64, 'tasks_done', None, None, ),  # 4
-    (5, TType.I64, 'tasks_rejected', None, None, ),  # 5
+    (5, TType.I64, 'tasks_declined', None, None, ),  # 5
     (6, TType.I64, 'shards_cached', None, None, ),  # 6
 )
 all_structs.append(RoundRequest)
@@ -2154,6 +2165,7 @@ TaskRecord.thrift_spec = (
     (9, TType.I64, 'n_samples', None, None, ),  # 9
     (10, TType.DOUBLE, 'train_loss', None, None, ),  # 10
     (11, TType.DOUBLE, 'train_error', None, None, ),  # 11
+    (12, TType.I32, 'declined', None, 0, ),  # 12
 )
 all_structs.append(RoundResult)
 RoundResult.thrift_spec = (
