@@ -19,12 +19,12 @@ import numpy as np
 from compute_node.shards import Shard
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from mlcore.model import Params, TrainingTimeout, train
+from mlcore.shapes import mlp_dims
 from mlcore.standardize import check_standardization
 
 # Activations for n rows take about n * (h + k) doubles several times over; bound the
 # product so one request cannot make the node swap (64M values = 512 MB per copy).
 MAX_ACTIVATION_VALUES = 64 * 1024 * 1024
-_NAMES = ("w1", "b1", "w2", "b2")
 
 
 class InvalidTask(ValueError):
@@ -70,21 +70,10 @@ class TrainOutput:
 
 def params_from_arrays(arrays: Sequence[np.ndarray]) -> Params:
     """Build Params from [w1 (d,h), b1 (h,), w2 (h,k), b2 (k,)]; InvalidTask naming what is off."""
-    if len(arrays) != 4:
-        raise InvalidTask(f"weights: expected 4 tensors (w1, b1, w2, b2), got {len(arrays)}")
-    for name, array, ndim in zip(_NAMES, arrays, (2, 1, 2, 1), strict=True):
-        if array.ndim != ndim or 0 in array.shape:
-            raise InvalidTask(
-                f"weights {name}: expected a non-empty {ndim}-D tensor, "
-                f"got shape {list(array.shape)}"
-            )
-    w1, b1, w2, b2 = arrays
-    if not (b1.shape[0] == w1.shape[1] == w2.shape[0] and b2.shape[0] == w2.shape[1]):
-        raise InvalidTask(
-            "weights: shapes do not agree: "
-            + ", ".join(f"{n} {list(a.shape)}" for n, a in zip(_NAMES, arrays, strict=True))
-            + " (expected w1 [d, h], b1 [h], w2 [h, k], b2 [k])"
-        )
+    try:
+        mlp_dims([a.shape for a in arrays])
+    except ValueError as exc:
+        raise InvalidTask(f"weights: {exc}") from None
     # No copy: training copies the weights it starts from (mlcore.model.train), and read-only
     # views of the received bytes (idl.tensors) stay untouched for the delta.
     return Params(*(np.ascontiguousarray(a, dtype=np.float64) for a in arrays))

@@ -15,6 +15,7 @@ from coordinator.policies import policy_name
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.gen.ttypes import RoundRequest, Tensor
 from idl.rpc import Address
+from mlcore.shapes import mlp_dims
 from runtime.shard_store import ShardError, check_digest
 
 MAX_SHARDS = 100_000
@@ -43,21 +44,13 @@ def _tensor_shape(tensor: Tensor, name: str) -> tuple[int, ...]:
 def check_weights(weights: list[Tensor] | None) -> None:
     """Four well-formed tensors whose shapes chain: (d,h), (h,), (h,k), (k,)."""
     if not weights or len(weights) != 4:
-        raise RequestError(
-            f"weights: expected 4 tensors [W1 (d,h), b1 (h), W2 (h,k), b2 (k)], "
-            f"got {len(weights or [])}"
-        )
-    w1, b1, w2, b2 = (_tensor_shape(t, f"weights[{i}]") for i, t in enumerate(weights))
-    if len(w1) != 2 or len(w2) != 2 or len(b1) != 1 or len(b2) != 1:
-        raise RequestError(
-            f"weights: expected shapes (d,h), (h,), (h,k), (k,), got "
-            f"{list(w1)}, {list(b1)}, {list(w2)}, {list(b2)}"
-        )
-    if not (w1[1] == b1[0] == w2[0]) or w2[1] != b2[0] or min(*w1, *w2) < 1:
-        raise RequestError(
-            f"weights: shapes do not chain: W1 {list(w1)}, b1 {list(b1)}, "
-            f"W2 {list(w2)}, b2 {list(b2)}"
-        )
+        n = len(weights or [])
+        raise RequestError(f"weights: expected 4 tensors [w1, b1, w2, b2], got {n}")
+    shapes = [_tensor_shape(t, f"weights[{i}]") for i, t in enumerate(weights)]
+    try:
+        mlp_dims(shapes)
+    except ValueError as exc:
+        raise RequestError(f"weights: {exc}") from None
 
 
 def check_node_address(host: str, port: int) -> Address:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlcore import _kernels
+from mlcore.shapes import mlp_dims
 
 _SEED_MAX = 2**63 - 1
 
@@ -39,7 +40,7 @@ class Params:
         if len(tensors) != 4:
             raise ValueError(f"expected 4 tensors [w1, b1, w2, b2], got {len(tensors)}")
         w1, b1, w2, b2 = (np.array(t, dtype=np.float64, order="C") for t in tensors)
-        _check_shapes(w1, b1, w2, b2)
+        mlp_dims([w1.shape, b1.shape, w2.shape, b2.shape])
         return cls(w1, b1, w2, b2)
 
     @property
@@ -57,21 +58,6 @@ class Params:
     def copy(self) -> Params:
         """Deep copy (new C-contiguous float64 arrays)."""
         return Params.from_tensors(self.tensors())
-
-
-def _check_shapes(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> None:
-    if w1.ndim != 2 or b1.ndim != 1 or w2.ndim != 2 or b2.ndim != 1:
-        raise ValueError(
-            "expected w1 (d, h), b1 (h,), w2 (h, k), b2 (k,); got shapes "
-            f"{w1.shape}, {b1.shape}, {w2.shape}, {b2.shape}"
-        )
-    d, h = w1.shape
-    k = w2.shape[1]
-    if min(d, h, k) < 1 or b1.shape != (h,) or w2.shape[0] != h or b2.shape != (k,):
-        raise ValueError(
-            f"tensor shapes disagree: w1 {w1.shape}, b1 {b1.shape}, w2 {w2.shape}, "
-            f"b2 {b2.shape} (want (d, h), (h,), (h, k), (k,) with d, h, k >= 1)"
-        )
 
 
 class TrainingTimeout(TimeoutError):
@@ -258,7 +244,7 @@ def _checked_params(params: Params, *, copy: bool = True) -> Params:
     tensors = params.tensors()
     if all(isinstance(t, np.ndarray) and t.dtype == np.float64 and t.flags.c_contiguous
            for t in tensors):
-        _check_shapes(*tensors)
+        mlp_dims([t.shape for t in tensors])
         return params
     return params.copy()
 
