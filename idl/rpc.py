@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from thrift.Thrift import TException
 from thrift.transport import TSocket, TTransport
@@ -189,9 +189,10 @@ class ThriftServer:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.settimeout(self.limits.idle_timeout_s)  # a Python timeout: TLS needs one
             if self._tls is not None:
-                conn = self._handshake(slot)
-                if conn is None:
+                tls_conn = self._handshake(slot)
+                if tls_conn is None:
                     return
+                conn = tls_conn
             raw = TSocket.TSocket()
             raw.setHandle(conn)
             transport = FramedTransport(
@@ -423,7 +424,7 @@ class _Lease:
     def __enter__(self) -> Connection:
         return self._conn
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
         if exc_type is None:
             self._pool._give_back(self._conn)
         else:
