@@ -65,6 +65,11 @@ class FiniteRange(click.FloatRange):
             self.fail(f"must be a finite number, got {value}", param, ctx)
         return number
 
+    def _describe_range(self) -> str:
+        if self.min is None and self.max is None:
+            return "finite"
+        return super()._describe_range()
+
 
 class ListType(click.ParamType):
     """Comma-separated values, each checked by `item` (e.g. --nodes 1,2,4 as [1, 2, 4])."""
@@ -84,7 +89,7 @@ class ListType(click.ParamType):
             try:
                 items.append(self.item.convert(part, param, ctx))
             except click.BadParameter as exc:
-                self.fail(f"{exc.message} (in {value!r})", param, ctx)
+                self.fail(f"{exc.message.rstrip('.')} (in {value!r})", param, ctx)
         return items
 
 
@@ -136,9 +141,12 @@ def require_module(name: str, extra: str = "bench") -> Any:
 
 
 def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = None) -> None:
-    """Run a click command; user mistakes become one `error: ...` line and a non-zero exit."""
+    """Run a click command; user mistakes become one `error: ...` line and a non-zero exit.
+
+    A command that returns an int exits with it (a script passing on its child's code).
+    """
     try:
-        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        result = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # a group run bare: its help, as click does
         click.echo(exc.format_message(), err=True)
         sys.exit(exc.exit_code)
@@ -148,7 +156,7 @@ def run_cli(command: click.Command, prog_name: str, argv: list[str] | None = Non
     except click.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 def listen_or_fail(processor: Any, host: str, port: int, name: str, tls: TlsContexts,

@@ -18,6 +18,6 @@ else
 fi
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/fedcluster-demo.XXXXXX")
 echo "== training on $data_dir (logs and timing.txt in $workdir)"
-.venv/bin/python scripts/local_cluster.py --nodes 4 --policy load-aware --load-delay 0.5 \
+.venv/bin/python scripts/local_cluster.py --nodes 4 --policy load-aware --load-delay-s 0.5 \
     --workdir "$workdir" -- "$data_dir" "${train_args[@]}" --timing "$workdir/timing.txt"
 echo "== timing.txt: $workdir/timing.txt"

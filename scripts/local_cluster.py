@@ -25,9 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import click
+
+from coordinator.policies import ALIASES, POLICIES
 from idl.gen import ComputeNode, Coordinator
 from idl.rpc import Address, connect, wait_until_ready
 from idl.tls import TlsConfigError, TlsFiles, client_context
+from runtime.cli import FiniteRange, ListType, RenamedOption, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "letter-recognition.data"
@@ -251,42 +255,52 @@ class LocalCluster:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+POLICY_CHOICE = click.Choice([*POLICIES, *ALIASES], case_sensitive=False)
+
+
+# allow_interspersed_args=False: after the first client argument, the rest go to the client.
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "allow_interspersed_args": False},
+               epilog="Arguments after -- go to the client after the coordinator's address: "
+                      "DATA_DIR ROUNDS EPOCHS H ETA [client options].")
+@click.option("--nodes", "n_nodes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Compute nodes.")
+@click.option("--policy", type=POLICY_CHOICE, default="load-aware", show_default=True,
+              help="Scheduling policy.")
+@click.option("--loads", type=ListType(FiniteRange(0.0, 1.0)), default=None,
+              help="Load probability per node, comma-separated [0 for every node].")
+@click.option("--load-delay-s", "--load-delay", "load_delay_s", cls=RenamedOption,
+              type=FiniteRange(min=0.0, max=3600), default=3.0, show_default=True,
+              help="Seconds a loaded node sleeps before training.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Logs go here [a new temporary directory].")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="TLS cert file given to every process (and the client).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="TLS key file given to every process (and the client).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="TLS CA file given to every process (and the client).")
+@click.argument("client_args", nargs=-1, type=click.UNPROCESSED)
+def cli(n_nodes: int, policy: str, loads: list[float] | None, load_delay_s: float,
+        workdir: Path | None, tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+        client_args: tuple[str, ...]) -> int:
+    """Start a local cluster, run the client against it, stop everything."""
     import tempfile
 
-    parser = argparse.ArgumentParser(
-        description="Start a local cluster, run the client against it, stop everything.",
-        epilog="Arguments after -- go to the client after the coordinator's address: "
-        "DATA_DIR ROUNDS EPOCHS H ETA [client options].",
-    )
-    parser.add_argument("--nodes", type=int, default=4, help="compute nodes (default 4)")
-    parser.add_argument("--policy", default="load-aware", help="scheduling policy")
-    parser.add_argument("--loads", default="", help="comma-separated load probability per node")
-    parser.add_argument("--load-delay", type=float, default=3.0, help="node load delay, s")
-    parser.add_argument("--workdir", type=Path, default=None, help="logs go here (default: temp)")
-    for name in ("cert", "key", "ca"):
-        parser.add_argument(f"--tls-{name}", type=Path, default=None,
-                            help=f"TLS {name} file given to every process (and the client)")
-    parser.add_argument("client_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    client_args = [a for a in args.client_args if a != "--"] if args.client_args else []
-    if args.nodes < 1:
-        parser.error("--nodes must be at least 1")
-    loads = [float(x) for x in args.loads.split(",")] if args.loads else [0.0] * args.nodes
-    if len(loads) != args.nodes:
-        parser.error(f"--loads names {len(loads)} nodes, --nodes says {args.nodes}")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedcluster-"))
+    loads = loads or [0.0] * n_nodes
+    if len(loads) != n_nodes:
+        raise click.BadParameter(f"names {len(loads)} nodes, --nodes says {n_nodes}",
+                                 param_hint="--loads")
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="fedcluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    tls = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    tls = TlsFiles(tls_cert, tls_key, tls_ca)
     with LocalCluster(workdir, tls) as cluster:
         try:
             for load in loads:
-                cluster.add_node(load, "--load-delay", str(args.load_delay))
-            coordinator = cluster.add_coordinator(args.policy)
+                cluster.add_node(load, "--load-delay-s", str(load_delay_s))
+            coordinator = cluster.add_coordinator(policy)
         except (RuntimeError, TimeoutError, TlsConfigError) as exc:
-            print(f"local_cluster: could not start the cluster: {exc}", file=sys.stderr)
-            return 1
+            raise click.ClickException(f"could not start the cluster: {_one_line(exc)}") from None
         print(f"cluster: coordinator {coordinator.address}, {len(cluster.nodes)} nodes "
               f"({', '.join(str(n.address) for n in cluster.nodes)}), logs in {workdir}",
               flush=True)
@@ -305,5 +319,13 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "local_cluster.py", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
