@@ -8,6 +8,7 @@ failed does the round fail.
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -112,13 +113,17 @@ class CoordinatorLink:
             data = self._shard_paths[digest].read_bytes()
             started = time.perf_counter()
             self._pool.call(address, SHORT_CALL_S,
-                            lambda c, d=digest, b=data: c.put_shard(d, b, token))
+                            functools.partial(_put_shard, digest=digest, data=data, token=token))
             log_event("shard_uploaded", coordinator=str(address), digest=digest[:12],
                       bytes=len(data), seconds=time.perf_counter() - started)
         return set(missing)
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _put_shard(client: Coordinator.Client, *, digest: str, data: bytes, token: str) -> None:
+    client.put_shard(digest, data, token)
 
 
 def _describe(exc: BaseException) -> str:
