@@ -22,7 +22,6 @@ Ends with one key=value line of headline figures.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -35,12 +34,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import click  # noqa: E402
 from local_cluster import REPO, LocalCluster, Pki, throwaway_pki  # noqa: E402
 
 from client.timing import read_timing  # noqa: E402
 from mlcore.data import read_data_dir  # noqa: E402
 from mlcore.fedavg import fedavg  # noqa: E402
 from mlcore.model import Params, init_params, train  # noqa: E402
+from runtime.cli import ListType, run_cli  # noqa: E402
 
 
 def in_process_round_s(data_dir: Path, rounds: int, epochs: int, hidden: int,
@@ -69,7 +70,7 @@ def run_cluster(workdir: Path, n_nodes: int, data_dir: Path, train_args: list[st
     timing = workdir / "timing.txt"
     with LocalCluster(workdir, tls=pki.server if pki else None) as cluster:
         for _ in range(n_nodes):
-            cluster.add_node(0.0, "--load-delay", "0")
+            cluster.add_node(0.0, "--load-delay-s", "0")
         coordinator = cluster.add_coordinator("round-robin")
         argv = [sys.executable, "-m", "client", coordinator.address.host,
                 str(coordinator.address.port), str(data_dir), *train_args,
@@ -122,25 +123,27 @@ def summarise(rows: list[dict], n_nodes: int) -> dict[str, float]:
             "tasks": statistics.median(n_tasks)}
 
 
-def main() -> None:
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               help=__doc__.split("\n\n")[0])
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Data directory [the default letters data].")
+@click.option("--nodes", "node_counts", type=ListType(click.IntRange(min=1)), default="1,2,4",
+              show_default=True, help="Node counts to measure, comma-separated.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--tls", is_flag=True, help="Also run every workload with mutual TLS on every hop.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="With --tls: pairs of plain and TLS runs per workload.")
+def cli(data: Path | None, node_counts: list[int], rounds: int, tls: bool,
+        repeats: int) -> None:
     import letters
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=letters.default_data_dir())
-    parser.add_argument("--nodes", default="1,2,4")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tls", action="store_true",
-                        help="also run every workload with mutual TLS on every hop")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="with --tls: pairs of plain and TLS runs per workload")
-    args = parser.parse_args()
-    node_counts = [int(n) for n in args.nodes.split(",")]
-    seed_args = [str(args.rounds), "75", "24", "1e-4"]
+    data = data or letters.default_data_dir()
+    seed_args = [str(rounds), "75", "24", "1e-4"]
     empty_args = ["4", "1", "1", "1e-4"]
 
-    local_s = in_process_round_s(args.data, args.rounds, 75, 24, 1e-4)
-    print(f"machine: {os.cpu_count()} cores; data {args.data}; workload: 16 shards x 75 "
-          f"epochs, h = 24 (seed's), {args.rounds} rounds")
+    local_s = in_process_round_s(data, rounds, 75, 24, 1e-4)
+    print(f"machine: {os.cpu_count()} cores; data {data}; workload: 16 shards x 75 "
+          f"epochs, h = 24 (seed's), {rounds} rounds")
     print(f"in-process round: {local_s * 1000:.1f} ms (one process trains all shards)\n")
     header = (f"{'nodes':>5} {'round ms':>9} {'ideal ms':>9} {'round/ideal':>11} "
               f"{'in-proc/cores ms':>16} {'round/that':>10} "
@@ -150,16 +153,16 @@ def main() -> None:
     figures = {}
     tls_rows: dict[int, tuple[dict, dict, dict, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
-        pki = throwaway_pki(Path(tmp) / "pki") if args.tls else None
+        pki = throwaway_pki(Path(tmp) / "pki") if tls else None
         for n in node_counts:
-            seed_run = summarise(run_cluster(Path(tmp) / f"seed-{n}", n, args.data, seed_args), n)
-            empty = summarise(run_cluster(Path(tmp) / f"empty-{n}", n, args.data, empty_args), n)
+            seed_run = summarise(run_cluster(Path(tmp) / f"seed-{n}", n, data, seed_args), n)
+            empty = summarise(run_cluster(Path(tmp) / f"empty-{n}", n, data, empty_args), n)
             if pki:
                 tls_rows[n] = (
-                    *side_by_side(Path(tmp) / f"tls-seed-{n}", n, args.data, seed_args, pki,
-                                  args.repeats),
-                    *side_by_side(Path(tmp) / f"tls-empty-{n}", n, args.data, empty_args, pki,
-                                  args.repeats),
+                    *side_by_side(Path(tmp) / f"tls-seed-{n}", n, data, seed_args, pki,
+                                  repeats),
+                    *side_by_side(Path(tmp) / f"tls-empty-{n}", n, data, empty_args, pki,
+                                  repeats),
                 )
             per_task_ms = empty["wall_s"] / empty["tasks"] * 1000
             vs_ideal = seed_run["wall_s"] / seed_run["ideal_s"]
@@ -204,6 +207,10 @@ def print_tls(rows: dict[int, tuple[dict, dict, dict, dict]]) -> None:
     outcome = "met" if worst <= 1.15 else f"MISSED ({worst:.3f}x)"
     print(f"goal TLS round <= 1.15x plain (seed's workload, worst over node counts): "
           f"{worst:.3f}x -> {outcome}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "bench_round.py", argv)
 
 
 if __name__ == "__main__":
