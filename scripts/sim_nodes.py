@@ -3,12 +3,12 @@
 Why: a coordinator's overhead at 1,000 nodes cannot be measured with 1,000 real node
 processes on a 2-core machine. This process serves COUNT real Thrift endpoints (one
 listening socket each, ports chosen by the OS) from one asyncio event loop, speaking the
-same framed binary protocol as a real node. train() does no training: after --delay-ms it
+same framed binary protocol as a real node. train() does no training: after --delay-s it
 returns a valid TaskResult whose delta is zeros of the weights' shapes. Shards are honoured
 like a real node: train() on a digest the endpoint has not been sent raises ShardMissing,
 put_shard() checks the sha256 and remembers the digest (bytes are not kept).
 
-    python scripts/sim_nodes.py --count 1000 --delay-ms 2 --nodes-out nodes.txt
+    python scripts/sim_nodes.py --count 1000 --delay-s 0.002 --nodes-out nodes.txt
 
 Writes every endpoint as `host,port` (a coordinator nodes file) to --nodes-out, then prints
 `listening on HOST:PORT` (the first endpoint) once all accept connections. SIGTERM stops it.
@@ -38,6 +38,7 @@ from idl.gen.ttypes import (
     Tensor,
 )
 from idl.protocol import protocol_factory
+from runtime.cli import FiniteRange, log_level_option, old_unit_alias, run_cli
 from runtime.events import configure_logging, log_event
 
 _FRAME = struct.Struct("!i")
@@ -188,26 +189,26 @@ async def serve(count: int, host: str, delay_s: float, require_shards: bool,
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--count", type=click.IntRange(1, 5000), default=100, show_default=True,
               help="Endpoints to serve, each on its own OS-chosen port.")
-@click.option("--delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="How long train() takes to answer.")
+@click.option("--delay-s", type=FiniteRange(min=0, max=3600), default=0.0, show_default=True,
+              help="Seconds train() takes to answer.")
+@old_unit_alias("--delay-ms", "delay_s", 1e-3, FiniteRange(min=0, max=3_600_000))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--nodes-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the endpoints here as a coordinator nodes file (host,port lines).")
 @click.option("--no-shard-check", is_flag=True,
               help="Train any digest without a put_shard first.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False), default="INFO")
-def cli(count: int, delay_ms: float, host: str, nodes_out: Path | None, no_shard_check: bool,
+@log_level_option()
+def cli(count: int, delay_s: float, host: str, nodes_out: Path | None, no_shard_check: bool,
         log_level: str) -> None:
     """Serve COUNT simulated compute nodes from one process."""
     configure_logging(log_level, component="sim_nodes")
     try:
-        asyncio.run(serve(count, host, delay_ms / 1000, not no_shard_check, nodes_out))
+        asyncio.run(serve(count, host, delay_s, not no_shard_check, nodes_out))
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}: {exc.strerror or exc}") from None
 
 
-def start_sim_nodes(workdir: Path, count: int, delay_ms: float = 0.0, *extra: str):
+def start_sim_nodes(workdir: Path, count: int, delay_s: float = 0.0, *extra: str):
     """Start this script as a process; returns (ServerProcess, endpoint addresses)."""
     import os
     import subprocess
@@ -221,7 +222,7 @@ def start_sim_nodes(workdir: Path, count: int, delay_ms: float = 0.0, *extra: st
     nodes_out = workdir / f"sim-nodes-{index}.txt"
     log_path = workdir / f"sim-nodes-{index}.log"
     argv = [sys.executable, str(Path(__file__).resolve()), "--count", str(count),
-            "--delay-ms", str(delay_ms), "--nodes-out", str(nodes_out), *extra]
+            "--delay-s", repr(delay_s), "--nodes-out", str(nodes_out), *extra]
     with open(log_path, "ab") as log_file:
         popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=workdir)
@@ -247,14 +248,7 @@ def start_sim_nodes(workdir: Path, count: int, delay_ms: float = 0.0, *extra: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="sim_nodes.py", standalone_mode=False)
-    except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(1)
-    sys.exit(0)
+    run_cli(cli, "sim_nodes.py", argv)
 
 
 if __name__ == "__main__":

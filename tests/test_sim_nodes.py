@@ -26,8 +26,8 @@ SHARD = b"1,2,3,0\n4,5,6,1\n"
 def sim(tmp_path):
     procs = []
 
-    def make(count: int, delay_ms: float = 0.0):
-        proc, addresses = start_sim_nodes(tmp_path, count, delay_ms)
+    def make(count: int, delay_s: float = 0.0):
+        proc, addresses = start_sim_nodes(tmp_path, count, delay_s)
         procs.append(proc)
         return proc, addresses
 
@@ -68,7 +68,7 @@ def test_every_endpoint_answers_and_needs_its_own_shard_upload(sim):
 
 
 def test_train_answers_after_the_set_delay(sim):
-    _, addresses = sim(2, delay_ms=150)
+    _, addresses = sim(2, delay_s=0.150)
     digest = hashlib.sha256(SHARD).hexdigest()
     conn = connect(ComputeNode.Client, addresses[1])
     try:
