@@ -20,7 +20,8 @@ def save_model(path: str | os.PathLike[str], params: Params, meta: dict[str, Any
     """Write params and JSON-serialisable meta to path; a crash never leaves a partial file."""
     target = Path(path)
     meta_json = json.dumps(meta, sort_keys=True)  # TypeError here, before touching the disk
-    arrays = dict(zip(_NAMES, params.tensors(), strict=True))
+    # Any: numpy's stub would match a dict of arrays against savez's allow_pickle: bool
+    arrays: dict[str, Any] = dict(zip(_NAMES, params.tensors(), strict=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:

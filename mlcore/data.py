@@ -78,7 +78,7 @@ def parse_data(data: bytes | str, name: str, *, n_classes: int | None = None) ->
     first = lines[0].lstrip()
     uci = bool(first) and first[0].isalpha()
     x, y = _fast_parse(body, lines, uci)
-    if x is None or _BLANK_LINE.search(body):
+    if x is None or y is None or _BLANK_LINE.search(body):
         _scan(lines, name, uci)  # raises with the precise line
         raise DataError(name, "could not be parsed")  # pragma: no cover - scan always raises
     _check_labels(y, lines, name, n_classes)

@@ -163,8 +163,9 @@ def train(
     out = _working_copy(_checked_params(params, copy=False))
     xs, ys = _checked_data(out, x, y)
     limit_s = float(time_limit_s or 0.0)
+    w1, b1, w2, b2 = out.tensors()
     done = _kernels.train(
-        xs, ys, *out.tensors(), int(epochs), float(eta), int(batch_size), float(momentum), seed,
+        xs, ys, w1, b1, w2, b2, int(epochs), float(eta), int(batch_size), float(momentum), seed,
         limit_s,
     )
     if done < epochs:
@@ -174,7 +175,7 @@ def train(
             f"training diverged (non-finite weights) with eta={eta}; lower the learning rate"
         )
     labels = np.empty(xs.shape[0], dtype=np.int64)
-    summed = _kernels.evaluate(xs, ys, *out.tensors(), labels)  # loss and labels in one pass
+    summed = _kernels.evaluate(xs, ys, w1, b1, w2, b2, labels)  # loss and labels in one pass
     return TrainOutcome(
         params=out,
         loss=summed / len(ys),
@@ -207,7 +208,8 @@ def predict_proba(params: Params, x: np.ndarray) -> np.ndarray:
     p = _checked_params(params, copy=False)
     xs = _checked_x(p, x)
     out = np.empty((xs.shape[0], p.k))
-    _kernels.forward(xs, *p.tensors(), out)
+    w1, b1, w2, b2 = p.tensors()
+    _kernels.forward(xs, w1, b1, w2, b2, out)
     return out
 
 
@@ -222,7 +224,8 @@ def gradient(params: Params, x: np.ndarray, y: np.ndarray) -> Params:
 
 def _predict(p: Params, xs: np.ndarray) -> np.ndarray:
     labels = np.empty(xs.shape[0], dtype=np.int64)
-    _kernels.predict(xs, *p.tensors(), labels)
+    w1, b1, w2, b2 = p.tensors()
+    _kernels.predict(xs, w1, b1, w2, b2, labels)
     return labels
 
 
