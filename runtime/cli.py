@@ -76,7 +76,7 @@ class ListType(click.ParamType):
 
     def __init__(self, item: click.ParamType, name: str | None = None) -> None:
         self.item = item
-        self.name = name or f"{item.name.upper()},..."
+        self.name = name or f"{item.name.split()[0].upper()},..."
 
     def convert(self, value, param, ctx) -> list[Any]:  # type: ignore[override]
         if isinstance(value, list):

@@ -4,7 +4,7 @@ Three parts, each selectable with --part (nodes | data | model | all):
 
 - nodes: ONE real coordinator process over 10, 100 and 1,000 simulated node endpoints
   (scripts/sim_nodes.py: one light process serving every endpoint, answering train() after
-  --delay-ms without training), rounds of 10,000 tasks of a tiny shard. Prints the
+  --delay-s without training), rounds of 10,000 tasks of a tiny shard. Prints the
   coordinator's CPU per task (utime+stime from /proc/PID/stat around each round, divided by
   the tasks), tasks per second, the coordinator's peak RSS (VmHWM), and the heartbeat's
   cost (the idle coordinator's CPU per second with every endpoint being probed).
@@ -25,7 +25,6 @@ Ends with one key=value line of headline figures.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import statistics
@@ -34,10 +33,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import click  # noqa: E402
 import numpy as np  # noqa: E402
 from local_cluster import (  # noqa: E402
     LocalCluster,
@@ -53,6 +54,7 @@ from idl.gen.ttypes import RoundRequest, ShardRef, TrainConfig  # noqa: E402
 from idl.rpc import Connection, connect  # noqa: E402
 from idl.tensors import encode_tensors  # noqa: E402
 from idl.tls import client_context  # noqa: E402
+from runtime.cli import FiniteRange, ListType, old_unit_alias, run_cli  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CALL_TIMEOUT_S = 600.0
@@ -93,7 +95,7 @@ def coordinator_client(proc: ServerProcess, pki: Pki | None = None) -> Connectio
     return connect(Coordinator.Client, proc.address, CALL_TIMEOUT_S, tls)
 
 
-def cluster(workdir: Path, args: argparse.Namespace) -> LocalCluster:
+def cluster(workdir: Path, args: SimpleNamespace) -> LocalCluster:
     """A local cluster, TLS on every hop with --tls."""
     return LocalCluster(workdir, tls=args.pki.server if args.pki else None)
 
@@ -109,15 +111,15 @@ def tiny_weights() -> list:
     return encode_tensors([rng.uniform(-0.01, 0.01, s) for s in ((16, 2), (2,), (2, 26), (26,))])
 
 
-def run_nodes_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    counts = [int(n) for n in args.node_counts.split(",")]
+def run_nodes_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
+    counts = args.node_counts
     tasks = args.tasks
     print(f"\n== nodes: one coordinator, {tasks:,} tasks per round, simulated endpoints "
-          f"answering after {args.delay_ms:g} ms ==")
+          f"answering after {args.delay_s * 1000:g} ms ==")
     print("coordinator runs with --log-level WARNING (per-task events are INFO) and "
           f"--heartbeat-s {args.heartbeat_s:g}; policy round-robin; {args.rounds} rounds, "
           "median of rounds 2.. (round 1 uploads the shard to every endpoint)")
-    sim, endpoints = start_sim_nodes(workdir / "sim", max(counts), args.delay_ms,
+    sim, endpoints = start_sim_nodes(workdir / "sim", max(counts), args.delay_s,
                                      "--log-level", "WARNING")
     digest = hashlib.sha256(TINY_SHARD).hexdigest()
     ref = ShardRef(name="tiny", digest=digest, n_rows=4, n_bytes=len(TINY_SHARD))
@@ -163,7 +165,7 @@ def run_nodes_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
 
 
 def measure_nodes(coord: ServerProcess, ref: ShardRef, weights: list, tasks: int,
-                  args: argparse.Namespace) -> dict[str, float]:
+                  args: SimpleNamespace) -> dict[str, float]:
     conn = coordinator_client(coord)
     try:
         conn.client.put_shard(ref.digest, TINY_SHARD, "")
@@ -216,8 +218,8 @@ def letters_dir(cache: Path, rows: int) -> Path:
     return out
 
 
-def run_data_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    sizes = [int(n) for n in args.data_rows.split(",")]
+def run_data_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
+    sizes = args.data_rows
     cache = args.cache_dir or workdir / "letters"
     print(f"\n== data: generated letters, 16 shards, 2 real nodes, round-robin; per round "
           f"{args.data_epochs} full-batch epochs, h = 24, {args.data_rounds} rounds, median of "
@@ -256,7 +258,7 @@ def _stored_events(cluster: LocalCluster) -> list[int]:
 
 
 def measure_data(workdir: Path, data_dir: Path, n_rows: int,
-                 args: argparse.Namespace) -> dict[str, float]:
+                 args: SimpleNamespace) -> dict[str, float]:
     from mlcore.data import read_data_dir
     from mlcore.model import init_params
 
@@ -270,8 +272,8 @@ def measure_data(workdir: Path, data_dir: Path, n_rows: int,
     weights = encode_tensors(params.tensors())
     walls, uploads = [], []
     with cluster(workdir, args) as local:
-        local.add_node(0.0, "--load-delay", "0")
-        local.add_node(0.0, "--load-delay", "0")
+        local.add_node(0.0, "--load-delay-s", "0")
+        local.add_node(0.0, "--load-delay-s", "0")
         coord = local.add_coordinator("round-robin")
         conn = coordinator_client(coord, args.pki)
         try:
@@ -319,7 +321,7 @@ def model_shard(rows: int = 4) -> bytes:
                     for i, r in enumerate(x))
 
 
-def run_model_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+def run_model_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
     d, h, k = MODEL_D, MODEL_H, MODEL_K
     n_params = d * h + h + h * k + k
     model_mb = n_params * 8 / 1e6
@@ -333,7 +335,7 @@ def run_model_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
                    n_bytes=len(shard))
     rows = []
     with cluster(workdir, args) as local:
-        node = local.add_node(0.0, "--load-delay", "0")
+        node = local.add_node(0.0, "--load-delay-s", "0")
         coord = local.add_coordinator("round-robin")
         conn = coordinator_client(coord, args.pki)
         try:
@@ -380,29 +382,36 @@ def run_model_part(workdir: Path, args: argparse.Namespace) -> dict[str, float]:
 # ---------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["nodes", "data", "model", "all"], default="all")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--node-counts", default="10,100,1000")
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--delay-ms", type=float, default=1.0)
-    parser.add_argument("--heartbeat-s", type=float, default=1.0)
-    parser.add_argument("--idle-s", type=float, default=3.0)
-    parser.add_argument("--data-rows", default="20000,200000,1000000")
-    parser.add_argument("--data-epochs", type=int, default=5)
-    parser.add_argument("--data-rounds", type=int, default=4)
-    parser.add_argument("--model-rounds", type=int, default=4)
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="keep generated letters here between runs")
-    parser.add_argument("--tls", action="store_true",
-                        help="data and model parts: mutual TLS on every hop")
-    args = parser.parse_args()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               help=__doc__.split("\n\n")[0])
+@click.option("--part", type=click.Choice(["nodes", "data", "model", "all"]), default="all",
+              show_default=True)
+@click.option("--quick", is_flag=True, help="Smaller sizes, for a smoke run.")
+@click.option("--node-counts", type=ListType(click.IntRange(1, 5000)), default="10,100,1000",
+              show_default=True, help="Simulated endpoints per measurement, comma-separated.")
+@click.option("--tasks", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--delay-s", type=FiniteRange(min=0, max=60), default=0.001, show_default=True,
+              help="Seconds a simulated endpoint takes to answer train().")
+@old_unit_alias("--delay-ms", "delay_s", 1e-3, FiniteRange(min=0, max=60_000))
+@click.option("--heartbeat-s", type=FiniteRange(min=0.05, max=3600), default=1.0,
+              show_default=True)
+@click.option("--idle-s", type=FiniteRange(min=0, min_open=True, max=3600), default=3.0,
+              show_default=True, help="Seconds the idle coordinator's heartbeat is measured.")
+@click.option("--data-rows", type=ListType(click.IntRange(min=2000)),
+              default="20000,200000,1000000", show_default=True)
+@click.option("--data-epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--data-rounds", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--model-rounds", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep generated letters here between runs.")
+@click.option("--tls", is_flag=True, help="Data and model parts: mutual TLS on every hop.")
+def cli(**options: object) -> None:
+    args = SimpleNamespace(**options)
     if args.quick:
         args.tasks = min(args.tasks, 2000)
         args.idle_s = min(args.idle_s, 2.0)
-        args.data_rows = "20000,100000"
+        args.data_rows = [20000, 100000]
     print(f"machine: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}"
           + ("; mutual TLS on every hop (data and model parts)" if args.tls else ""))
     figures: dict[str, float] = {}
@@ -415,6 +424,10 @@ def main() -> None:
         if args.part in ("model", "all"):
             figures |= run_model_part(Path(tmp) / "model", args)
     print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "bench_scale.py", argv)
 
 
 if __name__ == "__main__":
