@@ -22,6 +22,8 @@ better than moments about the box centre (class-mean correlation 0.98-0.99 vs 0.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 NAMES: tuple[str, ...] = (
@@ -51,8 +53,9 @@ def raw_attributes(images: np.ndarray) -> np.ndarray:
     img = np.ascontiguousarray(images[:, ::-1, :], dtype=bool)  # row index = y, bottom up
     n, h, w = img.shape
     on = img.astype(np.float64)
-    cols = img.any(axis=1)  # (n, w)
-    rows = img.any(axis=2)  # (n, h)
+    # Arrays, not scalars: img is 3-d (numpy's stub cannot tell from the axis)
+    cols = cast(np.ndarray, img.any(axis=1))  # (n, w)
+    rows = cast(np.ndarray, img.any(axis=2))  # (n, h)
     empty = ~cols.any(axis=1)
     x0 = np.argmax(cols, axis=1)
     x1 = w - 1 - np.argmax(cols[:, ::-1], axis=1)

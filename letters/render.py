@@ -8,6 +8,7 @@ points splatted into a (n, G, G) boolean stack, and strokes thickened by disk di
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -33,6 +34,19 @@ class Distortion:
     warp_phase: np.ndarray  # (n, 2) phases of the x and y jitter
 
 
+class Spec(TypedDict):
+    """Ranges of the random distortions (see SPEC)."""
+
+    size: tuple[float, float]
+    aspect_sd: float
+    rotate_sd_deg: float
+    shear_sd: float
+    corner_px: tuple[float, float]
+    radius: tuple[tuple[float, ...], tuple[float, ...]]
+    warp_amp: tuple[float, float]
+    warp_freq: tuple[float, float]
+
+
 # Ranges of the random distortions (sizes in units of the image side or of a cap height).
 # Small letters drawn with a one-pixel pen (radius 0.5: no dilation) matched the UCI letters
 # best: cap heights of 0.3-0.85 GRID with pens of 1-4 px gave 21.5% fidelity error, 0.2-0.4
@@ -42,7 +56,7 @@ class Distortion:
 # Tried without gain (within +-1 point): pens proportional to the size, margins proportional
 # to the size or shared by x and y, aspect sd 0.08-0.25, stronger or faster warps, random
 # per-stroke offsets, simplified (polygonal) copies of the fonts, Bresenham-like lines.
-SPEC = {
+SPEC: Spec = {
     "size": (0.20, 0.40),  # cap height / GRID, uniform
     "aspect_sd": 0.18,  # log-normal width multiplier
     "rotate_sd_deg": 1.0,
