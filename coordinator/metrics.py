@@ -52,7 +52,7 @@ class _StatusCollector:
 
     def collect(self) -> Iterator[Metric]:
         status = self._service.status()
-        per_node = {
+        per_node: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "alive": GaugeMetricFamily("fedcluster_coordinator_node_alive",
                                        "1 if the node answers, 0 if marked dead.", labels=["node"]),
             "in_flight": GaugeMetricFamily("fedcluster_coordinator_node_tasks_in_flight",
