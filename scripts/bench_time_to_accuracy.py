@@ -20,7 +20,6 @@ Usage (the real UCI letters, converted once):
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -30,15 +29,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_cluster import REPO, SHARED_DATA, LocalCluster  # noqa: E402
+import click  # noqa: E402
+from local_cluster import POLICY_CHOICE, REPO, SHARED_DATA, LocalCluster  # noqa: E402
 
 from client.timing import read_timing  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
+from runtime.cli import FiniteRange, run_cli  # noqa: E402
 
 ROUND_LINE = re.compile(r"^round (\d+)/(\d+)\s+validation error ([\d.]+)%")
 
@@ -63,53 +65,62 @@ class Point:
     error: float  # fraction, from timing.txt when available
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--data", type=Path, default=None,
-                        help="data dir with train_*.txt shards and one validate_*.txt (required)")
-    parser.add_argument("--target", type=float, default=0.05, help="validation error to reach")
-    parser.add_argument("--goal-s", type=float, default=15.0,
-                        help="seconds from launch the target must be reached within")
-    parser.add_argument("--nodes", type=int, default=2, help="compute nodes")
-    parser.add_argument("--policy", default="round-robin", help="scheduling policy")
-    parser.add_argument("--rounds", type=int, default=BEST["rounds"])
-    parser.add_argument("--epochs", type=int, default=BEST["epochs"], help="epochs per round")
-    parser.add_argument("--hidden", type=int, default=BEST["hidden"], help="hidden units H")
-    parser.add_argument("--eta", type=float, default=BEST["eta"],
-                        help="learning rate (step = eta * gradient summed over the batch)")
-    parser.add_argument("--batch-size", type=int, default=BEST["batch_size"])
-    parser.add_argument("--momentum", type=float, default=BEST["momentum"])
-    parser.add_argument("--init", choices=INIT_SCHEMES, default=BEST["init"])
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction,
-                        default=BEST["standardize"])
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--plot", type=Path, default=Path("time_to_accuracy.png"),
-                        help="where to save the error-against-seconds plot")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep logs and timing.txt here (default: a temporary dir)")
-    parser.add_argument("--timeout-s", type=float, default=600.0, help="give up after this")
-    args = parser.parse_args(argv)
+def _required_data() -> click.UsageError:
+    hint = ""
+    if SHARED_DATA.exists():
+        hint = (f"; the real UCI letters are at {SHARED_DATA}: convert them with "
+                f".venv/bin/python -m letters split {SHARED_DATA} /tmp/uci --shards 16 "
+                "--validate 4000, then give --data /tmp/uci")
+    return click.UsageError("--data DIR is required (a data dir with train_*.txt and "
+                            "validate_*.txt)" + hint)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               help=__doc__.split("\n\n")[0])
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Data dir with train_*.txt shards and one validate_*.txt "
+                                 "(required).")
+@click.option("--target", type=FiniteRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="Validation error to reach.")
+@click.option("--goal-s", type=FiniteRange(min=0, min_open=True, max=86400), default=15.0,
+              show_default=True, help="Seconds from launch the target must be reached within.")
+@click.option("--nodes", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Compute nodes.")
+@click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True,
+              help="Scheduling policy.")
+@click.option("--rounds", type=click.IntRange(min=1), default=BEST["rounds"], show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=BEST["epochs"], show_default=True,
+              help="Epochs per round.")
+@click.option("--hidden", type=click.IntRange(min=1), default=BEST["hidden"], show_default=True,
+              help="Hidden units H.")
+@click.option("--eta", type=FiniteRange(min=0, min_open=True), default=BEST["eta"],
+              show_default=True,
+              help="Learning rate (step = eta * gradient summed over the batch).")
+@click.option("--batch-size", type=click.IntRange(min=0), default=BEST["batch_size"],
+              show_default=True)
+@click.option("--momentum", type=FiniteRange(0, 1, max_open=True), default=BEST["momentum"],
+              show_default=True)
+@click.option("--init", type=click.Choice(INIT_SCHEMES), default=BEST["init"], show_default=True)
+@click.option("--standardize/--no-standardize", default=BEST["standardize"], show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to save the error-against-seconds plot [time_to_accuracy.png in "
+                   "--workdir, else in a new temporary directory].")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep logs and timing.txt here [a temporary directory].")
+@click.option("--timeout-s", type=FiniteRange(min=0, min_open=True, max=86400), default=600.0,
+              show_default=True, help="Give up after this many seconds.")
+def cli(**options: object) -> int:
+    args = SimpleNamespace(**options)
     if args.data is None:
-        hint = ""
-        if SHARED_DATA.exists():
-            hint = (f"\nthe real UCI letters are at {SHARED_DATA}; convert them first:\n"
-                    f"  .venv/bin/python -m letters split {SHARED_DATA} /tmp/uci --shards 16 "
-                    "--validate 4000\nthen: --data /tmp/uci")
-        parser.error("--data DIR is required (a data dir with train_*.txt and validate_*.txt)"
-                     + hint)
-    if not args.data.is_dir():
-        parser.error(f"--data {args.data}: not a directory")
-    if not 0 < args.target < 1:
-        parser.error(f"--target must be a fraction in (0, 1), got {args.target}")
-    if args.nodes < 1:
-        parser.error("--nodes must be at least 1")
-    return args
+        raise _required_data()
+    if args.plot is None:
+        plot_dir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tta-plot-"))
+        args.plot = plot_dir / "time_to_accuracy.png"
+    return run_and_report(args)
 
 
-def client_args(args: argparse.Namespace) -> list[str]:
+def client_args(args: SimpleNamespace) -> list[str]:
     """The training arguments after the coordinator's address (also printed for the record)."""
     out = [str(args.data), str(args.rounds), str(args.epochs), str(args.hidden), repr(args.eta),
            "--batch-size", str(args.batch_size), "--momentum", repr(args.momentum),
@@ -119,14 +130,14 @@ def client_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Point], dict[str, float], int]:
+def run(args: SimpleNamespace, workdir: Path) -> tuple[list[Point], dict[str, float], int]:
     """Launch the cluster and the client; the curve, phase times, and the client's exit code."""
     timing = workdir / "timing.txt"
     points: list[Point] = []
     launch = time.perf_counter()
     with LocalCluster(workdir) as cluster:
         for _ in range(args.nodes):
-            cluster.add_node(0.0, "--load-delay", "0")
+            cluster.add_node(0.0, "--load-delay-s", "0")
         coordinator = cluster.add_coordinator(args.policy)
         ready_s = time.perf_counter() - launch
         argv = [sys.executable, "-m", "client", coordinator.address.host,
@@ -193,8 +204,8 @@ def plot(points: list[Point], target: float, hit: Point | None, ready_s: float, 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_report(args: SimpleNamespace) -> int:
+    """Run the cluster and the client, print the curve and the verdict; 0 when the goal is met."""
     config = " ".join(client_args(args)[1:])
     print(f"machine: {os.cpu_count()} cores; data {args.data}; {args.nodes} nodes, "
           f"policy {args.policy}; target {args.target:.2%} within {args.goal_s:g} s")
@@ -238,5 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if met and code == 0 else 1
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "bench_time_to_accuracy.py", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
