@@ -28,7 +28,7 @@ class AddressType(click.ParamType):
 
     name = "HOST:PORT"
 
-    def convert(self, value, param, ctx) -> Address:  # type: ignore[override]
+    def convert(self, value, param, ctx) -> Address:
         if isinstance(value, Address):
             return value
         try:
@@ -42,7 +42,7 @@ class AddressListType(click.ParamType):
 
     name = "HOST:PORT,..."
 
-    def convert(self, value, param, ctx) -> list[Address]:  # type: ignore[override]
+    def convert(self, value, param, ctx) -> list[Address]:
         if isinstance(value, list):
             return value
         try:
@@ -59,7 +59,7 @@ class FiniteRange(click.FloatRange):
 
     name = "float"
 
-    def convert(self, value, param, ctx) -> float:  # type: ignore[override]
+    def convert(self, value, param, ctx) -> float:
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"must be a finite number, got {value}", param, ctx)
@@ -78,7 +78,7 @@ class ListType(click.ParamType):
         self.item = item
         self.name = name or f"{item.name.split()[0].upper()},..."
 
-    def convert(self, value, param, ctx) -> list[Any]:  # type: ignore[override]
+    def convert(self, value, param, ctx) -> list[Any]:
         if isinstance(value, list):
             return value
         parts = [part.strip() for part in str(value).split(",")]
@@ -236,7 +236,7 @@ def server_limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
         )
         return command(*args, limits=limits, **kwargs)
 
-    positive = {"min": 0, "min_open": True}
+    positive: dict[str, Any] = {"min": 0, "min_open": True}
     for name, kind, default, help_text in reversed((
         ("--max-connections", click.IntRange(min=1), defaults.max_connections,
          "Connections served at once; when full, the longest-idle one gives way to a new "
