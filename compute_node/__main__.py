@@ -128,7 +128,7 @@ def cli(
         extra_latency_s=extra_latency_s, tls=tls.mode, auth="token" if token else "off",
         max_task_work=max_task_work,
     )
-    if metrics:
+    if metrics and metrics_port is not None:
         serve_metrics_or_fail(metrics, host, metrics_port)
     helpers = []
     if coordinators:

@@ -114,8 +114,8 @@ def cli(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
-    store = ShardStore(int(max_shard_cache_mb * MIB), refuse_oversize=True,
-                       owner="the coordinator")
+    store: ShardStore[bytes] = ShardStore(int(max_shard_cache_mb * MIB), refuse_oversize=True,
+                                          owner="the coordinator")
     service = CoordinatorService(
         registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,
         max_task_work=max_task_work,
@@ -131,7 +131,7 @@ def cli(
         tls=tls.mode, auth="token" if token else "off", max_nodes=max_nodes,
         max_task_work=max_task_work,
     )
-    if metrics:
+    if metrics and metrics_port is not None:
         serve_metrics_or_fail(metrics, host, metrics_port)
     try:
         serve_until_stopped(server, [HealthMonitor(registry, caller.probe, heartbeat_s)])
