@@ -102,7 +102,8 @@ def read_timing(path: str | Path) -> tuple[dict[str, str], list[dict[str, str]]]
             elif line.strip():
                 body.append(line)
     reader = csv.DictReader(body, dialect=TimingDialect)
-    old_format = "failures" in (reader.fieldnames or []) and "declined" not in reader.fieldnames
+    fields = reader.fieldnames or []
+    old_format = "failures" in fields and "declined" not in fields
     rows = []
     for row in reader:
         if None in row or None in row.values():
