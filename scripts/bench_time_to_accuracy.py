@@ -40,7 +40,7 @@ from local_cluster import POLICY_CHOICE, REPO, SHARED_DATA, LocalCluster  # noqa
 
 from client.timing import read_timing  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
-from runtime.cli import FiniteRange, run_cli  # noqa: E402
+from runtime.cli import FiniteRange, require_module, run_cli  # noqa: E402
 
 ROUND_LINE = re.compile(r"^round (\d+)/(\d+)\s+validation error ([\d.]+)%")
 
@@ -114,6 +114,7 @@ def cli(**options: object) -> int:
     args = SimpleNamespace(**options)
     if args.data is None:
         raise _required_data()
+    require_module("matplotlib")  # before the runs, not after them
     if args.plot is None:
         plot_dir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tta-plot-"))
         args.plot = plot_dir / "time_to_accuracy.png"

@@ -4,35 +4,37 @@ For each load setting (all nodes p = 0.2, all 0.5, all 0.8, mixed [0.1, 0.5, 0.2
 and each policy (random, round-robin, load-aware) it starts a fresh local cluster of 4
 real compute nodes (same per-node seeds every time, so every policy meets the same
 draws), runs the same job through the real client, and reads the client's round times
-from timing.txt. A loaded node sleeps --load-delay before training with probability p;
+from timing.txt. A loaded node sleeps --load-delay-s before training with probability p;
 under load-aware a node may also decline a task with probability p (the seed's
 semantics) and the coordinator sends it elsewhere.
 
 Prints a table of mean and p95 round time per policy and setting, saves a grouped bar
 plot (PNG), and ends with one key=value line of headline figures.
 
-Usage: .venv/bin/python scripts/experiment_policies.py [--rounds 10] [--load-delay 0.25]
+Usage: .venv/bin/python scripts/experiment_policies.py [--rounds 10] [--load-delay-s 0.25]
        [--plot experiment_policies.png] [--workdir DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import click  # noqa: E402
 from local_cluster import REPO, LocalCluster  # noqa: E402
 
 from client.timing import read_timing  # noqa: E402
+from runtime.cli import FiniteRange, ListType, RenamedOption, require_module, run_cli  # noqa: E402
 
 POLICIES = ["random", "round-robin", "load-aware"]
 SETTINGS: dict[str, list[float]] = {
@@ -44,13 +46,13 @@ SETTINGS: dict[str, list[float]] = {
 
 
 def run_job(workdir: Path, loads: list[float], policy: str,
-            args: argparse.Namespace) -> list[float]:
+            args: SimpleNamespace) -> list[float]:
     """The client's wall time of every round of one job on a fresh 4-node cluster."""
     workdir.mkdir(parents=True, exist_ok=True)
     timing = workdir / "timing.txt"
     with LocalCluster(workdir) as cluster:
         for i, p in enumerate(loads):
-            cluster.add_node(p, "--load-delay", str(args.load_delay), "--seed", str(i + 1),
+            cluster.add_node(p, "--load-delay-s", str(args.load_delay_s), "--seed", str(i + 1),
                              "--log-level", "WARNING")
         coordinator = cluster.add_coordinator(policy, "--seed", "1", "--log-level", "WARNING")
         argv = [
@@ -90,7 +92,7 @@ def plot(results: dict[tuple[str, str], list[float]], path: Path, args) -> None:
     ax.set_xticks(x, [f"{s}\n{SETTINGS[s]}" if s == "mixed" else s for s in settings])
     ax.set_xlabel("node load probability p")
     ax.set_ylabel("round time (s)")
-    ax.set_title(f"Round time by scheduling policy: 4 nodes, load delay {args.load_delay:g} s, "
+    ax.set_title(f"Round time by scheduling policy: 4 nodes, load delay {args.load_delay_s:g} s, "
                  f"{args.rounds} rounds", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -100,29 +102,35 @@ def plot(results: dict[tuple[str, str], list[float]], path: Path, args) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               help=__doc__.splitlines()[0])
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Data directory [the default letters data].")
+@click.option("--rounds", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=1), default=24, show_default=True)
+@click.option("--eta", type=FiniteRange(min=0, min_open=True), default=1e-4, show_default=True)
+@click.option("--load-delay-s", "--load-delay", "load_delay_s", cls=RenamedOption,
+              type=FiniteRange(min=0, max=3600), default=0.25, show_default=True,
+              help="Seconds a loaded node sleeps before training.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to save the plot [experiment_policies.png in the work directory].")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Logs and timing files [a new temporary directory].")
+@click.option("--settings", type=ListType(click.Choice(list(SETTINGS)), name="SETTING,..."),
+              default=",".join(SETTINGS), show_default=True,
+              help="Load settings to run, comma-separated.")
+def cli(**options: object) -> int:
     import letters
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=letters.default_data_dir())
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=24)
-    parser.add_argument("--eta", type=float, default=1e-4)
-    parser.add_argument("--load-delay", type=float, default=0.25, help="seconds (default 0.25)")
-    parser.add_argument("--plot", type=Path, default=Path("experiment_policies.png"))
-    parser.add_argument("--workdir", type=Path, default=None, help="logs and timing files")
-    parser.add_argument("--settings", default=",".join(SETTINGS),
-                        help="comma-separated subset of: " + ", ".join(SETTINGS))
-    args = parser.parse_args(argv)
-    chosen = [s.strip() for s in args.settings.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SETTINGS]
-    if unknown:
-        parser.error(f"unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+    args = SimpleNamespace(**options)
+    args.data = args.data or letters.default_data_dir()
+    require_module("matplotlib")  # before the runs, not after them
     for name in list(SETTINGS):
-        if name not in chosen:
+        if name not in args.settings:
             del SETTINGS[name]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="policies-"))
+    args.plot = args.plot or workdir / "experiment_policies.png"
 
     results: dict[tuple[str, str], list[float]] = {}
     print(f"{'setting':<10} {'loads':<22} {'policy':<12} {'mean_s':>8} {'p95_s':>8} "
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.plot, args)
     print(f"plot: {args.plot}  logs: {workdir}", flush=True)
 
-    summary = {"load_delay_s": args.load_delay, "rounds": args.rounds, "epochs": args.epochs}
+    summary = {"load_delay_s": args.load_delay_s, "rounds": args.rounds, "epochs": args.epochs}
     for setting in SETTINGS:
         best = min(POLICIES, key=lambda p, s=setting: statistics.mean(results[(s, p)]))
         summary[f"best_{setting.replace(' ', '_')}"] = best
@@ -151,5 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "experiment_policies.py", argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
