@@ -39,7 +39,7 @@ import click
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_cluster import LocalCluster  # noqa: E402
+from local_cluster import POLICY_CHOICE, LocalCluster  # noqa: E402
 from timing_analysis import percentile  # noqa: E402
 
 from client.coordinator_link import CoordinatorLink  # noqa: E402
@@ -47,6 +47,13 @@ from idl.gen import Coordinator  # noqa: E402
 from idl.gen.ttypes import RoundRequest, ShardRef, TrainConfig  # noqa: E402
 from idl.rpc import Address, ConnectionPool  # noqa: E402
 from idl.tensors import encode_tensors  # noqa: E402
+from runtime.cli import (  # noqa: E402
+    AddressType,
+    FiniteRange,
+    RenamedOption,
+    require_module,
+    run_cli,
+)
 from runtime.events import configure_logging  # noqa: E402
 
 RAW_COLUMNS = ("level", "client", "seq", "kind", "start_s", "end_s", "latency_s", "ok", "error")
@@ -408,15 +415,6 @@ def _levels(ctx: click.Context, param: click.Parameter, value: str) -> list[int]
     return sorted(set(levels))
 
 
-def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> Address | None:
-    if value is None:
-        return None
-    try:
-        return Address.parse(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
     """One report and plots for earlier runs DIR/<label>/; returns the report's path."""
     runs, summaries = {}, {}
@@ -436,21 +434,23 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "max_content_width": 100})
-@click.option("--coordinator", callback=_address, default=None, metavar="HOST:PORT",
+@click.option("--coordinator", type=AddressType(), default=None,
               help="A running coordinator to load.")
 @click.option("--local", "local_nodes", type=click.IntRange(1, 32), default=None,
               help="Start a local cluster with this many nodes on loopback instead.")
 @click.option("--concurrency", "levels", default="1,2,4,8", show_default=True,
               callback=_levels, help="Concurrency levels (virtual clients), comma-separated.")
 @click.option("--requests", type=click.IntRange(1, 1_000_000), default=None,
-              help="Requests per level [20 unless --duration is given].")
-@click.option("--duration", "duration_s", type=click.FloatRange(0, 3600, min_open=True),
+              help="Requests per level [20 unless --duration-s is given].")
+@click.option("--duration-s", "--duration", "duration_s", cls=RenamedOption,
+              type=FiniteRange(0, 3600, min_open=True),
               default=None, help="Seconds per level (requests then cap at --max-requests).")
 @click.option("--max-requests", type=click.IntRange(1, 1_000_000), default=10_000,
-              show_default=True, help="Cap on requests per level in --duration mode.")
-@click.option("--level-timeout", "level_timeout_s", type=click.FloatRange(1, 86400),
+              show_default=True, help="Cap on requests per level in --duration-s mode.")
+@click.option("--level-timeout-s", "--level-timeout", "level_timeout_s", cls=RenamedOption,
+              type=FiniteRange(1, 86400),
               default=300.0, show_default=True, help="Longest a level may run.")
-@click.option("--status-share", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+@click.option("--status-share", type=FiniteRange(0, 1), default=0.2, show_default=True,
               help="Share of requests that are status() calls.")
 @click.option("--shards", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Shards per training round.")
@@ -458,9 +458,10 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
               help="Rows per shard.")
 @click.option("--hidden", type=click.IntRange(1, 1024), default=4, show_default=True)
 @click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True)
-@click.option("--deadline", "deadline_s", type=click.FloatRange(0.1, 3600), default=30.0,
+@click.option("--deadline-s", "--deadline", "deadline_s", cls=RenamedOption,
+              type=FiniteRange(0.1, 3600), default=30.0,
               show_default=True, help="Deadline of each training round, seconds.")
-@click.option("--policy", default="round-robin", show_default=True,
+@click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True,
               help="Policy of the --local coordinator.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--token", default="", envvar="FEDCLUSTER_TOKEN", help="Cluster token, if any.")
@@ -471,13 +472,14 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
               help="Only compare earlier runs OUT/label1,OUT/label2,... in one report.")
 @click.option("--compare-kind", type=click.Choice(KINDS), default="train", show_default=True,
               help="Request kind plotted in a comparison.")
-def main(coordinator: Address | None, local_nodes: int | None, levels: list[int],
-         requests: int | None, duration_s: float | None, max_requests: int,
-         level_timeout_s: float, status_share: float, shards: int, shard_rows: int,
-         hidden: int, epochs: int, deadline_s: float, policy: str, seed: int, token: str,
-         out_dir: Path, label: str | None, compare_labels: str | None,
-         compare_kind: str) -> None:
+def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
+        requests: int | None, duration_s: float | None, max_requests: int,
+        level_timeout_s: float, status_share: float, shards: int, shard_rows: int,
+        hidden: int, epochs: int, deadline_s: float, policy: str, seed: int, token: str,
+        out_dir: Path, label: str | None, compare_labels: str | None,
+        compare_kind: str) -> None:
     """Drive a cluster with concurrent clients; write raw and summary CSV, plots, a report."""
+    require_module("matplotlib")  # before the load, not after it
     configure_logging("WARNING", component="loadtest")
     logging.getLogger("thrift").setLevel(logging.CRITICAL)  # failures are recorded as data
     if compare_labels:
@@ -528,7 +530,7 @@ class ClusterUnderTest:
         self._local = LocalCluster(Path(tempfile.mkdtemp(prefix="loadtest-", dir=self._run_dir)))
         try:
             for _ in range(self._n or 0):
-                self._local.add_node(0.0, "--load-delay", "0")
+                self._local.add_node(0.0, "--load-delay-s", "0")
             return self._local.add_coordinator(self._policy).address
         except (RuntimeError, TimeoutError) as exc:
             self._local.stop()
@@ -561,6 +563,10 @@ def drive(address: Address, levels: list[int], requests: int, duration_s: float 
         click.echo(f"level {n:>4}: {len(level_records)} requests, {n_ok} ok", err=True)
         records += level_records
     return records, env
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "loadtest.py", argv)
 
 
 if __name__ == "__main__":
