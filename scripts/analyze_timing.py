@@ -32,6 +32,7 @@ from timing_analysis import (  # noqa: E402
 )
 
 from client.timing import read_timing  # noqa: E402
+from runtime.cli import require_module, run_cli  # noqa: E402
 
 COLORS = {"load_delay_s": "#d62728", "compute_s": "#2ca02c", "wait_s": "#ff7f0e",
           "transfer_s": "#1f77b4"}
@@ -153,11 +154,9 @@ def write_summary_csv(summaries: list[RunSummary], out: Path) -> None:
               required=True, help="Directory for summary.csv and the PNG plots.")
 @click.option("--labels", default=None, help="Comma-separated run labels, one per file "
               "[default: each file's parent directory name].")
-def main(timing: tuple[Path, ...], out_dir: Path, labels: str | None) -> None:
+def cli(timing: tuple[Path, ...], out_dir: Path, labels: str | None) -> None:
     """Summarise and plot one or more timing.txt files (one per run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require_module("matplotlib").use("Agg")
     paths = list(timing)
     names = _labels(paths, labels)
     runs = [(name, _read(path)) for name, path in zip(names, paths, strict=True)]
@@ -170,6 +169,10 @@ def main(timing: tuple[Path, ...], out_dir: Path, labels: str | None) -> None:
     plot_breakdown(summaries, out_dir / "time_breakdown.png")
     click.echo(f"\nwrote {out_dir / 'summary.csv'}, round_times.png, task_durations.png, "
                "time_breakdown.png")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "analyze_timing.py", argv)
 
 
 if __name__ == "__main__":

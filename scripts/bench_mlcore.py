@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlcore import _kernels  # noqa: E402
 from mlcore.model import Params, init_params  # noqa: E402
+from runtime.cli import run_cli  # noqa: E402
 
 HIDDEN = (24, 64, 256)
 GOALS = {"h24_vs_numpy": 2.0, "h256_vs_numpy": 1.0, "h24_vs_python": 1000.0}
@@ -262,11 +263,11 @@ def check_one_epoch(x: np.ndarray, y: np.ndarray, onehot: np.ndarray, d: int, h:
             raise click.ClickException(f"h={h}: the kernel and numpy disagree after one epoch")
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCI letters or numeric CSV file (default: synthetic ints 0..15).")
 @click.option("--rows", type=click.IntRange(min=1), default=1000, show_default=True)
-def main(data: Path | None, rows: int) -> None:
+def cli(data: Path | None, rows: int) -> None:
     """Print ms per epoch for each kernel, shares of dgemm, ratios and goal verdicts."""
     d, k, eta = 16, 26, 1e-6
     allocator = keep_temporaries_on_the_heap()
@@ -328,6 +329,10 @@ def main(data: Path | None, rows: int) -> None:
         print(f"goal {key} >= {goal:g}: {ratios[key]:.2f} -> {verdict}")
     print(" ".join(f"{key}={value:.2f}" if value < 100 else f"{key}={value:.0f}"
                    for key, value in ratios.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "bench_mlcore.py", argv)
 
 
 if __name__ == "__main__":

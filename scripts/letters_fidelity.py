@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from letters.attributes import NAMES  # noqa: E402
 from letters.generator import DEFAULT_SEED, generate  # noqa: E402
 from mlcore.data import DataError, read_data_file  # noqa: E402
+from runtime.cli import run_cli  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "letter-recognition.data"
 N_TRAIN, N_VALIDATE = 16_000, 4_000
@@ -70,7 +71,7 @@ def fit_and_score(xtr, ytr, xva, yva, seed: int = 0) -> float:
     return error_rate(params, (xva - mu) / sd, yva)
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data",
     "data_path",
@@ -80,7 +81,7 @@ def fit_and_score(xtr, ytr, xva, yva, seed: int = 0) -> float:
     help="The UCI letter-recognition.data file (kept outside the repository).",
 )
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Generator seed.")
-def main(data_path: Path, seed: int) -> None:
+def cli(data_path: Path, seed: int) -> None:
     """Compare a model trained on generated letters with one trained on real letters."""
     if not data_path.is_file():
         raise click.ClickException(
@@ -109,6 +110,10 @@ def main(data_path: Path, seed: int) -> None:
     click.echo(f"validation error on real rows 16001-20000, trained on real:      {real_err:.4f}")
     gap = 100 * (gen_err - real_err)
     click.echo(f"generated_error={gen_err:.4f} real_error={real_err:.4f} gap_points={gap:.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(cli, "letters_fidelity.py", argv)
 
 
 if __name__ == "__main__":
