@@ -15,7 +15,7 @@ in-flight counts), call it with timeout = min(task timeout, time left), and on
   (that one may be faster or less loaded) and then fails the round, naming the budget,
   instead of burning the budget on every node (--max-attempts does not apply);
 - ConfigurationError (a node refused the coordinator's token): fail the round at once.
-With no healthy node it waits for one, until the round's deadline: then RoundFailed.
+With no healthy node it waits for one, until the round's deadline: then NoNodeFinished.
 
 Stragglers: once half the tasks are done, a task whose current attempt has run longer than
 `straggler_factor` times the median task time (and at least `straggler_min_s` more) is
@@ -75,11 +75,11 @@ class TaskRejected(Exception):
         self.error = error
 
 
-class RoundFailed(Exception):
+class NoNodeFinished(Exception):
     """No node could finish a task before the deadline or within the attempts allowed."""
 
 
-class ConfigurationError(RoundFailed):
+class ConfigurationError(NoNodeFinished):
     """The cluster is set up wrong (a node refused the coordinator's token): retrying won't help."""
 
 
@@ -156,7 +156,7 @@ class RoundExecutor:
     def run(
         self, tasks: Sequence[Any], policy: Policy, deadline_s: float, *, label: str = ""
     ) -> list[TaskOutcome]:
-        """Run every task at once; outcomes in task order. Raises RoundFailed or TaskRejected."""
+        """Run every task at once; outcomes in task order. Raises NoNodeFinished or TaskRejected."""
         if not tasks:
             return []
         with fewer_collections:
@@ -169,13 +169,13 @@ class RoundExecutor:
         round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label, len(tasks))
         # First placements in task order, so a seeded policy places a fault-free round the
         # same way every time, whatever order the threads start in.
-        first = [round_.reserve(set()) for _ in tasks]
+        first_nodes = [round_.reserve(set()) for _ in tasks]
         # A fixed set of workers takes task indices in order from one queue: a future per
         # task (and 256 threads handing the GIL around) cost more than the tasks' own calls.
         todo = deque(range(len(tasks)))
         workers = [
             threading.Thread(
-                target=round_.work, args=(todo, tasks, first), name=f"task-{n}", daemon=True
+                target=round_.work, args=(todo, tasks, first_nodes), name=f"task-{n}", daemon=True
             )
             for n in range(min(len(tasks), MAX_WORKERS))
         ]
@@ -197,7 +197,7 @@ class RoundExecutor:
                 last_look = self._clock()
                 if self._clock() > round_.deadline + 1.0:
                     n_left = sum(slot.outcome is None for slot in round_.slots)
-                    raise RoundFailed(
+                    raise NoNodeFinished(
                         f"round deadline of {deadline_s:g}s passed with {n_left} of "
                         f"{len(tasks)} tasks unfinished"
                     )
@@ -213,8 +213,8 @@ class RoundExecutor:
                     i = todo.popleft()
                 except IndexError:
                     break
-                if first[i] is not None:
-                    self._registry.end_task(first[i], None)
+                if first_nodes[i] is not None:
+                    self._registry.end_task(first_nodes[i], None)
             backups.shutdown(wait=False, cancel_futures=True)
 
 
@@ -277,6 +277,30 @@ class _Slot:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class _Tries:
+    """One runner's attempts at one task: counts, the nodes to avoid, the story so far."""
+
+    failures: list[str]  # "host:port reason" per failed attempt, for records and errors
+    failed: set[str]  # nodes excluded for this task (failed it, or the straggler's own)
+    attempts: int = 0
+    n_failed: int = 0
+    n_declined: int = 0
+    declined_last: bool = False  # a decline is not a failure: the next try is no retry
+    out_of_time: list[str] = field(default_factory=list)  # nodes that stopped it at its budget
+    busy: set[str] = field(default_factory=set)  # nodes that declined it since the last wait
+    backoff_s: float = BUSY_BACKOFF_S
+    start_s: float | None = None  # first attempt, since the round started
+
+    @classmethod
+    def for_runner(cls, backup: bool, avoid: str | None) -> _Tries:
+        """A first runner starts clean; a backup starts by avoiding the straggler's node."""
+        if backup:
+            return cls(failures=[f"{avoid} straggler, re-run elsewhere"],
+                       failed={avoid} if avoid else set())
+        return cls(failures=[], failed=set())
+
+
 class _Round:
     """The state one round's task threads share."""
 
@@ -290,7 +314,7 @@ class _Round:
         label: str,
         n_tasks: int,
     ) -> None:
-        self.ex = executor
+        self.executor = executor
         self.policy = policy
         self.start = start
         self.deadline = deadline
@@ -305,11 +329,11 @@ class _Round:
 
     def reserve(self, exclude: set[str]) -> str | None:
         """Pick a node and count the task in flight on it, atomically with other picks."""
-        with self.ex._dispatch:
-            choice = self.policy.pick(self.ex._registry.views(), exclude)
+        with self.executor._dispatch:
+            choice = self.policy.pick(self.executor._registry.views(), exclude)
             if choice is None:
                 return None
-            self.ex._registry.begin_task(choice.address)
+            self.executor._registry.begin_task(choice.address)
             return choice.address
 
     def stragglers(self, factor: float, min_extra_s: float) -> list[int]:
@@ -321,8 +345,8 @@ class _Round:
             return []
         median = durations[len(durations) // 2]
         limit = max(factor * median, median + min_extra_s)
-        now = self.ex._clock()
-        views = self.ex._registry.views()
+        now = self.executor._clock()
+        views = self.executor._registry.views()
         out = []
         for i, slot in enumerate(self.slots):
             with slot.lock:
@@ -336,14 +360,16 @@ class _Round:
             out.append(i)
         return out
 
-    def work(self, todo: deque[int], tasks: Sequence[Any], first: list[str | None]) -> None:
+    def work(
+        self, todo: deque[int], tasks: Sequence[Any], first_nodes: list[str | None]
+    ) -> None:
         """One worker: run tasks from `todo` until it is empty or the round is over."""
         while not self.abort.is_set():
             try:
                 i = todo.popleft()
             except IndexError:
                 return
-            self.run_task(i, tasks[i], first[i])
+            self.run_task(i, tasks[i], first_nodes[i])
 
     def run_task(self, index: int, task: Any, node: str | None) -> None:
         """The first runner of a task; a failure that fails the round goes to self.errors."""
@@ -359,7 +385,7 @@ class _Round:
     def run_backup(self, index: int, task: Any) -> None:
         """A second runner for a straggler; its errors never fail the round."""
         slot = self.slots[index]
-        self.ex.counters.add("stragglers")
+        self.executor.counters.add("stragglers")
         log_event("task_straggler", round=self.label, shard=index, node=slot.node)
         try:
             self._attempts(index, task, None, backup=True, avoid=slot.node)
@@ -385,115 +411,140 @@ class _Round:
     def _attempts(
         self, index: int, task: Any, node: str | None, *, backup: bool, avoid: str | None = None
     ) -> None:
-        ex = self.ex
-        slot = self.slots[index]
-        attempts = n_failed = n_declined = 0
-        declined_last = False  # a decline is not a failure: the next try is no retry
-        out_of_time: list[str] = []  # nodes that stopped this task at its time budget
-        failures: list[str] = [f"{avoid} straggler, re-run elsewhere"] if backup else []
-        failed: set[str] = {avoid} if avoid else set()
-        busy: set[str] = set()
-        backoff_s = BUSY_BACKOFF_S
-        start_s: float | None = None
+        """Try nodes until one returns the task's result; raise what fails the round."""
+        tries = _Tries.for_runner(backup, avoid)
         if not backup:
-            ex.counters.add("tasks")
+            self.executor.counters.add("tasks")
         while True:
-            if self.abort.is_set() or slot.outcome is not None:
-                if node is not None:
-                    ex._registry.end_task(node, None)
-                raise _Aborted()
-            remaining = self.deadline - ex._clock()
-            if remaining <= 0:
-                if node is not None:
-                    ex._registry.end_task(node, None)
-                raise self._deadline_error(index, failures)
+            node = self._node_for_attempt(index, tries, node, avoid)
             if node is None:
-                node = self.reserve(failed | busy)
-            if node is None:
-                backoff_s = self._wait_for_node(failed, busy, backoff_s, remaining, avoid)
-                continue
-            attempts += 1
-            if attempts > 1 and not declined_last:
-                ex.counters.add("retries")
-            declined_last = False
-            if start_s is None:
-                start_s = ex._clock() - self.start
-            began = ex._clock()
-            if not backup:
-                slot.node, slot.attempt_began = node, began
-            timeout_s = max(min(ex._task_timeout_s, self.deadline - began), 0.001)
+                continue  # waited for one
+            began = self._begin_attempt(tries, index, node, backup)
+            timeout_s = max(min(self.executor._task_timeout_s, self.deadline - began), 0.001)
             try:
-                value = ex._call_node(node, task, timeout_s, self.policy.may_decline)
+                value = self.executor._call_node(node, task, timeout_s, self.policy.may_decline)
             except NodeBusyError as exc:
-                ex._registry.end_task(node, None)
-                ex.counters.add("declined")
-                n_declined += 1
-                declined_last = True
-                busy.add(node)
-                backoff_s = max(backoff_s, min(exc.retry_after_s, MAX_BUSY_BACKOFF_S))
-                log_event("task_declined", round=self.label, shard=index, node=node)
-                node = None
-                continue
+                self._declined(index, tries, node, exc)
             except NodeFailure as exc:
-                ex._registry.end_task(node, None)
-                failures.append(f"{node} {exc.reason}")
-                if ex._clock() >= self.deadline:
-                    raise self._deadline_error(index, failures) from None
-                ex._registry.mark_dead(node, exc.reason, task_failed=True)
-                ex.counters.add("failures")
-                failed.add(node)
-                n_failed += 1
-                log_event(
-                    "task_failed", round=self.label, shard=index, node=node, reason=exc.reason
-                )
-                if n_failed >= ex._max_attempts:
-                    raise RoundFailed(
-                        f"shard task {index} failed on {n_failed} attempts "
-                        f"(--max-attempts {ex._max_attempts}): " + "; ".join(failures[-5:])
-                    ) from None
-                node = None
-                continue
+                self._failed(index, tries, node, exc)
             except TaskOutOfTime as exc:
-                ex._registry.end_task(node, None)
-                # The attempt's budget as given (the node's may be a little less after an
-                # upload): the figure a person set, --task-timeout-s or the round's time left.
-                failures.append(f"{node} out of time ({timeout_s:.3g}s budget)")
-                if ex._clock() >= self.deadline:
-                    raise self._deadline_error(index, failures) from None
-                ex.counters.add("deadline_exceeded")
-                out_of_time.append(node)
-                log_event("task_out_of_time", round=self.label, shard=index, node=node,
-                          budget_s=timeout_s, reason=exc)
-                if len(out_of_time) >= OUT_OF_TIME_TRIES:
-                    raise TaskOutOfTime(
-                        f"shard task {index} ran out of its time budget of {timeout_s:.3g}s "
-                        f"on {len(out_of_time)} tries ({', '.join(out_of_time)}); "
-                        f"the budget is the coordinator's --task-timeout-s "
-                        f"({ex._task_timeout_s:g}s) or the round's time left, whichever is "
-                        "less: raise it, or ask for fewer epochs or smaller shards",
-                        timeout_s,
-                    ) from None
-                failed.add(node)  # try it once more, elsewhere
-                node = None
-                continue
+                self._out_of_time(index, tries, node, exc, timeout_s)
             except BaseException:
-                ex._registry.end_task(node, None)
+                self.executor._registry.end_task(node, None)
                 raise
-            elapsed_s = ex._clock() - began
-            ex._registry.end_task(node, elapsed_s, _node_times(value))
-            outcome = TaskOutcome(
-                index, value, node, attempts, failures, start_s, ex._clock() - self.start,
-                n_declined,
+            else:
+                self._succeeded(index, tries, node, value, began, backup)
+                return
+            node = None
+
+    def _node_for_attempt(
+        self, index: int, tries: _Tries, node: str | None, avoid: str | None
+    ) -> str | None:
+        """The node for the next attempt; None after waiting for one. Raises when the task ends."""
+        if self.abort.is_set() or self.slots[index].outcome is not None:
+            if node is not None:
+                self.executor._registry.end_task(node, None)
+            raise _Aborted()
+        remaining = self.deadline - self.executor._clock()
+        if remaining <= 0:
+            if node is not None:
+                self.executor._registry.end_task(node, None)
+            raise self._deadline_error(index, tries.failures)
+        if node is None:
+            node = self.reserve(tries.failed | tries.busy)
+        if node is None:
+            tries.backoff_s = self._wait_for_node(
+                tries.failed, tries.busy, tries.backoff_s, remaining, avoid
             )
-            won = self._finish(index, outcome)
-            if not won:
-                ex.counters.add("results_dropped")
-            log_event(
-                "task_done", round=self.label, shard=index, node=node, attempts=attempts,
-                declined=n_declined,
-                elapsed_s=elapsed_s, backup=backup, used=won,
-            )
-            return
+        return node
+
+    def _begin_attempt(self, tries: _Tries, index: int, node: str, backup: bool) -> float:
+        """Count the attempt (a try after a decline is no retry); return when it began."""
+        tries.attempts += 1
+        if tries.attempts > 1 and not tries.declined_last:
+            self.executor.counters.add("retries")
+        tries.declined_last = False
+        if tries.start_s is None:
+            tries.start_s = self.executor._clock() - self.start
+        began = self.executor._clock()
+        if not backup:
+            slot = self.slots[index]
+            slot.node, slot.attempt_began = node, began
+        return began
+
+    def _declined(self, index: int, tries: _Tries, node: str, exc: NodeBusyError) -> None:
+        """A loaded node turned the task away: it stays healthy; ask others, then it again."""
+        self.executor._registry.end_task(node, None)
+        self.executor.counters.add("declined")
+        tries.n_declined += 1
+        tries.declined_last = True
+        tries.busy.add(node)
+        tries.backoff_s = max(tries.backoff_s, min(exc.retry_after_s, MAX_BUSY_BACKOFF_S))
+        log_event("task_declined", round=self.label, shard=index, node=node)
+
+    def _failed(self, index: int, tries: _Tries, node: str, exc: NodeFailure) -> None:
+        """The node could not run the task: mark it dead, exclude it, fail past max attempts."""
+        ex = self.executor
+        ex._registry.end_task(node, None)
+        tries.failures.append(f"{node} {exc.reason}")
+        if ex._clock() >= self.deadline:
+            raise self._deadline_error(index, tries.failures) from None
+        ex._registry.mark_dead(node, exc.reason, task_failed=True)
+        ex.counters.add("failures")
+        tries.failed.add(node)
+        tries.n_failed += 1
+        log_event("task_failed", round=self.label, shard=index, node=node, reason=exc.reason)
+        if tries.n_failed >= ex._max_attempts:
+            raise NoNodeFinished(
+                f"shard task {index} failed on {tries.n_failed} attempts "
+                f"(--max-attempts {ex._max_attempts}): " + "; ".join(tries.failures[-5:])
+            ) from None
+
+    def _out_of_time(
+        self, index: int, tries: _Tries, node: str, exc: TaskOutOfTime, timeout_s: float
+    ) -> None:
+        """The node stopped the task at its budget: one more try elsewhere, then fail the round."""
+        ex = self.executor
+        ex._registry.end_task(node, None)
+        # The attempt's budget as given (the node's may be a little less after an
+        # upload): the figure a person set, --task-timeout-s or the round's time left.
+        tries.failures.append(f"{node} out of time ({timeout_s:.3g}s budget)")
+        if ex._clock() >= self.deadline:
+            raise self._deadline_error(index, tries.failures) from None
+        ex.counters.add("deadline_exceeded")
+        tries.out_of_time.append(node)
+        log_event("task_out_of_time", round=self.label, shard=index, node=node,
+                  budget_s=timeout_s, reason=exc)
+        if len(tries.out_of_time) >= OUT_OF_TIME_TRIES:
+            raise TaskOutOfTime(
+                f"shard task {index} ran out of its time budget of {timeout_s:.3g}s "
+                f"on {len(tries.out_of_time)} tries ({', '.join(tries.out_of_time)}); "
+                f"the budget is the coordinator's --task-timeout-s "
+                f"({ex._task_timeout_s:g}s) or the round's time left, whichever is "
+                "less: raise it, or ask for fewer epochs or smaller shards",
+                timeout_s,
+            ) from None
+        tries.failed.add(node)  # try it once more, elsewhere
+
+    def _succeeded(
+        self, index: int, tries: _Tries, node: str, value: Any, began: float, backup: bool
+    ) -> None:
+        """Record the result (unless another runner's came first) and the node's timing."""
+        ex = self.executor
+        elapsed_s = ex._clock() - began
+        ex._registry.end_task(node, elapsed_s, _node_times(value))
+        outcome = TaskOutcome(
+            index, value, node, tries.attempts, tries.failures, tries.start_s or 0.0,
+            ex._clock() - self.start, tries.n_declined,
+        )
+        won = self._finish(index, outcome)
+        if not won:
+            ex.counters.add("results_dropped")
+        log_event(
+            "task_done", round=self.label, shard=index, node=node, attempts=tries.attempts,
+            declined=tries.n_declined,
+            elapsed_s=elapsed_s, backup=backup, used=won,
+        )
 
     def _wait_for_node(
         self,
@@ -504,7 +555,7 @@ class _Round:
         avoid: str | None = None,
     ) -> float:
         """Nobody eligible: back off if all are busy, else wait for a node to come alive."""
-        alive = {v.address for v in self.ex._registry.views()}
+        alive = {v.address for v in self.executor._registry.views()}
         if alive - failed:
             # Every healthy node said busy: give them a moment, then ask them all again.
             self.abort.wait(min(backoff_s, remaining))
@@ -518,16 +569,17 @@ class _Round:
         if alive:  # a backup whose only candidate is the straggler's own node
             self.abort.wait(min(remaining, NO_NODE_POLL_S))
         else:
-            self.ex._registry.wait_for_alive(min(remaining, NO_NODE_POLL_S))
+            self.executor._registry.wait_for_alive(min(remaining, NO_NODE_POLL_S))
         return backoff_s
 
-    def _deadline_error(self, index: int, failures: list[str]) -> RoundFailed:
+    def _deadline_error(self, index: int, failures: list[str]) -> NoNodeFinished:
         """The round's picture (tasks left, nodes alive of known), not one task's."""
         n_left = sum(slot.outcome is None for slot in self.slots)
-        n_alive, n_known = self.ex._registry.n_alive(), len(self.ex._registry.snapshot())
+        registry = self.executor._registry
+        n_alive, n_known = registry.n_alive(), len(registry.snapshot())
         detail = (f"; shard task {index} last failed on: " + "; ".join(failures[-3:])
                   if failures else "")
-        return RoundFailed(
+        return NoNodeFinished(
             f"round deadline of {self.deadline_s:g}s passed with {n_left} of "
             f"{len(self.slots)} tasks unfinished ({n_alive} of {n_known} known nodes alive"
             f"{detail})"

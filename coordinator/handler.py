@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from thrift.Thrift import TException
 
-from coordinator.executor import RoundFailed, TaskOutOfTime, TaskRejected
+from coordinator.executor import NoNodeFinished, TaskOutOfTime, TaskRejected
 from coordinator.service import CoordinatorService, MissingShards
 from coordinator.validation import RequestError
 from idl.cycles import let_go
@@ -37,7 +37,7 @@ COORDINATOR_ERRORS = (
              "invalid_request"),
     Declared(MissingShards, lambda exc: ShardMissing(message=str(exc), digest=exc.digests[0])),
     # also ConfigurationError: a node refused our token
-    Declared(RoundFailed, lambda exc: NoNodesAvailable(message=str(exc))),
+    Declared(NoNodeFinished, lambda exc: NoNodesAvailable(message=str(exc))),
     Declared(TaskOutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
     Declared(TaskRejected, _rejected),
 )

@@ -128,26 +128,26 @@ class NodeCaller:
         # same task on another thread, so the shared one is never written to.
         request = attempt_task(work.task, may_decline, timeout_s)
         try:
-            outcome = self._train(address, request, work.shard_bytes, deadline)
+            reply = self._train(address, request, work.shard_bytes, deadline)
         except (TException, OSError, EOFError) as exc:
             # A socket timeout: REPLY_MARGIN_S past the budget, reported as the budget.
             untangled(exc)
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
-        if isinstance(outcome, TaskResult):
-            return outcome
-        if isinstance(outcome, NodeBusy):
-            raise NodeBusyError(outcome.message or "busy", outcome.retry_after_s or 0.0)
-        if isinstance(outcome, ShardMissing):
+        if isinstance(reply, TaskResult):
+            return reply
+        if isinstance(reply, NodeBusy):
+            raise NodeBusyError(reply.message or "busy", reply.retry_after_s or 0.0)
+        if isinstance(reply, ShardMissing):
             raise NodeFailure("lost the shard right after it was uploaded")
-        if isinstance(outcome, Unauthorized):
+        if isinstance(reply, Unauthorized):
             raise ConfigurationError(
-                f"node {node} refused the coordinator's token: {outcome.message} (give the "
+                f"node {node} refused the coordinator's token: {reply.message} (give the "
                 "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
             )
-        if isinstance(outcome, DeadlineExceeded):
-            raise TaskOutOfTime(f"{node}: {outcome.message}", outcome.budget_s or timeout_s)
-        raise TaskRejected(outcome)
+        if isinstance(reply, DeadlineExceeded):
+            raise TaskOutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
+        raise TaskRejected(reply)
 
     def _train(
         self, address: Address, task: ShardTask, shard_bytes: bytes, deadline: float

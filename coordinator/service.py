@@ -13,8 +13,8 @@ import time
 
 from coordinator.executor import (
     Counters,
+    NoNodeFinished,
     RoundExecutor,
-    RoundFailed,
     TaskOutcome,
     fewer_collections,
 )
@@ -197,4 +197,4 @@ def _record(outcome: TaskOutcome, shard_name: str) -> TaskRecord:
     )
 
 
-__all__ = ["CoordinatorService", "MissingShards", "RequestError", "RoundFailed"]
+__all__ = ["CoordinatorService", "MissingShards", "RequestError", "NoNodeFinished"]

@@ -14,8 +14,8 @@ from coordinator.executor import (
     ConfigurationError,
     NodeBusyError,
     NodeFailure,
+    NoNodeFinished,
     RoundExecutor,
-    RoundFailed,
     TaskOutOfTime,
     TaskRejected,
 )
@@ -201,7 +201,7 @@ def test_round_fails_after_max_attempts():
     def call(node, task, timeout_s, may_decline):
         raise NodeFailure("reset")
 
-    with pytest.raises(RoundFailed, match="failed on 2 attempts"):
+    with pytest.raises(NoNodeFinished, match="failed on 2 attempts"):
         RoundExecutor(registry, call, max_attempts=2).run([0], RandomPolicy(), 10.0)
 
 
@@ -220,7 +220,7 @@ def test_rejected_task_fails_the_round_with_its_error():
 def test_no_nodes_fails_at_the_deadline_not_before_and_not_much_after():
     registry = make_registry()
     began = time.monotonic()
-    with pytest.raises(RoundFailed, match="deadline of 0.5s .*0 of 0 known nodes alive"):
+    with pytest.raises(NoNodeFinished, match="deadline of 0.5s .*0 of 0 known nodes alive"):
         RoundExecutor(registry, lambda *a: None).run([0, 1], RoundRobin(), 0.5)
     assert 0.45 <= time.monotonic() - began < 1.5
 
