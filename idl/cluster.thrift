@@ -59,7 +59,10 @@ struct ShardTask {
   5: list<Tensor> weights,    // W1 (d,h), b1 (h), W2 (h,k), b2 (k)
   6: TrainConfig config,
   7: bool may_decline,        // load-aware scheduling: a loaded node may reject
-  8: double timeout_s,        // the node gives up with DeadlineExceeded after this long
+  // Bounds the task from the node's receipt (0 = none): no free worker within it answers
+  // NodeBusy, the load delay is cut short, and training stops at the first step past it
+  // with DeadlineExceeded; a budget spent before training stops it before its first step.
+  8: double timeout_s,
   9: string token = "",       // the cluster's shared secret, as on every call
 }
 

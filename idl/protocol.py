@@ -70,7 +70,7 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
         pass
 
     def _encode_struct(self, obj: Any, spec: list) -> bytes:
-        if not _binary_fields(spec[1]) or not _bulky_value(obj):
+        if not _binary_fields(spec[1]) or not _peek_finds_bulk(obj):
             try:
                 return fastbinary.encode_binary(obj, spec)
             except TypeError:
@@ -83,7 +83,7 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
         try:
             if (
                 isinstance(self.trans, FramedTransport)
-                and _holds_binary(spec[1])
+                and _struct_can_hold_binary(spec[1])
                 and self.trans.holds_bulk_binary(spec[1])
             ):
                 self._python_next = True
@@ -133,33 +133,34 @@ def _malformed(exc: Exception) -> TProtocolException:
     return TProtocolException(TProtocolException.INVALID_DATA, f"malformed message: {exc}")
 
 
-_holds_binary_cache: dict[int, bool] = {}
+_can_hold_binary_cache: dict[int, bool] = {}
 
 
-def _type_holds_binary(ttype: int, args: Any) -> bool:
+def _type_can_hold_binary(ttype: int, args: Any) -> bool:
+    """Whether a value of this thrift type can contain a binary at any depth (types only)."""
     if ttype == TType.STRING:
         return args == "BINARY"
     if ttype == TType.STRUCT:
-        return _holds_binary(args[1])
+        return _struct_can_hold_binary(args[1])
     if ttype in (TType.LIST, TType.SET):
-        return _type_holds_binary(args[0], args[1])
+        return _type_can_hold_binary(args[0], args[1])
     if ttype == TType.MAP:
-        return _type_holds_binary(args[0], args[1]) or _type_holds_binary(args[2], args[3])
+        return _type_can_hold_binary(args[0], args[1]) or _type_can_hold_binary(args[2], args[3])
     return False
 
 
-def _holds_binary(spec: Any) -> bool:
+def _struct_can_hold_binary(spec: Any) -> bool:
     """Whether a struct type (its thrift_spec) can contain a binary value at any depth."""
     key = id(spec)
-    cached = _holds_binary_cache.get(key)
+    cached = _can_hold_binary_cache.get(key)
     if cached is None:
-        _holds_binary_cache[key] = False  # recursive types: assume no while looking
-        cached = any(f is not None and _type_holds_binary(f[1], f[3]) for f in spec or ())
-        _holds_binary_cache[key] = cached
+        _can_hold_binary_cache[key] = False  # recursive types: assume no while looking
+        cached = any(f is not None and _type_can_hold_binary(f[1], f[3]) for f in spec or ())
+        _can_hold_binary_cache[key] = cached
     return cached
 
 
-def _bulky_value(obj: Any) -> bool:
+def _peek_finds_bulk(obj: Any) -> bool:
     """Whether a struct holds a bulk binary, looking at no more than PEEK_ITEMS values.
 
     A message that carries a model carries it early and whole (every list of tensors is
@@ -168,15 +169,16 @@ def _bulky_value(obj: Any) -> bool:
     """
     budget = [PEEK_ITEMS]
     try:
-        return _struct_has_bulk(obj, budget)
+        return _struct_carries_bulk(obj, budget)
     except PeekLimit:
         return False
 
 
-def _struct_has_bulk(obj: Any, budget: list[int]) -> bool:
+def _struct_carries_bulk(obj: Any, budget: list[int]) -> bool:
+    """Whether a struct value holds a bulk binary; each value looked at spends the budget."""
     for name, ttype, args in _binary_fields(obj.thrift_spec):
         value = getattr(obj, name, None)
-        if value is not None and _value_has_bulk(value, ttype, args, budget):
+        if value is not None and _value_carries_bulk(value, ttype, args, budget):
             return True
     return False
 
@@ -189,19 +191,20 @@ def _binary_fields(spec: Any) -> list[tuple[str, int, Any]]:
     fields = _binary_fields_cache.get(id(spec))
     if fields is None:
         fields = [(f[2], f[1], f[3]) for f in spec or ()
-                  if f is not None and _type_holds_binary(f[1], f[3])]
+                  if f is not None and _type_can_hold_binary(f[1], f[3])]
         _binary_fields_cache[id(spec)] = fields
     return fields
 
 
-def _value_has_bulk(value: Any, ttype: int, args: Any, budget: list[int]) -> bool:
+def _value_carries_bulk(value: Any, ttype: int, args: Any, budget: list[int]) -> bool:
+    """Whether one value of type `ttype` is or holds a bulk binary (PeekLimit past the budget)."""
     budget[0] -= 1
     if budget[0] < 0:
         raise PeekLimit
     if ttype == TType.STRING:
         return len(value) >= BULK_BYTES
     if ttype == TType.STRUCT:
-        return _struct_has_bulk(value, budget)
+        return _struct_carries_bulk(value, budget)
     if ttype in (TType.LIST, TType.SET):
-        return any(_value_has_bulk(v, args[0], args[1], budget) for v in value if v is not None)
+        return any(_value_carries_bulk(v, args[0], args[1], budget) for v in value if v is not None)
     return False  # maps: none in the IDL; the C codec codes them

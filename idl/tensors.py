@@ -1,7 +1,7 @@
 """Tensors on the wire: shape + little-endian float64 bytes in C order.
 
 Binary fields cost a fifth of list<double> for the default model. Decoding is a view over
-the received bytes (idl.rpc hands bulk binaries over as views of the received frame), so a
+the received bytes (idl.protocol hands bulk binaries over as views of the received frame), so a
 caller that only reads the weights pays no copy at all, and one that needs a writable array
 pays exactly one.
 """
