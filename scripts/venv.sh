@@ -32,7 +32,10 @@ ensure_venv() {
         all=$({ [ -f "$stamp" ] && cat "$stamp"; tr , '\n' <<< "$extras"; } \
             | grep -v '^$' | sort -u | paste -sd, -)
         echo "== installing the project into .venv (with the $all extras)"
-        .venv/bin/python -m pip install -q -e ".[$all]"
+        # setuptools' notice on every editable install (folders named like the packages may
+        # shadow them) says nothing about this project: not shown.
+        PYTHONWARNINGS="ignore:Editable installation" \
+            .venv/bin/python -m pip install -q -e ".[$all]"
         tr , '\n' <<< "$all" > "$stamp.new"
         mv "$stamp.new" "$stamp"
     fi
