@@ -13,9 +13,19 @@ from pathlib import Path
 import click
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.dataset import UnknownDataDir
 from client.progress import with_progress
+from client.resume import InterruptedExit, interrupted_message, resume_hint
 from client.status import status_command
-from client.training import ResumeMismatch, RoundReport, RunConfig, run_training
+from client.training import (
+    CheckpointError,
+    Interrupted,
+    ResumeMismatch,
+    RoundReport,
+    RunConfig,
+    checkpoint_round,
+    run_rounds,
+)
 from idl.rpc import Address
 from idl.tensors import TensorError
 from idl.tls import TlsContexts
@@ -72,7 +82,7 @@ def cli() -> None:
              epilog="To see the cluster: python -m client status HOST:PORT [--watch [SECONDS]].")
 @click.argument("coordinator_ip")
 @click.argument("coordinator_port", type=click.IntRange(1, 65535))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("rounds", type=click.IntRange(min=1))
 @click.argument("epochs", type=click.IntRange(min=1))
 @click.argument("h", type=click.IntRange(min=1, max=1_000_000))
@@ -130,12 +140,17 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
     )
     try:
         links = with_progress(lambda paths: CoordinatorLink(addresses, paths, tls.client), rounds)
-        summary = run_training(config, links, on_round=_print_round)
-    except (DataError, ResumeMismatch, TensorError) as exc:
+        summary = run_rounds(config, links, on_round=_print_round, on_note=click.echo,
+                             on_warning=lambda line: click.echo(line, err=True))
+    except (DataError, ResumeMismatch, TensorError, CheckpointError, UnknownDataDir) as exc:
         raise click.ClickException(str(exc)) from None
     except RoundFailed as exc:
-        hint = " The checkpoint keeps the last completed round." if checkpoint_path else ""
-        raise click.ClickException(f"{exc}{hint}") from None
+        raise click.ClickException(f"{exc}{resume_hint(checkpoint_path)}") from None
+    except Interrupted as exc:
+        raise InterruptedExit(interrupted_message(exc)) from None
+    except KeyboardInterrupt:  # before the first round began
+        stop = Interrupted(checkpoint_round(checkpoint_path) or 0, rounds, checkpoint_path)
+        raise InterruptedExit(interrupted_message(stop)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
     if summary.resumed_from and not summary.reports:

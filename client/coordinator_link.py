@@ -17,7 +17,7 @@ from pathlib import Path
 from thrift.Thrift import TApplicationException, TException
 from thrift.transport.TTransport import TTransportException
 
-from idl.gen import Coordinator
+from idl.gen import ComputeNode, Coordinator
 from idl.gen.ttypes import (
     DatasetError,
     DeadlineExceeded,
@@ -28,7 +28,7 @@ from idl.gen.ttypes import (
     ShardMissing,
     Unauthorized,
 )
-from idl.rpc import Address, ConnectionPool
+from idl.rpc import Address, ConnectionPool, connect
 from runtime.events import log_event
 
 # Uploads and status calls are short; a round may take as long as its deadline.
@@ -64,23 +64,44 @@ class CoordinatorLink:
     ) -> RoundResult:
         """Run one round, failing over between coordinators; RoundFailed when none can."""
         reasons: list[str] = []
+        wrong = 0  # addresses where something else than a coordinator answered
         for _ in range(len(self._coordinators)):
             address = self.active
             try:
                 return self._run_on(address, request)
             except (TTransportException, TApplicationException, OSError, EOFError) as exc:
                 reason = _describe(exc)
-                reasons.append(f"{address}: {reason}")
+                if _unknown_method(exc):
+                    wrong += 1
+                    reason = self._not_a_coordinator(address, request.token or "")
+                reasons.append(reason if reason.startswith(str(address)) else
+                               f"{address}: {reason}")
                 log_event("coordinator_failed", coordinator=str(address), reason=reason)
                 self._pool.discard(address)
                 self._active = (self._active + 1) % len(self._coordinators)
                 if on_failover:
                     on_failover(address, reason)
+        if wrong == len(reasons):
+            raise RoundFailed("; ".join(reasons))
         raise RoundFailed(
-            "no coordinator could run the round (" + "; ".join(reasons) + "). "
-            "Check that a coordinator is running at the address given, then run again "
-            "with --resume."
+            "no coordinator could run the round (" + "; ".join(reasons) + "); check that a "
+            "coordinator is running at the address given"
         )
+
+    def _not_a_coordinator(self, address: Address, token: str) -> str:
+        """What answered a coordinator's call with "unknown method": a compute node, or else."""
+        try:
+            conn = connect(ComputeNode.Client, address, SHORT_CALL_S, self.tls)
+            try:
+                conn.client.load(token)
+            finally:
+                conn.close()
+        except Unauthorized:
+            pass  # a node that wants another token is still a node
+        except (TException, OSError, EOFError):
+            return f"{address} answers, but is not a coordinator (it does not know run_round)"
+        return (f"{address} is a compute node, not a coordinator: give the coordinator's "
+                "address (its `listening on` line)")
 
     def _run_on(self, address: Address, request: RoundRequest) -> RoundResult:
         timeout_s = request.deadline_s + ROUND_MARGIN_S
@@ -124,6 +145,11 @@ class CoordinatorLink:
 
 def _put_shard(client: Coordinator.Client, *, digest: str, data: bytes, token: str) -> None:
     client.put_shard(digest, data, token)
+
+
+def _unknown_method(exc: BaseException) -> bool:
+    return (isinstance(exc, TApplicationException)
+            and exc.type == TApplicationException.UNKNOWN_METHOD)
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.dataset import describe, empty_classes_warning, resolve_data_dir
 from client.timing import TimingWriter
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardRef, TrainConfig
 from idl.tensors import TensorError, decode_tensors, encode_tensors
@@ -92,6 +93,20 @@ class ResumeMismatch(ValueError):
     """The checkpoint belongs to another run (different data or hyperparameters)."""
 
 
+class CheckpointError(ValueError):
+    """--resume without a checkpoint, or a new run that would overwrite one."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: `rounds_done` of `rounds` are complete (and in the checkpoint, if any)."""
+
+    def __init__(self, rounds_done: int, rounds: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted after round {rounds_done} of {rounds}")
+        self.rounds_done = rounds_done
+        self.rounds = rounds
+        self.checkpoint = checkpoint
+
+
 class BadRoundResult(RoundFailed):
     """The coordinator's answer does not fit the round asked for: none of it is applied."""
 
@@ -112,10 +127,35 @@ def shard_refs(data: DataDir) -> tuple[list[ShardRef], dict[str, Path]]:
     return refs, paths
 
 
+def checkpoint_round(path: Path | None) -> int | None:
+    """The last completed round a checkpoint holds; None when there is none to read."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return int(load_model(path)[1]["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_checkpoint(config: RunConfig) -> None:
+    """--resume needs a checkpoint; a run without --resume never overwrites one."""
+    ckpt = config.checkpoint_path
+    if ckpt is None:
+        return
+    if config.resume and not ckpt.exists():
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt}; check the path, or drop "
+                              "--resume to start a new run")
+    if not config.resume and ckpt.exists():
+        held = checkpoint_round(ckpt)
+        what = f"holds round {held}" if held is not None else "exists"
+        raise CheckpointError(f"checkpoint {ckpt} {what}: pass --resume to continue that run, "
+                              "or remove the file to start over")
+
+
 def _start_state(config: RunConfig, data: DataDir, identity: dict) -> tuple[Params, int]:
     """Fresh weights from the seed, or the last completed round's from the checkpoint."""
     ckpt = config.checkpoint_path
-    if config.resume and ckpt is not None and ckpt.exists():
+    if config.resume and ckpt is not None:
         params, meta = load_model(ckpt)
         saved = meta.get("identity", {})
         if saved != identity:
@@ -138,17 +178,43 @@ def input_standardization(config: RunConfig, data: DataDir) -> Standardization |
     return fit_standardization([dataset.x for _, dataset in data.train])
 
 
-def run_training(
+def _read_data(config: RunConfig, on_note: Callable[[str], None],
+               on_warning: Callable[[str], None]) -> tuple[DataDir, Path]:
+    """The run's data (a built-in dataset when DATA_DIR names one), summarised in notes."""
+    data_dir, note = resolve_data_dir(config.data_dir)
+    if note:
+        on_note(note)
+    data = read_data_dir(data_dir)
+    on_note(describe(data, data_dir))
+    warning = empty_classes_warning(data)
+    if warning:
+        on_warning(warning)
+    return data, data_dir
+
+
+def run_rounds(
     config: RunConfig,
     link_factory: Callable[[dict[str, Path]], CoordinatorLink],
     on_round: Callable[[RoundReport], None] = lambda report: None,
+    on_note: Callable[[str], None] = lambda line: None,
+    on_warning: Callable[[str], None] = lambda line: None,
 ) -> RunSummary:
-    """Run the configured rounds through the coordinators; return the final weights."""
-    data = read_data_dir(config.data_dir)
+    """Run the configured rounds through the coordinators; return the final weights.
+
+    `on_note` gets one-line notices before the first round (the data, a resume), and
+    `on_warning` doubts about the data; Ctrl-C becomes Interrupted, saying how many rounds
+    are complete.
+    """
+    check_checkpoint(config)
+    data, data_dir = _read_data(config, on_note, on_warning)
     refs, paths = shard_refs(data)
     stats = input_standardization(config, data)
     identity = config.identity([r.digest for r in refs], stats)
     params, done = _start_state(config, data, identity)
+    if config.resume:
+        on_note(f"resuming from checkpoint {config.checkpoint_path}: it holds round {done}"
+                + (f", round {done + 1} of {config.rounds} is next" if done < config.rounds
+                   else ""))
     # Validation rows go through the same transform the nodes apply to the training rows.
     val_x = stats.apply(data.validate.x) if stats is not None else data.validate.x
     model_meta = {"init": config.init,
@@ -159,8 +225,9 @@ def run_training(
                                momentum=config.momentum, seed=config.seed,
                                feature_shift=list(stats.shift) if stats else [],
                                feature_scale=list(stats.scale) if stats else [])
-    meta = {"job": job_id, "data_dir": config.data_dir, "shards": len(refs),
+    meta = {"job": job_id, "data_dir": data_dir, "shards": len(refs),
             "rows": sum(r.n_rows for r in refs), **asdict_str(config)}
+    meta["data_dir"] = data_dir  # the directory read, also when DATA_DIR names a dataset
     timing = TimingWriter(config.timing_path, meta, append=done > 0)
     link = link_factory(paths)
     try:
@@ -186,6 +253,9 @@ def run_training(
                             **model_meta})
             summary.reports.append(report)
             on_round(report)
+    except KeyboardInterrupt:
+        completed = summary.reports[-1].round if summary.reports else done
+        raise Interrupted(completed, config.rounds, config.checkpoint_path) from None
     finally:
         timing.close()
         link.close()

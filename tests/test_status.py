@@ -197,5 +197,7 @@ def test_piped_client_prints_plain_lines_only(make_cluster, tmp_path: Path) -> N
 
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stdout and "/16 [" not in done.stdout + done.stderr
-    assert [line.split("  ")[0] for line in done.stdout.splitlines()] == [
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("data: 16 training shards, 16000 rows"), done.stdout
+    assert [line.split("  ")[0] for line in lines[1:]] == [
         "round 1/2", "round 2/2", "final validation error " + done.stdout.split()[-1]]

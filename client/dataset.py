@@ -1,0 +1,88 @@
+"""Which data a run trains on, and what a person should know about it before it starts.
+
+DATA_DIR is a directory of shards, or the name of a built-in dataset (`letters`): the
+seed's own command names `letters`, and from the repository root that is also the package
+directory, which holds code, not shards.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+
+from mlcore.data import DataDir
+
+# name -> module whose default_data_dir() gives the installed shards
+BUILTIN_DATASETS = {"letters": "letters"}
+
+
+class UnknownDataDir(ValueError):
+    """DATA_DIR is neither a directory nor the name of a built-in dataset."""
+
+
+def _has_shards(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("train_*.txt"))
+
+
+def resolve_data_dir(given: Path) -> tuple[Path, str | None]:
+    """(directory to read, a one-line note when a built-in dataset stands in for `given`).
+
+    A directory with shards is itself; a bare name of a built-in dataset (`letters`) that
+    is no such directory, or one without shards, is that dataset wherever the client runs.
+    """
+    if _has_shards(given):
+        return given, None
+    name = str(given).rstrip("/")
+    if name in BUILTIN_DATASETS:
+        builtin: Path = importlib.import_module(BUILTIN_DATASETS[name]).default_data_dir()
+        return builtin, f"data: {name} is the built-in {name} dataset ({builtin})"
+    if not given.exists():
+        known = ", ".join(sorted(BUILTIN_DATASETS))
+        raise UnknownDataDir(
+            f"DATA_DIR {str(given)!r} does not exist and is not a built-in dataset ({known})"
+        )
+    if not given.is_dir():
+        raise UnknownDataDir(f"DATA_DIR {str(given)!r} is a file, not a directory")
+    return given, None  # read_data_dir says what is missing
+
+
+def describe(data: DataDir, path: Path) -> str:
+    """One line: shards, rows, attributes, classes, validation rows."""
+    rows = sum(dataset.n_rows for _, dataset in data.train)
+    return (f"data: {len(data.train)} training shards, {rows} rows, {data.n_features} "
+            f"attributes, {data.n_classes} classes; {data.validate.n_rows} validation rows "
+            f"({path})")
+
+
+def empty_classes(data: DataDir) -> list[int]:
+    """Class labels below n_classes that no training row carries."""
+    seen = np.zeros(data.n_classes, dtype=bool)
+    for _, dataset in data.train:
+        seen[dataset.y] = True
+    return [int(c) for c in np.flatnonzero(~seen)]
+
+
+def empty_classes_warning(data: DataDir) -> str | None:
+    """A one-line warning when some classes have no training rows (a label typo, often)."""
+    empty = empty_classes(data)
+    if not empty:
+        return None
+    return (f"warning: {len(empty)} of {data.n_classes} classes have no training rows "
+            f"({_ranges(empty)}); the model still has {data.n_classes} outputs: is a label "
+            f"mistyped (the largest is {data.n_classes - 1})?")
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[str] = []
+    start = prev = values[0]
+    for v in values[1:] + [None]:  # type: ignore[list-item]
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)
