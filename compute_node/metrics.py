@@ -10,35 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.node import ComputeNodeCore
-from idl.gen.ttypes import (
-    DatasetError,
-    DeadlineExceeded,
-    InvalidRequest,
-    NodeBusy,
-    ShardMissing,
-    ShardTask,
-    TaskResult,
-    Unauthorized,
-)
-from idl.rpc import Address
-from runtime.metrics import serve_metrics
+from idl.gen import ttypes
+from idl.gen.ttypes import ShardTask, TaskResult
+from runtime.metrics import Figure, ProcessMetrics, figure_families
 
 SERVICE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_OUTCOMES = ((NodeBusy, "declined"), (ShardMissing, "shard_missing"), (InvalidRequest, "invalid"),
-             (DatasetError, "dataset_error"), (Unauthorized, "unauthorized"),
-             (DeadlineExceeded, "deadline_exceeded"))
+_OUTCOMES = ((ttypes.NodeBusy, "declined"), (ttypes.ShardMissing, "shard_missing"),
+             (ttypes.InvalidRequest, "invalid"), (ttypes.DatasetError, "dataset_error"),
+             (ttypes.Unauthorized, "unauthorized"), (ttypes.DeadlineExceeded, "deadline_exceeded"))
+# The node's load() figures, read at scrape time.
+_LOAD_FIGURES: tuple[Figure, ...] = (
+    (GaugeMetricFamily, "tasks_in_flight", "Tasks accepted and not yet replied to.",
+     "tasks_in_flight"),
+    (CounterMetricFamily, "tasks_done", "Tasks trained and replied to.", "tasks_done"),
+    (CounterMetricFamily, "tasks_declined", "Tasks declined (loaded, or no free worker in time).",
+     "tasks_declined"),
+    (GaugeMetricFamily, "recent_service_seconds",
+     "Moving average of accepted tasks' service time.", "recent_service_s"),
+    (GaugeMetricFamily, "shards_cached",
+     "Distinct shards this node can train on without an upload.", "shards_cached"),
+    (GaugeMetricFamily, "load_probability", "Configured probability of simulated load.",
+     "load_probability"),
+)
 
 
-class NodeMetrics:
+class NodeMetrics(ProcessMetrics):
     """The node's metrics registry: load figures on scrape, plus a service-time histogram."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__()
         self.service_s = Histogram(
             "fedcluster_node_service_seconds",
             "Node-measured time of each completed train task, request received to reply.",
@@ -53,10 +58,6 @@ class NodeMetrics:
         """Report `handler.node_load()` on every scrape."""
         self.registry.register(_LoadCollector(handler))
 
-    def serve(self, host: str, port: int) -> Address:
-        """Serve /metrics on host:port (0 = any free port); return the bound address."""
-        return serve_metrics(self.registry, host, port)
-
 
 class _LoadCollector:
     """Turns NodeLoad into metric families at scrape time."""
@@ -65,24 +66,7 @@ class _LoadCollector:
         self._handler = handler
 
     def collect(self) -> Iterator[Metric]:
-        load = self._handler.node_load()
-        yield GaugeMetricFamily("fedcluster_node_tasks_in_flight",
-                                "Tasks accepted and not yet replied to.",
-                                value=load.tasks_in_flight)
-        yield CounterMetricFamily("fedcluster_node_tasks_done", "Tasks trained and replied to.",
-                                  value=load.tasks_done)
-        yield CounterMetricFamily("fedcluster_node_tasks_declined",
-                                  "Tasks declined (loaded, or no free worker in time).",
-                                  value=load.tasks_declined)
-        yield GaugeMetricFamily("fedcluster_node_recent_service_seconds",
-                                "Moving average of accepted tasks' service time.",
-                                value=load.recent_service_s)
-        yield GaugeMetricFamily("fedcluster_node_shards_cached",
-                                "Distinct shards this node can train on without an upload.",
-                                value=load.shards_cached)
-        yield GaugeMetricFamily("fedcluster_node_load_probability",
-                                "Configured probability of simulated load.",
-                                value=load.load_probability)
+        return figure_families("fedcluster_node", _LOAD_FIGURES, self._handler.node_load())
 
 
 class MeteredNodeHandler(ComputeNodeHandler):

@@ -10,25 +10,37 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from coordinator.handler import CoordinatorHandler
 from coordinator.service import CoordinatorService
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardMissing
-from idl.rpc import Address
-from runtime.metrics import serve_metrics
+from runtime.metrics import Figure, ProcessMetrics, per_node_families
 
 ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # Always exported (0 until they happen), so dashboards need no special cases.
 KNOWN_COUNTERS = ("rounds", "rounds_failed", "tasks", "retries", "failures", "declined")
+# Each node's figures in status(), labelled with its address.
+_NODE_FIGURES: tuple[Figure, ...] = (
+    (GaugeMetricFamily, "node_alive", "1 if the node answers, 0 if marked dead.", "alive"),
+    (GaugeMetricFamily, "node_tasks_in_flight", "Tasks this coordinator has on the node now.",
+     "tasks_in_flight"),
+    (CounterMetricFamily, "node_tasks_done", "Tasks the node completed for this coordinator.",
+     "tasks_done"),
+    (CounterMetricFamily, "node_failures", "Calls to the node that failed.", "failures"),
+    (GaugeMetricFamily, "node_load_probability", "Load probability the node reports.",
+     "load_probability"),
+    (GaugeMetricFamily, "node_last_seen_seconds",
+     "Seconds since the node last answered (-1: never).", "last_seen_s_ago"),
+)
 
 
-class CoordinatorMetrics:
+class CoordinatorMetrics(ProcessMetrics):
     """The coordinator's metrics registry: status() on scrape plus a round histogram."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        super().__init__()
         self.round_s = Histogram(
             "fedcluster_coordinator_round_seconds",
             "Wall time of run_round calls, by outcome (ok, failed, shard_missing).", ["outcome"],
@@ -39,10 +51,6 @@ class CoordinatorMetrics:
         """Report `service.status()` on every scrape."""
         self.registry.register(_StatusCollector(service))
 
-    def serve(self, host: str, port: int) -> Address:
-        """Serve /metrics on host:port (0 = any free port); return the bound address."""
-        return serve_metrics(self.registry, host, port)
-
 
 class _StatusCollector:
     """Turns ClusterStatus into metric families at scrape time."""
@@ -52,31 +60,7 @@ class _StatusCollector:
 
     def collect(self) -> Iterator[Metric]:
         status = self._service.status()
-        per_node: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
-            "alive": GaugeMetricFamily("fedcluster_coordinator_node_alive",
-                                       "1 if the node answers, 0 if marked dead.", labels=["node"]),
-            "in_flight": GaugeMetricFamily("fedcluster_coordinator_node_tasks_in_flight",
-                                           "Tasks this coordinator has on the node now.",
-                                           labels=["node"]),
-            "done": CounterMetricFamily("fedcluster_coordinator_node_tasks_done",
-                                        "Tasks the node completed for this coordinator.",
-                                        labels=["node"]),
-            "failures": CounterMetricFamily("fedcluster_coordinator_node_failures",
-                                            "Calls to the node that failed.", labels=["node"]),
-            "load": GaugeMetricFamily("fedcluster_coordinator_node_load_probability",
-                                      "Load probability the node reports.", labels=["node"]),
-            "seen": GaugeMetricFamily("fedcluster_coordinator_node_last_seen_seconds",
-                                      "Seconds since the node last answered (-1: never).",
-                                      labels=["node"]),
-        }
-        for n in status.nodes or []:
-            per_node["alive"].add_metric([n.address], 1.0 if n.alive else 0.0)
-            per_node["in_flight"].add_metric([n.address], n.tasks_in_flight)
-            per_node["done"].add_metric([n.address], n.tasks_done)
-            per_node["failures"].add_metric([n.address], n.failures)
-            per_node["load"].add_metric([n.address], n.load_probability)
-            per_node["seen"].add_metric([n.address], n.last_seen_s_ago)
-        yield from per_node.values()
+        yield from per_node_families("fedcluster_coordinator", _NODE_FIGURES, status.nodes or [])
         counters = dict.fromkeys(KNOWN_COUNTERS, 0) | dict(status.counters or {})
         for name in ("nodes_alive", "shards_cached"):  # levels, not counts
             if name in counters:
