@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from coordinator.policies import Policy
 from coordinator.registry import Registry
@@ -191,7 +191,8 @@ class RoundExecutor:
                 if round_.errors:
                     raise round_.errors[0]
                 if round_.n_done == len(tasks):
-                    return [slot.outcome for slot in round_.slots]
+                    # every slot has its outcome once n_done counts them all
+                    return cast(list[TaskOutcome], [slot.outcome for slot in round_.slots])
                 if self._clock() - last_look < WATCH_TICK_S:
                     continue
                 last_look = self._clock()
@@ -213,8 +214,9 @@ class RoundExecutor:
                     i = todo.popleft()
                 except IndexError:
                     break
-                if first_nodes[i] is not None:
-                    self._registry.end_task(first_nodes[i], None)
+                node = first_nodes[i]
+                if node is not None:
+                    self._registry.end_task(node, None)
             backups.shutdown(wait=False, cancel_futures=True)
 
 
@@ -255,7 +257,7 @@ fewer_collections = _FewerCollections()  # `with fewer_collections:` nests and o
 
 def _node_times(value: Any) -> tuple[float, float] | None:
     """(busy_s, load_delay_s) from a result's node-measured `timings`, if it carries them."""
-    t = getattr(value, "timings", None)
+    t: Any = getattr(value, "timings", None)  # None or odd values: AttributeError below
     try:
         busy_s = float(t.total_s) - float(t.wait_s)
         delay_s = float(t.load_delay_s)
