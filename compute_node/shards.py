@@ -7,12 +7,11 @@ only while it trains (compute_node.trainer), and the values, hence the results, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mlcore.data import Dataset, parse_data
+from mlcore.data import Dataset, Rows, parse_data
 from runtime.shard_store import ShardStore
 
 # Smallest first: the first that holds a column's range exactly is used.
@@ -21,24 +20,12 @@ _COMPACT_DTYPES = tuple(
 )
 
 
-@dataclass(frozen=True)
-class Shard:
+class Shard(Rows):
     """A parsed shard as the node keeps it: x (n, d) and y (n,) in compact dtypes.
 
     x holds exactly the values mlcore.data.parse_data produced (integers), so widening it
     to float64 gives the very same array; x stays float64 when its values need that.
     """
-
-    x: np.ndarray
-    y: np.ndarray
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.x.shape[0])
-
-    @property
-    def n_features(self) -> int:
-        return int(self.x.shape[1])
 
     @property
     def nbytes(self) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "DataDir",
+    "Rows",
     "parse_data",
     "read_data_file",
     "read_data_dir",
@@ -43,19 +44,23 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """Rows of one file: x is (n, d) float64, y is (n,) int64 class labels."""
+class Rows:
+    """Labelled rows: x (n, d) features, y (n,) class labels, row i of each the same sample."""
 
     x: np.ndarray
     y: np.ndarray
 
     @property
     def n_rows(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x)
 
     @property
     def n_features(self) -> int:
         return int(self.x.shape[1])
+
+
+class Dataset(Rows):
+    """Rows of one file: x is (n, d) float64, y is (n,) int64 class labels."""
 
 
 @dataclass
