@@ -45,29 +45,19 @@ class BulkAwareProtocol(TBinaryProtocol.TBinaryProtocol):
         self._python_next = False  # the next struct read/write skips the C codec once
         super().__init__(trans, **limits)
 
+    def _c_codec(self, method: Callable[..., Any]) -> Callable[..., Any] | None:
+        """`method`, unless the next struct was marked for Python (a mark used once)."""
+        if self._python_next:
+            self._python_next = False
+            return None
+        return method
+
     # The generated read()/write() of every struct ask for these hooks first; None means
     # "code the fields in Python". The base constructor assigns None to both: ignored.
-    @property
-    def _fast_encode(self) -> Callable[..., bytes] | None:
-        if self._python_next:
-            self._python_next = False
-            return None
-        return self._encode_struct
-
-    @_fast_encode.setter
-    def _fast_encode(self, _value: object) -> None:
-        pass
-
-    @property
-    def _fast_decode(self) -> Callable[..., None] | None:
-        if self._python_next:
-            self._python_next = False
-            return None
-        return self._decode_struct
-
-    @_fast_decode.setter
-    def _fast_decode(self, _value: object) -> None:
-        pass
+    _fast_encode = property(lambda self: self._c_codec(self._encode_struct),
+                            lambda self, _value: None)
+    _fast_decode = property(lambda self: self._c_codec(self._decode_struct),
+                            lambda self, _value: None)
 
     def _encode_struct(self, obj: Any, spec: list) -> bytes:
         if not _binary_fields(spec[1]) or not _peek_finds_bulk(obj):
