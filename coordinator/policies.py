@@ -38,18 +38,28 @@ def _eligible(nodes: Sequence[NodeView], exclude: Collection[str]) -> Sequence[N
     return [n for n in nodes if n.address not in exclude]
 
 
-class RandomPolicy:
-    """Uniform over the healthy, non-excluded nodes."""
-
-    name = "random"
-    may_decline = False
+class _SeededChoice:
+    """A policy that chooses among the non-excluded nodes with its own seeded rng."""
 
     def __init__(self, seed: int = 1) -> None:
         self._rng = random.Random(seed)
 
     def pick(self, nodes: Sequence[NodeView], exclude: Collection[str]) -> NodeView | None:
         eligible = _eligible(nodes, exclude)
-        return self._rng.choice(eligible) if eligible else None
+        return self._choose(eligible, nodes) if eligible else None
+
+    def _choose(self, eligible: Sequence[NodeView], nodes: Sequence[NodeView]) -> NodeView:
+        raise NotImplementedError
+
+
+class RandomPolicy(_SeededChoice):
+    """Uniform over the healthy, non-excluded nodes."""
+
+    name = "random"
+    may_decline = False
+
+    def _choose(self, eligible: Sequence[NodeView], nodes: Sequence[NodeView]) -> NodeView:
+        return self._rng.choice(eligible)
 
 
 class RoundRobin:
@@ -79,7 +89,7 @@ class RoundRobin:
         return None
 
 
-class LoadAware:
+class LoadAware(_SeededChoice):
     """Least expected completion time: (in_flight + 1) * service time; ties by seeded rng.
 
     `service_s` is the registry's expected time a task occupies the node (steady time plus
@@ -93,13 +103,7 @@ class LoadAware:
     name = "load-aware"
     may_decline = True
 
-    def __init__(self, seed: int = 1) -> None:
-        self._rng = random.Random(seed)
-
-    def pick(self, nodes: Sequence[NodeView], exclude: Collection[str]) -> NodeView | None:
-        eligible = _eligible(nodes, exclude)
-        if not eligible:
-            return None
+    def _choose(self, eligible: Sequence[NodeView], nodes: Sequence[NodeView]) -> NodeView:
         known = [n.service_s for n in nodes if n.service_s is not None]
         if known:
             default_s = sum(known) / len(known)
