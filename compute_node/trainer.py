@@ -21,6 +21,7 @@ from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from mlcore.model import Params, TrainingTimeout, train
 from mlcore.shapes import mlp_dims
 from mlcore.standardize import check_standardization
+from runtime.budget import OutOfTime
 
 # Activations for n rows take about n * (h + k) doubles several times over; bound the
 # product so one request cannot make the node swap (64M values = 512 MB per copy).
@@ -33,14 +34,6 @@ class InvalidTask(ValueError):
 
 class ShardMismatch(ValueError):
     """The shard does not fit the model (feature count, labels >= k)."""
-
-
-class OutOfTime(TimeoutError):
-    """The task's time budget ran out before training ended; the node stopped it."""
-
-    def __init__(self, message: str, budget_s: float) -> None:
-        super().__init__(message)
-        self.budget_s = budget_s
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ in-flight counts), call it with timeout = min(task timeout, time left), and on
 - NodeFailure: mark the node dead, exclude it for this task, retry elsewhere
   (at most `max_attempts` failures per task);
 - TaskRejected (the request's own fault): fail the whole round with that error;
-- TaskOutOfTime (the node stopped the task at its time budget): the node is healthy and
+- OutOfTime (the node stopped the task at its time budget): the node is healthy and
   the task may simply be too big for the budget, so it gets ONE more try on another node
   (that one may be faster or less loaded) and then fails the round, naming the budget,
   instead of burning the budget on every node (--max-attempts does not apply);
@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from coordinator.policies import Policy
 from coordinator.registry import Registry
+from runtime.budget import OutOfTime
 from runtime.events import log_event
 
 MAX_WORKERS = 256
@@ -81,14 +82,6 @@ class NoNodeFinished(Exception):
 
 class ConfigurationError(NoNodeFinished):
     """The cluster is set up wrong (a node refused the coordinator's token): retrying won't help."""
-
-
-class TaskOutOfTime(Exception):
-    """A node stopped the task when its time budget (budget_s) ran out."""
-
-    def __init__(self, message: str, budget_s: float) -> None:
-        super().__init__(message)
-        self.budget_s = budget_s
 
 
 class _Aborted(Exception):
@@ -429,7 +422,7 @@ class _Round:
                 self._declined(index, tries, node, exc)
             except NodeFailure as exc:
                 self._failed(index, tries, node, exc)
-            except TaskOutOfTime as exc:
+            except OutOfTime as exc:
                 self._out_of_time(index, tries, node, exc, timeout_s)
             except BaseException:
                 self.executor._registry.end_task(node, None)
@@ -503,7 +496,7 @@ class _Round:
             ) from None
 
     def _out_of_time(
-        self, index: int, tries: _Tries, node: str, exc: TaskOutOfTime, timeout_s: float
+        self, index: int, tries: _Tries, node: str, exc: OutOfTime, timeout_s: float
     ) -> None:
         """The node stopped the task at its budget: one more try elsewhere, then fail the round."""
         ex = self.executor
@@ -518,7 +511,7 @@ class _Round:
         log_event("task_out_of_time", round=self.label, shard=index, node=node,
                   budget_s=timeout_s, reason=exc)
         if len(tries.out_of_time) >= OUT_OF_TIME_TRIES:
-            raise TaskOutOfTime(
+            raise OutOfTime(
                 f"shard task {index} ran out of its time budget of {timeout_s:.3g}s "
                 f"on {len(tries.out_of_time)} tries ({', '.join(tries.out_of_time)}); "
                 f"the budget is the coordinator's --task-timeout-s "

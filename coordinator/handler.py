@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from thrift.Thrift import TException
 
-from coordinator.executor import NoNodeFinished, TaskOutOfTime, TaskRejected
+from coordinator.executor import NoNodeFinished, TaskRejected
 from coordinator.service import CoordinatorService, MissingShards
 from coordinator.validation import RequestError
 from idl.cycles import let_go
@@ -18,6 +18,7 @@ from idl.gen.ttypes import (
     RoundResult,
     ShardMissing,
 )
+from runtime.budget import OutOfTime
 from runtime.declared_errors import DENIED, Declared, declared_errors
 from runtime.shard_store import ShardError
 
@@ -38,7 +39,7 @@ COORDINATOR_ERRORS = (
     Declared(MissingShards, lambda exc: ShardMissing(message=str(exc), digest=exc.digests[0])),
     # also ConfigurationError: a node refused our token
     Declared(NoNodeFinished, lambda exc: NoNodesAvailable(message=str(exc))),
-    Declared(TaskOutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
+    Declared(OutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
     Declared(TaskRejected, _rejected),
 )
 

@@ -3,7 +3,7 @@
 This is the executor's `call_node`: it trains a task on one node over a pooled
 connection, uploads the shard once when the node says it lacks it, and turns what
 went wrong into NodeBusyError (try another node), NodeFailure (node is at fault),
-TaskRejected (the request is at fault), TaskOutOfTime (the node stopped the task at its
+TaskRejected (the request is at fault), OutOfTime (the node stopped the task at its
 time budget) or ConfigurationError (the node refused the coordinator's token).
 
 The node gets the attempt's budget as ShardTask.timeout_s and stops there with
@@ -28,7 +28,6 @@ from coordinator.executor import (
     Counters,
     NodeBusyError,
     NodeFailure,
-    TaskOutOfTime,
     TaskRejected,
 )
 from idl.gen import ComputeNode
@@ -43,6 +42,7 @@ from idl.gen.ttypes import (
     Unauthorized,
 )
 from idl.rpc import Address, ConnectionPool
+from runtime.budget import OutOfTime
 from runtime.events import log_event
 
 DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded)
@@ -146,7 +146,7 @@ class NodeCaller:
                 "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
             )
         if isinstance(reply, DeadlineExceeded):
-            raise TaskOutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
+            raise OutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
         raise TaskRejected(reply)
 
     def _train(

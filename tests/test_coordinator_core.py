@@ -16,13 +16,13 @@ from coordinator.executor import (
     NodeFailure,
     NoNodeFinished,
     RoundExecutor,
-    TaskOutOfTime,
     TaskRejected,
 )
 from coordinator.nodes_file import NodesFileError, parse_nodes, read_nodes_file
 from coordinator.policies import LoadAware, RandomPolicy, RoundRobin
 from coordinator.registry import Registry, RegistryFull
 from idl.rpc import Address
+from runtime.budget import OutOfTime
 from runtime.shard_store import ShardError, ShardStore
 
 # ---------------------------------------------------------------- nodes file
@@ -382,10 +382,10 @@ def test_task_out_of_time_gets_one_more_node_then_fails_the_round_naming_the_bud
 
     def call(node, task, timeout_s, may_decline):
         calls.append(node)
-        raise TaskOutOfTime(f"{node}: ran out", timeout_s)
+        raise OutOfTime(f"{node}: ran out", timeout_s)
 
     executor = RoundExecutor(registry, call, task_timeout_s=1.5, max_attempts=5)
-    with pytest.raises(TaskOutOfTime, match=r"time budget of 1.5s on 2 tries") as caught:
+    with pytest.raises(OutOfTime, match=r"time budget of 1.5s on 2 tries") as caught:
         executor.run([0], RoundRobin(), 10.0)
 
     assert len(calls) == 2 and len(set(calls)) == 2  # not on every node: once more, elsewhere
@@ -400,7 +400,7 @@ def test_task_out_of_time_once_then_done_elsewhere_is_a_normal_result():
 
     def call(node, task, timeout_s, may_decline):
         if node == "n:1":
-            raise TaskOutOfTime("slow node", 2.49)  # the node's figure: less after an upload
+            raise OutOfTime("slow node", 2.49)  # the node's figure: less after an upload
         return node
 
     [outcome] = RoundExecutor(registry, call, task_timeout_s=2.5).run([0], RoundRobin(), 10.0)
