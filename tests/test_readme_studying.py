@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import require
+
 from harness import REPO
 
 pytestmark = pytest.mark.slow

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import require
+
 from harness import REPO
 
 pytestmark = pytest.mark.slow
@@ -156,8 +156,8 @@ def test_installed_servers_train_a_round_on_the_shipped_letters_from_elsewhere(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = subprocess.run(
-        [installed.bin("python"), "-c",
-         "import letters, mlcore._kernels as k; print(letters.default_data_dir()); print(k.__file__)"],
+        [installed.bin("python"), "-c", "import letters, mlcore._kernels as k; "
+         "print(letters.default_data_dir()); print(k.__file__)"],
         cwd=elsewhere, env=clean_env(), capture_output=True, text=True, check=True,
     ).stdout.split()
     data_dir, kernels = (Path(p) for p in where)
@@ -176,11 +176,13 @@ def test_installed_servers_train_a_round_on_the_shipped_letters_from_elsewhere(
                           "--host", "127.0.0.1", "--nodes", "nodes.txt"], elsewhere, log))
     host, port = ready_address(servers[-1], log).rsplit(":", 1)
 
+    # DATA_DIR `letters`: the built-in dataset, found in the installed package.
     client = subprocess.run(
-        [installed.bin("fedcluster-client"), host, port, str(data_dir), "1", "1", "8", "0.01"],
+        [installed.bin("fedcluster-client"), host, port, "letters", "1", "1", "8", "0.01"],
         cwd=elsewhere, env=clean_env(), capture_output=True, text=True, timeout=120,
     )
 
     assert client.returncode == 0, client.stdout + client.stderr
     assert "round 1/1" in client.stdout and "final validation error" in client.stdout, (
         client.stdout + client.stderr)
+    assert str(data_dir) in client.stdout + client.stderr, "says which data it trains on"
