@@ -20,7 +20,7 @@ from idl.gen.ttypes import (
 )
 from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.data import DataError
-from runtime.declared_errors import DENIED, Declared, declared_errors
+from runtime.declared_errors import DENIED, Declared, EdgeHandler
 from runtime.shard_store import ShardError
 
 # The node's core errors → the exceptions the IDL declares (the first match wins).
@@ -37,23 +37,16 @@ NODE_ERRORS = (
 )
 
 
-class ComputeNodeHandler:
-    """Implements idl ComputeNode.Iface over a ComputeNodeCore.
-
-    Every call but ping() checks the token: ping stays open for health probes and says
-    nothing beyond "up".
-    """
+class ComputeNodeHandler(EdgeHandler):
+    """Implements idl ComputeNode.Iface over a ComputeNodeCore (ping and missing_shards too)."""
 
     def __init__(self, core: ComputeNodeCore, address: str = "") -> None:
+        super().__init__(core.authorize, core.store, NODE_ERRORS)
         self._core = core
         self.address = address  # host:port, known once the server has bound its port
 
-    def ping(self) -> bool:
-        return True
-
     def load(self, token: str = "") -> NodeLoad:
-        with declared_errors("load", NODE_ERRORS):
-            self._core.authorize(token)
+        self.check_token("load", token)
         return self.node_load()
 
     def node_load(self) -> NodeLoad:
@@ -68,21 +61,16 @@ class ComputeNodeHandler:
             shards_cached=self._core.store.n_available(),
         )
 
-    def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
-        with declared_errors("missing_shards", NODE_ERRORS):
-            self._core.authorize(token)
-        return self._core.store.missing(list(digests or []))
-
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
-        with declared_errors("put_shard", NODE_ERRORS):
-            self._core.authorize(token or "")
+        self.check_token("put_shard", token)
+        with self.declared("put_shard"):
             self._core.put_shard(digest or "", data or b"")
 
     def train(self, task: ShardTask) -> TaskResult:
         if task is None:  # a message with the struct cut off; thrift passes None
             raise InvalidRequest(message="train: the task argument is missing")
         try:
-            with declared_errors("train", NODE_ERRORS):
+            with self.declared("train"):
                 self._core.authorize(task.token or "")
                 report = self._core.train(_decode_task(task))
         except TException as exc:
