@@ -8,10 +8,8 @@ registry (no process-wide globals), served over HTTP by prometheus-client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.node import ComputeNodeCore
@@ -56,17 +54,9 @@ class NodeMetrics(ProcessMetrics):
 
     def watch(self, handler: ComputeNodeHandler) -> None:
         """Report `handler.node_load()` on every scrape."""
-        self.registry.register(_LoadCollector(handler))
-
-
-class _LoadCollector:
-    """Turns NodeLoad into metric families at scrape time."""
-
-    def __init__(self, handler: ComputeNodeHandler) -> None:
-        self._handler = handler
-
-    def collect(self) -> Iterator[Metric]:
-        return figure_families("fedcluster_node", _LOAD_FIGURES, self._handler.node_load())
+        self.on_scrape(
+            lambda: figure_families("fedcluster_node", _LOAD_FIGURES, handler.node_load())
+        )
 
 
 class MeteredNodeHandler(ComputeNodeHandler):

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from coordinator.handler import CoordinatorHandler
 from coordinator.service import CoordinatorService
-from idl.gen.ttypes import RoundRequest, RoundResult, ShardMissing
+from idl.gen.ttypes import ClusterStatus, RoundRequest, RoundResult, ShardMissing
 from runtime.metrics import Figure, ProcessMetrics, per_node_families
 
 ROUND_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -49,26 +49,20 @@ class CoordinatorMetrics(ProcessMetrics):
 
     def watch(self, service: CoordinatorService) -> None:
         """Report `service.status()` on every scrape."""
-        self.registry.register(_StatusCollector(service))
+        self.on_scrape(lambda: _status_families(service.status()))
 
 
-class _StatusCollector:
-    """Turns ClusterStatus into metric families at scrape time."""
-
-    def __init__(self, service: CoordinatorService) -> None:
-        self._service = service
-
-    def collect(self) -> Iterator[Metric]:
-        status = self._service.status()
-        yield from per_node_families("fedcluster_coordinator", _NODE_FIGURES, status.nodes or [])
-        counters = dict.fromkeys(KNOWN_COUNTERS, 0) | dict(status.counters or {})
-        for name in ("nodes_alive", "shards_cached"):  # levels, not counts
-            if name in counters:
-                yield GaugeMetricFamily(f"fedcluster_coordinator_{name}", name.replace("_", " "),
-                                        value=counters.pop(name))
-        for name, value in sorted(counters.items()):
-            yield CounterMetricFamily(f"fedcluster_coordinator_{name}",
-                                      f"Coordinator counter '{name}'.", value=value)
+def _status_families(status: ClusterStatus) -> Iterator[Metric]:
+    """ClusterStatus as metric families: per-node figures, then levels and counters."""
+    yield from per_node_families("fedcluster_coordinator", _NODE_FIGURES, status.nodes or [])
+    counters = dict.fromkeys(KNOWN_COUNTERS, 0) | dict(status.counters or {})
+    for name in ("nodes_alive", "shards_cached"):  # levels, not counts
+        if name in counters:
+            yield GaugeMetricFamily(f"fedcluster_coordinator_{name}", name.replace("_", " "),
+                                    value=counters.pop(name))
+    for name, value in sorted(counters.items()):
+        yield CounterMetricFamily(f"fedcluster_coordinator_{name}",
+                                  f"Coordinator counter '{name}'.", value=value)
 
 
 class MeteredCoordinatorHandler(CoordinatorHandler):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from idl.rpc import Address
@@ -20,9 +20,20 @@ class ProcessMetrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
 
+    def on_scrape(self, collect: Callable[[], Iterable[Any]]) -> None:
+        """Have every scrape report the metric families `collect()` returns then."""
+        self.registry.register(_OnScrape(collect))
+
     def serve(self, host: str, port: int) -> Address:
         """Serve /metrics on host:port (0 = any free port); return the bound address."""
         return serve_metrics(self.registry, host, port)
+
+
+class _OnScrape:
+    """A collector whose families are computed at each scrape (prometheus' collector protocol)."""
+
+    def __init__(self, collect: Callable[[], Iterable[Any]]) -> None:
+        self.collect = collect
 
 
 def figure_families(prefix: str, figures: Iterable[Figure], source: object) -> Iterator[Any]:
