@@ -45,16 +45,16 @@ class NodeState:
 
 @dataclass(frozen=True)
 class NodeSnapshot:
-    """A copy of one node's state for status()."""
+    """A copy of one node's state for status(), its fields named as in the IDL's NodeStatus."""
 
     address: str
     alive: bool
     load_probability: float
-    in_flight: int
+    tasks_in_flight: int
     tasks_done: int
     failures: int
     last_seen_s_ago: float  # -1 when never seen
-    service_s: float
+    recent_service_s: float
 
 
 class Registry:
@@ -240,14 +240,10 @@ class Registry:
         with self._changed:
             return [
                 NodeSnapshot(
-                    address=str(n.address),
-                    alive=n.alive,
-                    load_probability=n.load_probability,
-                    in_flight=n.in_flight,
-                    tasks_done=n.tasks_done,
-                    failures=n.failures,
+                    address=str(n.address), alive=n.alive, load_probability=n.load_probability,
+                    tasks_in_flight=n.in_flight, tasks_done=n.tasks_done, failures=n.failures,
                     last_seen_s_ago=-1.0 if n.last_seen is None else now - n.last_seen,
-                    service_s=n.service_s
+                    recent_service_s=n.service_s
                     if n.service_s is not None
                     else n.reported_service_s,
                 )

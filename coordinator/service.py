@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import asdict
 
 from coordinator.executor import (
     Counters,
@@ -160,19 +161,7 @@ class CoordinatorService:
             )
 
     def status(self) -> ClusterStatus:
-        nodes = [
-            NodeStatus(
-                address=n.address,
-                alive=n.alive,
-                load_probability=n.load_probability,
-                tasks_in_flight=n.in_flight,
-                tasks_done=n.tasks_done,
-                failures=n.failures,
-                last_seen_s_ago=n.last_seen_s_ago,
-                recent_service_s=n.service_s,
-            )
-            for n in self.registry.snapshot()
-        ]
+        nodes = [NodeStatus(**asdict(n)) for n in self.registry.snapshot()]
         counters = self.counters.as_dict()
         counters["nodes_alive"] = sum(n.alive for n in nodes)
         counters["shards_cached"] = len(self.store)
@@ -182,18 +171,10 @@ class CoordinatorService:
 def _record(outcome: TaskOutcome, shard_name: str) -> TaskRecord:
     result = outcome.value
     return TaskRecord(
-        shard_index=outcome.index,
-        shard=shard_name,
-        node=outcome.node,
-        attempts=outcome.attempts,
-        failures=list(outcome.failures),
-        declined=outcome.declined,
-        timings=result.timings,
-        start_s=outcome.start_s,
-        end_s=outcome.end_s,
-        n_samples=result.n_samples,
-        train_loss=result.train_loss,
-        train_error=result.train_error,
+        shard_index=outcome.index, shard=shard_name, node=outcome.node,
+        attempts=outcome.attempts, failures=list(outcome.failures), declined=outcome.declined,
+        timings=result.timings, start_s=outcome.start_s, end_s=outcome.end_s,
+        n_samples=result.n_samples, train_loss=result.train_loss, train_error=result.train_error,
     )
 
 
