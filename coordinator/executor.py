@@ -159,7 +159,8 @@ class RoundExecutor:
         self, tasks: Sequence[Any], policy: Policy, deadline_s: float, label: str
     ) -> list[TaskOutcome]:
         start = self._clock()
-        round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label, len(tasks))
+        slots = [_Slot() for _ in tasks]
+        round_ = _Round(self, policy, start, start + deadline_s, deadline_s, label, slots)
         # First placements in task order, so a seeded policy places a fault-free round the
         # same way every time, whatever order the threads start in.
         first_nodes = [round_.reserve(set()) for _ in tasks]
@@ -176,41 +177,53 @@ class RoundExecutor:
         try:
             for worker in workers:
                 worker.start()
-            last_look = self._clock()
-            while True:
-                round_.progress.wait(WATCH_TICK_S)
-                round_.progress.clear()
-                # O(1) per wake-up: tasks finish thousands of times a second at scale.
-                if round_.errors:
-                    raise round_.errors[0]
-                if round_.n_done == len(tasks):
-                    # every slot has its outcome once n_done counts them all
-                    return cast(list[TaskOutcome], [slot.outcome for slot in round_.slots])
-                if self._clock() - last_look < WATCH_TICK_S:
-                    continue
-                last_look = self._clock()
-                if self._clock() > round_.deadline + 1.0:
-                    n_left = sum(slot.outcome is None for slot in round_.slots)
-                    raise NoNodeFinished(
-                        f"round deadline of {deadline_s:g}s passed with {n_left} of "
-                        f"{len(tasks)} tasks unfinished"
-                    )
-                if self._straggler_factor > 0:
-                    for i in round_.stragglers(self._straggler_factor, self._straggler_min_s):
-                        backups.submit(round_.run_backup, i, tasks[i])
+            return self._watch(round_, tasks, backups)
         finally:
             round_.abort.set()
-            # A task no worker took still holds its first node's in-flight slot. Workers stop
-            # taking once abort is set; one they took already sees abort and releases it.
-            while True:
-                try:
-                    i = todo.popleft()
-                except IndexError:
-                    break
-                node = first_nodes[i]
-                if node is not None:
-                    self._registry.end_task(node, None)
+            self._release_untaken(todo, first_nodes)
             backups.shutdown(wait=False, cancel_futures=True)
+
+    def _watch(
+        self, round_: _Round, tasks: Sequence[Any], backups: cf.ThreadPoolExecutor
+    ) -> list[TaskOutcome]:
+        """Wait for every outcome, the first error or the deadline; start stragglers' backups."""
+        last_look = self._clock()
+        while True:
+            round_.progress.wait(WATCH_TICK_S)
+            round_.progress.clear()
+            # O(1) per wake-up: tasks finish thousands of times a second at scale.
+            if round_.errors:
+                raise round_.errors[0]
+            if round_.n_done == len(tasks):
+                # every slot has its outcome once n_done counts them all
+                return cast(list[TaskOutcome], [slot.outcome for slot in round_.slots])
+            if self._clock() - last_look < WATCH_TICK_S:
+                continue
+            last_look = self._clock()
+            if self._clock() > round_.deadline + 1.0:
+                n_left = sum(slot.outcome is None for slot in round_.slots)
+                raise NoNodeFinished(
+                    f"round deadline of {round_.deadline_s:g}s passed with {n_left} of "
+                    f"{len(tasks)} tasks unfinished"
+                )
+            if self._straggler_factor > 0:
+                for i in round_.stragglers(self._straggler_factor, self._straggler_min_s):
+                    backups.submit(round_.run_backup, i, tasks[i])
+
+    def _release_untaken(self, todo: deque[int], first_nodes: list[str | None]) -> None:
+        """Free the in-flight slot each task no worker took still holds on its first node.
+
+        Workers stop taking once abort is set; a task they took already sees abort and
+        releases its own.
+        """
+        while True:
+            try:
+                i = todo.popleft()
+            except IndexError:
+                break
+            node = first_nodes[i]
+            if node is not None:
+                self._registry.end_task(node, None)
 
 
 class _FewerCollections:
@@ -296,31 +309,23 @@ class _Tries:
         return cls(failures=[], failed=set())
 
 
+@dataclass(eq=False)
 class _Round:
     """The state one round's task threads share."""
 
-    def __init__(
-        self,
-        executor: RoundExecutor,
-        policy: Policy,
-        start: float,
-        deadline: float,
-        deadline_s: float,
-        label: str,
-        n_tasks: int,
-    ) -> None:
-        self.executor = executor
-        self.policy = policy
-        self.start = start
-        self.deadline = deadline
-        self.deadline_s = deadline_s
-        self.label = label
-        self.abort = threading.Event()
-        self.progress = threading.Event()  # the last task finished or one failed: look now
-        self.slots = [_Slot() for _ in range(n_tasks)]
-        self.n_done = 0  # slots with an outcome (under done_lock)
-        self.errors: list[BaseException] = []  # first-runner failures that fail the round
-        self.done_lock = threading.Lock()
+    executor: RoundExecutor
+    policy: Policy
+    start: float
+    deadline: float
+    deadline_s: float
+    label: str
+    slots: list[_Slot]  # one per task, in task order
+    abort: threading.Event = field(default_factory=threading.Event)
+    # the last task finished or one failed: look now
+    progress: threading.Event = field(default_factory=threading.Event)
+    n_done: int = 0  # slots with an outcome (under done_lock)
+    errors: list[BaseException] = field(default_factory=list)  # first-runner failures
+    done_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def reserve(self, exclude: set[str]) -> str | None:
         """Pick a node and count the task in flight on it, atomically with other picks."""
