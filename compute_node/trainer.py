@@ -18,7 +18,7 @@ import numpy as np
 
 from compute_node.shards import Shard
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from mlcore.model import Params, TrainingTimeout, train
+from mlcore.model import Params, TrainingTimeout, TrainOutcome, train
 from mlcore.shapes import mlp_dims
 from mlcore.standardize import check_standardization
 from runtime.budget import OutOfTime
@@ -176,11 +176,28 @@ def run_training(
     """
     start = time.perf_counter()
     x = shard_inputs(shard, settings)
+    outcome = _train_as_task(params, x, shard.y, settings, time_limit_s, budget_s)
+    del x  # the task's float64 rows: freed before the delta is built and sent
+    compute_s = time.perf_counter() - start
+    return TrainOutput(
+        delta=_delta_in_place(outcome.params, params),
+        n_samples=shard.n_rows,
+        loss=float(outcome.loss),
+        error=float(outcome.error),
+        compute_s=compute_s,
+    )
+
+
+def _train_as_task(
+    params: Params, x: np.ndarray, y: np.ndarray, settings: TrainSettings,
+    time_limit_s: float | None, budget_s: float | None,
+) -> TrainOutcome:
+    """mlcore's train, its errors told as the task's: OutOfTime or InvalidTask."""
     try:
-        outcome = train(
+        return train(
             params,
             x,
-            shard.y,
+            y,
             epochs=settings.epochs,
             eta=settings.eta,
             batch_size=settings.batch_size,
@@ -199,17 +216,13 @@ def run_training(
     except (ValueError, FloatingPointError) as exc:
         # mlcore's argument checks and divergence (eta too large) are the request's fault.
         raise InvalidTask(f"training rejected the task: {exc}") from None
-    del x  # the task's float64 rows: freed before the delta is built and sent
-    compute_s = time.perf_counter() - start
+
+
+def _delta_in_place(trained: Params, given: Params) -> list[np.ndarray]:
+    """trained - given, tensor by tensor, written over `trained` (train's own copy)."""
     delta = []
-    for new, given in zip(outcome.params.tensors(), params.tensors(), strict=True):
-        if np.may_share_memory(new, given):  # mlcore's contract broken: never subtract in place
+    for new, old in zip(trained.tensors(), given.tensors(), strict=True):
+        if np.may_share_memory(new, old):  # mlcore's contract broken: never subtract in place
             raise RuntimeError("mlcore.model.train returned the given weights, not a copy")
-        delta.append(np.subtract(new, given, out=new))
-    return TrainOutput(
-        delta=delta,
-        n_samples=shard.n_rows,
-        loss=float(outcome.loss),
-        error=float(outcome.error),
-        compute_s=compute_s,
-    )
+        delta.append(np.subtract(new, old, out=new))
+    return delta

@@ -113,29 +113,7 @@ class CoordinatorService:
         self.authorize(request.token)
         deadline_s, name = check_request(request, self.max_task_work)
         shards = request.shards
-        missing = self.store.missing([s.digest for s in shards])
-        if missing:
-            raise MissingShards(missing)
-        work = []
-        for i, ref in enumerate(shards):
-            data = self.store.get(ref.digest)
-            if data is None:  # evicted since the check just above
-                raise MissingShards([ref.digest])
-            if ref.n_bytes and ref.n_bytes != len(data):
-                raise RequestError(
-                    f"shards[{i}] ({ref.name}): n_bytes says {ref.n_bytes}, "
-                    f"the uploaded shard has {len(data)}"
-                )
-            task = ShardTask(
-                job_id=request.job_id or "",
-                round=request.round,
-                shard_index=i,
-                shard=ref,
-                weights=request.weights,  # passed through untouched
-                config=request.config,
-                token=self._token or request.token or "",
-            )
-            work.append(NodeTask(task, data))
+        work = self._shard_tasks(request)
         policy = self.policy_for(name)
         label = f"{request.job_id or '-'}/{request.round}"
         log_event("round_start", round=label, shards=len(work), policy=policy.name,
@@ -159,6 +137,33 @@ class CoordinatorService:
                 coordinator=self.address,
                 policy=policy.name,
             )
+
+    def _shard_tasks(self, request: RoundRequest) -> list[NodeTask]:
+        """One task per shard, with its bytes; MissingShards for any the store lacks."""
+        missing = self.store.missing([s.digest for s in request.shards])
+        if missing:
+            raise MissingShards(missing)
+        work = []
+        for i, ref in enumerate(request.shards):
+            data = self.store.get(ref.digest)
+            if data is None:  # evicted since the check just above
+                raise MissingShards([ref.digest])
+            if ref.n_bytes and ref.n_bytes != len(data):
+                raise RequestError(
+                    f"shards[{i}] ({ref.name}): n_bytes says {ref.n_bytes}, "
+                    f"the uploaded shard has {len(data)}"
+                )
+            task = ShardTask(
+                job_id=request.job_id or "",
+                round=request.round,
+                shard_index=i,
+                shard=ref,
+                weights=request.weights,  # passed through untouched
+                config=request.config,
+                token=self._token or request.token or "",
+            )
+            work.append(NodeTask(task, data))
+        return work
 
     def status(self) -> ClusterStatus:
         nodes = [NodeStatus(**asdict(n)) for n in self.registry.snapshot()]

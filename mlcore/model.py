@@ -147,19 +147,7 @@ def train(
     stops once the limit has passed: TrainingTimeout. A run that finishes in time has the
     very bits of a run without a limit (the clock never touches the arithmetic).
     """
-    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not _is_real(eta) or not (math.isfinite(eta) and eta > 0):
-        raise ValueError(f"eta must be > 0 and finite, got {eta!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
-        raise ValueError(f"batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
-    if not _is_real(momentum) or not (0.0 <= momentum < 1.0):
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    _check_seed(seed)
-    if time_limit_s is not None and not (
-        _is_real(time_limit_s) and math.isfinite(time_limit_s) and time_limit_s > 0
-    ):
-        raise ValueError(f"time_limit_s must be > 0 and finite (or None), got {time_limit_s!r}")
+    _check_settings(epochs, eta, batch_size, momentum, seed, time_limit_s)
     out = _working_copy(_checked_params(params, copy=False))
     xs, ys = _checked_data(out, x, y)
     limit_s = float(time_limit_s or 0.0)
@@ -181,6 +169,26 @@ def train(
         loss=summed / len(ys),
         error=float(np.mean(labels != ys)),
     )
+
+
+def _check_settings(
+    epochs: int, eta: float, batch_size: int, momentum: float, seed: int,
+    time_limit_s: float | None,
+) -> None:
+    """ValueError naming the first of train()'s settings that is out of range."""
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not _is_real(eta) or not (math.isfinite(eta) and eta > 0):
+        raise ValueError(f"eta must be > 0 and finite, got {eta!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
+    if not _is_real(momentum) or not (0.0 <= momentum < 1.0):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    _check_seed(seed)
+    if time_limit_s is not None and not (
+        _is_real(time_limit_s) and math.isfinite(time_limit_s) and time_limit_s > 0
+    ):
+        raise ValueError(f"time_limit_s must be > 0 and finite (or None), got {time_limit_s!r}")
 
 
 def predict(params: Params, x: np.ndarray) -> np.ndarray:
