@@ -153,12 +153,16 @@ exception DeadlineExceeded { 1: string message, 2: double budget_s }
 // With a token configured, every call but ping() must carry it (the `token` arguments and
 // ShardTask/RoundRequest.token); ping() stays open for health probes and reveals nothing.
 
-service ComputeNode {
+/** The calls every server answers alike: a health probe, and which shards it lacks. */
+service ShardHolder {
   bool ping(),
-  NodeLoad load(1: string token = "") throws (1: Unauthorized denied),
-  /** Which of these digests the node lacks (neither cached nor in its data dir). */
+  /** Which of these digests the server lacks (a node: neither cached nor in its data dir). */
   list<string> missing_shards(1: list<string> digests, 2: string token = "")
       throws (1: Unauthorized denied),
+}
+
+service ComputeNode extends ShardHolder {
+  NodeLoad load(1: string token = "") throws (1: Unauthorized denied),
   /** Cache a shard's bytes; the node checks they hash to the digest. */
   void put_shard(1: string digest, 2: binary data, 3: string token = "")
       throws (1: InvalidRequest bad, 2: DatasetError dataset, 3: Unauthorized denied),
@@ -167,11 +171,8 @@ service ComputeNode {
               4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
 }
 
-service Coordinator {
-  bool ping(),
+service Coordinator extends ShardHolder {
   ClusterStatus status(1: string token = "") throws (1: Unauthorized denied),
-  list<string> missing_shards(1: list<string> digests, 2: string token = "")
-      throws (1: Unauthorized denied),
   void put_shard(1: string digest, 2: binary data, 3: string token = "")
       throws (1: InvalidRequest bad, 2: Unauthorized denied),
   RoundResult run_round(1: RoundRequest request)

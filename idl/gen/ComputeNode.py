@@ -10,6 +10,7 @@ from thrift.Thrift import TType, TMessageType, TFrozenDict, TException, TApplica
 from thrift.protocol.TProtocol import TProtocolException
 from thrift.TRecursive import fix_spec
 
+import idl.gen.ShardHolder
 import logging
 from .ttypes import *
 from thrift.Thrift import TProcessor
@@ -17,24 +18,10 @@ from thrift.transport import TTransport
 all_structs = []
 
 
-class Iface(object):
-    def ping(self):
-        pass
-
+class Iface(idl.gen.ShardHolder.Iface):
     def load(self, token):
         """
         Parameters:
-         - token
-
-        """
-        pass
-
-    def missing_shards(self, digests, token):
-        """
-        Which of these digests the node lacks (neither cached nor in its data dir).
-
-        Parameters:
-         - digests
          - token
 
         """
@@ -61,38 +48,9 @@ class Iface(object):
         pass
 
 
-class Client(Iface):
+class Client(idl.gen.ShardHolder.Client, Iface):
     def __init__(self, iprot, oprot=None):
-        self._iprot = self._oprot = iprot
-        if oprot is not None:
-            self._oprot = oprot
-        self._seqid = 0
-
-    def ping(self):
-        self.send_ping()
-        return self.recv_ping()
-
-    def send_ping(self):
-        self._oprot.writeMessageBegin('ping', TMessageType.CALL, self._seqid)
-        args = ping_args()
-        args.write(self._oprot)
-        self._oprot.writeMessageEnd()
-        self._oprot.trans.flush()
-
-    def recv_ping(self):
-        iprot = self._iprot
-        (fname, mtype, rseqid) = iprot.readMessageBegin()
-        if mtype == TMessageType.EXCEPTION:
-            x = TApplicationException()
-            x.read(iprot)
-            iprot.readMessageEnd()
-            raise x
-        result = ping_result()
-        result.read(iprot)
-        iprot.readMessageEnd()
-        if result.success is not None:
-            return result.success
-        raise TApplicationException(TApplicationException.MISSING_RESULT, "ping failed: unknown result")
+        idl.gen.ShardHolder.Client.__init__(self, iprot, oprot)
 
     def load(self, token):
         """
@@ -127,44 +85,6 @@ class Client(Iface):
         if result.denied is not None:
             raise result.denied
         raise TApplicationException(TApplicationException.MISSING_RESULT, "load failed: unknown result")
-
-    def missing_shards(self, digests, token):
-        """
-        Which of these digests the node lacks (neither cached nor in its data dir).
-
-        Parameters:
-         - digests
-         - token
-
-        """
-        self.send_missing_shards(digests, token)
-        return self.recv_missing_shards()
-
-    def send_missing_shards(self, digests, token):
-        self._oprot.writeMessageBegin('missing_shards', TMessageType.CALL, self._seqid)
-        args = missing_shards_args()
-        args.digests = digests
-        args.token = token
-        args.write(self._oprot)
-        self._oprot.writeMessageEnd()
-        self._oprot.trans.flush()
-
-    def recv_missing_shards(self):
-        iprot = self._iprot
-        (fname, mtype, rseqid) = iprot.readMessageBegin()
-        if mtype == TMessageType.EXCEPTION:
-            x = TApplicationException()
-            x.read(iprot)
-            iprot.readMessageEnd()
-            raise x
-        result = missing_shards_result()
-        result.read(iprot)
-        iprot.readMessageEnd()
-        if result.success is not None:
-            return result.success
-        if result.denied is not None:
-            raise result.denied
-        raise TApplicationException(TApplicationException.MISSING_RESULT, "missing_shards failed: unknown result")
 
     def put_shard(self, digest, data, token):
         """
@@ -253,13 +173,10 @@ class Client(Iface):
         raise TApplicationException(TApplicationException.MISSING_RESULT, "train failed: unknown result")
 
 
-class Processor(Iface, TProcessor):
+class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
     def __init__(self, handler):
-        self._handler = handler
-        self._processMap = {}
-        self._processMap["ping"] = Processor.process_ping
+        idl.gen.ShardHolder.Processor.__init__(self, handler)
         self._processMap["load"] = Processor.process_load
-        self._processMap["missing_shards"] = Processor.process_missing_shards
         self._processMap["put_shard"] = Processor.process_put_shard
         self._processMap["train"] = Processor.process_train
         self._on_message_begin = None
@@ -284,29 +201,6 @@ class Processor(Iface, TProcessor):
             self._processMap[name](self, seqid, iprot, oprot)
         return True
 
-    def process_ping(self, seqid, iprot, oprot):
-        args = ping_args()
-        args.read(iprot)
-        iprot.readMessageEnd()
-        result = ping_result()
-        try:
-            result.success = self._handler.ping()
-            msg_type = TMessageType.REPLY
-        except TTransport.TTransportException:
-            raise
-        except TApplicationException as ex:
-            logging.exception('TApplication exception in handler')
-            msg_type = TMessageType.EXCEPTION
-            result = ex
-        except Exception:
-            logging.exception('Unexpected exception in handler')
-            msg_type = TMessageType.EXCEPTION
-            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
-        oprot.writeMessageBegin("ping", msg_type, seqid)
-        result.write(oprot)
-        oprot.writeMessageEnd()
-        oprot.trans.flush()
-
     def process_load(self, seqid, iprot, oprot):
         args = load_args()
         args.read(iprot)
@@ -329,32 +223,6 @@ class Processor(Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("load", msg_type, seqid)
-        result.write(oprot)
-        oprot.writeMessageEnd()
-        oprot.trans.flush()
-
-    def process_missing_shards(self, seqid, iprot, oprot):
-        args = missing_shards_args()
-        args.read(iprot)
-        iprot.readMessageEnd()
-        result = missing_shards_result()
-        try:
-            result.success = self._handler.missing_shards(args.digests, args.token)
-            msg_type = TMessageType.REPLY
-        except TTransport.TTransportException:
-            raise
-        except Unauthorized as denied:
-            msg_type = TMessageType.REPLY
-            result.denied = denied
-        except TApplicationException as ex:
-            logging.exception('TApplication exception in handler')
-            msg_type = TMessageType.EXCEPTION
-            result = ex
-        except Exception:
-            logging.exception('Unexpected exception in handler')
-            msg_type = TMessageType.EXCEPTION
-            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
-        oprot.writeMessageBegin("missing_shards", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -433,110 +301,6 @@ class Processor(Iface, TProcessor):
         oprot.trans.flush()
 
 # HELPER FUNCTIONS AND STRUCTURES
-
-
-class ping_args(object):
-
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('ping_args')
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(ping_args)
-ping_args.thrift_spec = (
-)
-
-
-class ping_result(object):
-    """
-    Attributes:
-     - success
-
-    """
-
-
-    def __init__(self, success=None,):
-        self.success = success
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            if fid == 0:
-                if ftype == TType.BOOL:
-                    self.success = iprot.readBool()
-                else:
-                    iprot.skip(ftype)
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('ping_result')
-        if self.success is not None:
-            oprot.writeFieldBegin('success', TType.BOOL, 0)
-            oprot.writeBool(self.success)
-            oprot.writeFieldEnd()
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(ping_result)
-ping_result.thrift_spec = (
-    (0, TType.BOOL, 'success', None, None, ),  # 0
-)
 
 
 class load_args(object):
@@ -671,169 +435,6 @@ class load_result(object):
 all_structs.append(load_result)
 load_result.thrift_spec = (
     (0, TType.STRUCT, 'success', [NodeLoad, None], None, ),  # 0
-    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
-)
-
-
-class missing_shards_args(object):
-    """
-    Attributes:
-     - digests
-     - token
-
-    """
-
-
-    def __init__(self, digests=None, token="",):
-        self.digests = digests
-        self.token = token
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            if fid == 1:
-                if ftype == TType.LIST:
-                    self.digests = []
-                    (_etype89, _size86) = iprot.readListBegin()
-                    for _i90 in range(_size86):
-                        _elem91 = iprot.readString()
-                        self.digests.append(_elem91)
-                    iprot.readListEnd()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 2:
-                if ftype == TType.STRING:
-                    self.token = iprot.readString()
-                else:
-                    iprot.skip(ftype)
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('missing_shards_args')
-        if self.digests is not None:
-            oprot.writeFieldBegin('digests', TType.LIST, 1)
-            oprot.writeListBegin(TType.STRING, len(self.digests))
-            for iter92 in self.digests:
-                oprot.writeString(iter92)
-            oprot.writeListEnd()
-            oprot.writeFieldEnd()
-        if self.token is not None:
-            oprot.writeFieldBegin('token', TType.STRING, 2)
-            oprot.writeString(self.token)
-            oprot.writeFieldEnd()
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(missing_shards_args)
-missing_shards_args.thrift_spec = (
-    None,  # 0
-    (1, TType.LIST, 'digests', (TType.STRING, None, False), None, ),  # 1
-    (2, TType.STRING, 'token', None, "", ),  # 2
-)
-
-
-class missing_shards_result(object):
-    """
-    Attributes:
-     - success
-     - denied
-
-    """
-
-
-    def __init__(self, success=None, denied=None,):
-        self.success = success
-        self.denied = denied
-
-    def read(self, iprot):
-        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
-            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
-            return
-        iprot.readStructBegin()
-        while True:
-            (fname, ftype, fid) = iprot.readFieldBegin()
-            if ftype == TType.STOP:
-                break
-            if fid == 0:
-                if ftype == TType.LIST:
-                    self.success = []
-                    (_etype96, _size93) = iprot.readListBegin()
-                    for _i97 in range(_size93):
-                        _elem98 = iprot.readString()
-                        self.success.append(_elem98)
-                    iprot.readListEnd()
-                else:
-                    iprot.skip(ftype)
-            elif fid == 1:
-                if ftype == TType.STRUCT:
-                    self.denied = Unauthorized.read(iprot)
-                else:
-                    iprot.skip(ftype)
-            else:
-                iprot.skip(ftype)
-            iprot.readFieldEnd()
-        iprot.readStructEnd()
-
-    def write(self, oprot):
-        if oprot._fast_encode is not None and self.thrift_spec is not None:
-            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
-            return
-        oprot.writeStructBegin('missing_shards_result')
-        if self.success is not None:
-            oprot.writeFieldBegin('success', TType.LIST, 0)
-            oprot.writeListBegin(TType.STRING, len(self.success))
-            for iter99 in self.success:
-                oprot.writeString(iter99)
-            oprot.writeListEnd()
-            oprot.writeFieldEnd()
-        if self.denied is not None:
-            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
-            self.denied.write(oprot)
-            oprot.writeFieldEnd()
-        oprot.writeFieldStop()
-        oprot.writeStructEnd()
-
-    def validate(self):
-        return
-
-    def __repr__(self):
-        L = ['%s=%r' % (key, value)
-             for key, value in self.__dict__.items()]
-        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
-
-    def __eq__(self, other):
-        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
-
-    def __ne__(self, other):
-        return not (self == other)
-all_structs.append(missing_shards_result)
-missing_shards_result.thrift_spec = (
-    (0, TType.LIST, 'success', (TType.STRING, None, False), None, ),  # 0
     (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 

@@ -1,1 +1,1 @@
-__all__ = ['ttypes', 'constants', 'ComputeNode', 'Coordinator']
+__all__ = ['ttypes', 'constants', 'ShardHolder', 'ComputeNode', 'Coordinator']
