@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 PARTS = ("load_delay_s", "compute_s", "wait_s", "transfer_s")
 PART_LABELS = {
     "load_delay_s": "load delay",
@@ -25,14 +27,8 @@ PART_LABELS = {
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between order statistics (numpy's default)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """The q-th percentile (0..100), numpy's linear method; nan when there are no values."""
+    return float(np.percentile(values, q)) if len(values) else math.nan
 
 
 def _num(row: dict[str, str], column: str) -> float:
