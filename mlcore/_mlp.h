@@ -47,6 +47,24 @@ typedef double mlcore_v2d_mem __attribute__((vector_size(16), aligned(16), may_a
 
 /* ------------------------------------------------------------------ scalar exp (shared) */
 
+/* exp(t), t in [-708, 0], as p * 2^k: the range reduction and polynomial the scalar exp
+   below and the vector one in _mlp_impl.h share, token for token (so the same bits), on a
+   double or a vector of doubles alike. kd keeps 1.5 * 2^52 + k, whose low bits the caller
+   turns into 2^k. Estrin's scheme: a short dependency chain. */
+#define MLCORE_EXP_REDUCED(t, magic, kd, k, r, r2, r4, r8, p)                              \
+    kd = t * 1.4426950408889634 + magic;                                                  \
+    k = kd - magic;                                                                       \
+    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;               \
+    r2 = r * r;                                                                           \
+    r4 = r2 * r2;                                                                         \
+    r8 = r4 * r4;                                                                         \
+    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2                                          \
+                    + ((1.0 / 24.0 + r * (1.0 / 120.0))                                   \
+                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4                    \
+                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))                            \
+                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)                \
+                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8))
+
 /* exp(t) for t <= 0 (softmax arguments are logit - max) from +, -, * and a bit shift only,
    so the bits depend on IEEE-754 alone, not on the libm version or the CPU's libm code
    path. Cody-Waite reduction t = k ln2 + r, |r| <= ln2/2, then Taylor to r^13 (truncation
@@ -59,19 +77,7 @@ static inline double mlcore_exp_nonpos(double t)
     double kd, k, r, r2, r4, r8, p, scale;
     uint64_t bits;
     t = t < -708.0 ? -708.0 : t; /* exp(-708) ~ 3e-308 */
-    kd = t * 1.4426950408889634 + magic;
-    k = kd - magic;
-    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
-    /* Estrin's scheme: a short dependency chain. */
-    r2 = r * r;
-    r4 = r2 * r2;
-    r8 = r4 * r4;
-    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
-                    + ((1.0 / 24.0 + r * (1.0 / 120.0))
-                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
-                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
-                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
-                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
+    MLCORE_EXP_REDUCED(t, magic, kd, k, r, r2, r4, r8, p);
     memcpy(&bits, &kd, sizeof bits); /* low bits of kd hold 2^51 + k */
     bits = (bits + 1023u) << 52;     /* exponent field k + 1023: 2^k */
     memcpy(&scale, &bits, sizeof scale);

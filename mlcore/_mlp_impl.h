@@ -34,6 +34,21 @@
 #define ISPLAT(s) ((VI){(s), (s)})
 #define LANES ((VI){0, 1})
 #endif
+/* One `case` per tile width 1 .. MLP_NV vectors; each switch defines MLP_TILE(NV_) first. */
+#if MLP_NV >= 6
+#define MLP_TILE_CASES MLP_TILE(1) MLP_TILE(2) MLP_TILE(3) MLP_TILE(4) MLP_TILE(5) MLP_TILE(6)
+#elif MLP_NV >= 5
+#define MLP_TILE_CASES MLP_TILE(1) MLP_TILE(2) MLP_TILE(3) MLP_TILE(4) MLP_TILE(5)
+#elif MLP_NV >= 4
+#define MLP_TILE_CASES MLP_TILE(1) MLP_TILE(2) MLP_TILE(3) MLP_TILE(4)
+#elif MLP_NV >= 3
+#define MLP_TILE_CASES MLP_TILE(1) MLP_TILE(2) MLP_TILE(3)
+#elif MLP_NV >= 2
+#define MLP_TILE_CASES MLP_TILE(1) MLP_TILE(2)
+#else
+#define MLP_TILE_CASES MLP_TILE(1)
+#endif
+
 #define LD(p) ((V)(*(const VMEM *)(p)))
 #define ST(p, v) (*(VMEM *)(p) = (v))
 
@@ -60,18 +75,7 @@ MLCORE_ALWAYS_INLINE V F(vexp)(V t)
     V kd, k, r, r2, r4, r8, p;
     VU bits;
     t = F(blend)(t < lo, lo, t);
-    kd = t * 1.4426950408889634 + magic;
-    k = kd - magic;
-    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10;
-    r2 = r * r;
-    r4 = r2 * r2;
-    r8 = r4 * r4;
-    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
-                    + ((1.0 / 24.0 + r * (1.0 / 120.0))
-                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
-                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
-                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
-                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8));
+    MLCORE_EXP_REDUCED(t, magic, kd, k, r, r2, r4, r8, p);
     bits = (VU)kd;
     bits = (bits + 1023u) << 52;
     return p * (V)bits;
@@ -142,22 +146,7 @@ static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is
         else F(tile)(o, os, in, is, cf, crs, ccs, bb, bs, len, 1, NV_);             \
         break;
             switch (nv) {
-                MLP_TILE(1)
-#if MLP_NV >= 2
-                MLP_TILE(2)
-#endif
-#if MLP_NV >= 3
-                MLP_TILE(3)
-#endif
-#if MLP_NV >= 4
-                MLP_TILE(4)
-#endif
-#if MLP_NV >= 5
-                MLP_TILE(5)
-#endif
-#if MLP_NV >= 6
-                MLP_TILE(6)
-#endif
+                MLP_TILE_CASES
             }
 #undef MLP_TILE
         }
@@ -217,22 +206,7 @@ static void F(dense_step)(double *w, double *vel, ptrdiff_t ws, const double *co
         else F(tile_step)(o, ov, ws, cf, crs, ccs, bb, bs, len, eta, mu, 1, NV_);         \
         break;
             switch (nv) {
-                MLP_TILE(1)
-#if MLP_NV >= 2
-                MLP_TILE(2)
-#endif
-#if MLP_NV >= 3
-                MLP_TILE(3)
-#endif
-#if MLP_NV >= 4
-                MLP_TILE(4)
-#endif
-#if MLP_NV >= 5
-                MLP_TILE(5)
-#endif
-#if MLP_NV >= 6
-                MLP_TILE(6)
-#endif
+                MLP_TILE_CASES
             }
 #undef MLP_TILE
         }
@@ -613,6 +587,7 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 }
 
 #undef MLP_KV_SWITCH
+#undef MLP_TILE_CASES
 #undef MLP_KV_MORE
 #ifdef MLP_OWN_MOVEMASK
 #undef MLP_MOVEMASK
