@@ -100,6 +100,18 @@ static void F(exp_array)(const double *t, double *out, ptrdiff_t n)
 
 /* ------------------------------------------------------------- dense register tiles */
 
+/* acc[r][v] += coef[r*crs + t*ccs] * b[t*bs + v] for t ascending (r < rt, v < nv), each
+   load of b serving rt rows: the one accumulation tile() and tile_step() share. bv, c, t, r
+   and v are the caller's scratch variables. */
+#define MLP_TILE_SUM(acc, bv, c, t, r, v, coef, crs, ccs, b, bs, len, rt, nv)                \
+    for (t = 0; t < len; t++) {                                                               \
+        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);                              \
+        for (r = 0; r < rt; r++) {                                                            \
+            c = coef[r * crs + t * ccs];                                                      \
+            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);                \
+        }                                                                                     \
+    }
+
 /* out[r, v] = init[r, v] + sum over t ascending of coef[r*crs + t*ccs] * b[t*bs + v]
    for rt rows and nv vectors (compile-time constants once inlined: acc stays in registers,
    and each load of b serves rt rows). init NULL means 0. */
@@ -114,13 +126,7 @@ MLCORE_ALWAYS_INLINE void F(tile)(double *out, ptrdiff_t os, const double *init,
     int r, v;
     for (r = 0; r < rt; r++)
         for (v = 0; v < nv; v++) acc[r][v] = init ? LD(init + r * is + W * v) : SPLAT(0.0);
-    for (t = 0; t < len; t++) {
-        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);
-        for (r = 0; r < rt; r++) {
-            c = coef[r * crs + t * ccs];
-            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);
-        }
-    }
+    MLP_TILE_SUM(acc, bv, c, t, r, v, coef, crs, ccs, b, bs, len, rt, nv)
     for (r = 0; r < rt; r++)
         for (v = 0; v < nv; v++) ST(out + r * os + W * v, acc[r][v]);
 }
@@ -167,13 +173,7 @@ MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, ptrdiff_t ws,
     int r, v;
     for (r = 0; r < rt; r++)
         for (v = 0; v < nv; v++) acc[r][v] = SPLAT(0.0);
-    for (t = 0; t < len; t++) {
-        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);
-        for (r = 0; r < rt; r++) {
-            c = coef[r * crs + t * ccs];
-            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);
-        }
-    }
+    MLP_TILE_SUM(acc, bv, c, t, r, v, coef, crs, ccs, b, bs, len, rt, nv)
     for (r = 0; r < rt; r++)
         for (v = 0; v < nv; v++) {
             double *wp = w + r * ws + W * v;
@@ -588,6 +588,7 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 
 #undef MLP_KV_SWITCH
 #undef MLP_TILE_CASES
+#undef MLP_TILE_SUM
 #undef MLP_KV_MORE
 #ifdef MLP_OWN_MOVEMASK
 #undef MLP_MOVEMASK
