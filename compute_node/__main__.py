@@ -14,7 +14,6 @@ from compute_node.registration import Registrar
 from compute_node.shards import node_store
 from idl.admission import ServerLimits
 from idl.gen import ComputeNode
-from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.rpc import Address
 from idl.tls import TlsContexts
 from runtime.cli import (
@@ -22,25 +21,17 @@ from runtime.cli import (
     FiniteRange,
     RenamedOption,
     listen_or_fail,
-    log_level_option,
-    metrics_port_option,
     run_cli,
     serve_metrics_or_fail,
     serve_until_stopped,
-    server_limit_options,
-    tls_options,
-    token_options,
+    server_options,
 )
 from runtime.events import configure_logging, log_event
-
-MIB = 1024 * 1024
-MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine, and int() of it cannot overflow
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("port", type=click.IntRange(0, 65535))
 @click.argument("load_probability", type=FiniteRange(0.0, 1.0))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--load-delay-s", "--load-delay", "load_delay_s", cls=RenamedOption,
     type=FiniteRange(min=0.0, max=3600), default=3.0, show_default=True,
@@ -71,24 +62,12 @@ MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine, and int() of it cannot 
     type=FiniteRange(min=0.0, max=3600), default=0.0, show_default=True,
     help="Fault injection: seconds to sleep before every train reply.",
 )
-@token_options("every call but ping must carry it.")
-@click.option(
-    "--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
-    show_default=True,
-    help="Refuse tasks whose epochs x rows x parameters exceed this (InvalidRequest).",
-)
-@click.option(
-    "--max-shard-cache-mb", type=FiniteRange(min=0.0, min_open=True, max=MAX_CACHE_MB),
-    default=1024.0, show_default=True, help="Bound on parsed shards kept in memory, MiB.",
-)
 @click.option(
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
     help="Tasks trained at once; the rest queue.",
 )
-@metrics_port_option
-@server_limit_options
-@tls_options(serves=True)
-@log_level_option()
+@server_options(token="every call but ping must carry it.", cache="parsed shards kept in memory",
+                work="tasks whose")
 def cli(
     port: int,
     load_probability: float,
@@ -103,7 +82,7 @@ def cli(
     extra_latency_s: float,
     token: str,
     max_task_work: int,
-    max_shard_cache_mb: float,
+    max_shard_cache_bytes: int,
     workers: int,
     metrics_port: int | None,
     limits: ServerLimits,
@@ -114,7 +93,7 @@ def cli(
     configure_logging(log_level, component="node")
     load = LoadConfig(load_probability, load_delay_s, crash_probability, extra_latency_s,
                       secrets.randbits(32) if seed is None else seed)
-    store = node_store(int(max_shard_cache_mb * MIB), data_dir)
+    store = node_store(max_shard_cache_bytes, data_dir)
     core = ComputeNodeCore(store, LoadSimulator(load), workers=workers, token=token,
                            max_task_work=max_task_work)
     handler, metrics = _handler(core, metered=metrics_port is not None)

@@ -17,26 +17,19 @@ from coordinator.registry import Registry
 from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
 from idl.admission import ServerLimits
 from idl.gen import Coordinator
-from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.tls import TlsContexts
 from runtime.cli import (
     FiniteRange,
     listen_or_fail,
-    log_level_option,
-    metrics_port_option,
     run_cli,
     serve_metrics_or_fail,
     serve_until_stopped,
-    server_limit_options,
-    tls_options,
-    token_options,
+    server_options,
 )
 from runtime.events import configure_logging, log_event
 from runtime.shard_store import ShardStore
 
 DEFAULT_NODES_FILE = "compute_nodes.txt"
-MIB = 1024 * 1024
-MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine, and int() of it cannot overflow
 
 
 def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -49,7 +42,6 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("port", type=click.IntRange(0, 65535))
 @click.argument("policy", callback=_policy, metavar="POLICY")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--nodes", "nodes_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help=f"Nodes file, host,port per line [default: {DEFAULT_NODES_FILE} if present].",
@@ -69,19 +61,13 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
               help="...and only once it is this many seconds beyond the median.")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed for the policies' random choices.")
-@token_options("every call but ping must carry it, and the coordinator sends it to nodes.")
 @click.option("--max-nodes", type=click.IntRange(min=1), default=DEFAULT_MAX_NODES,
               show_default=True, help="Most nodes known at once; registrations beyond are "
                                       "refused.")
-@click.option("--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
-              show_default=True, help="Refuse rounds whose tasks' epochs x rows x parameters "
-                                      "exceed this (as nodes do).")
-@click.option("--max-shard-cache-mb", type=FiniteRange(min=1, max=MAX_CACHE_MB), default=1024.0,
-              show_default=True, help="Bound on shard bytes kept for forwarding to nodes, MiB.")
-@metrics_port_option
-@server_limit_options
-@tls_options(serves=True)
-@log_level_option()
+@server_options(
+    token="every call but ping must carry it, and the coordinator sends it to nodes.",
+    cache="shards held for forwarding to nodes", work="rounds whose tasks'",
+)
 def cli(
     port: int,
     policy: str,
@@ -96,7 +82,7 @@ def cli(
     token: str,
     max_nodes: int,
     max_task_work: int,
-    max_shard_cache_mb: float,
+    max_shard_cache_bytes: int,
     metrics_port: int | None,
     limits: ServerLimits,
     tls: TlsContexts,
@@ -114,7 +100,7 @@ def cli(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
     )
-    store: ShardStore[bytes] = ShardStore(int(max_shard_cache_mb * MIB), refuse_oversize=True,
+    store: ShardStore[bytes] = ShardStore(max_shard_cache_bytes, refuse_oversize=True,
                                           owner="the coordinator")
     service = CoordinatorService(
         registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,

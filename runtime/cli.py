@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from idl.admission import ServerLimits
+from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.rpc import Address, ThriftServer
 from idl.tls import TlsConfigError, TlsContexts, TlsFiles, load_contexts
 from runtime.events import log_event
@@ -69,6 +70,20 @@ class FiniteRange(click.FloatRange):
         if self.min is None and self.max is None:
             return "finite"
         return super()._describe_range()
+
+
+MIB = 1024 * 1024
+MAX_CACHE_MB = 1024 * 1024  # 1 TiB: beyond any machine, and int() of it cannot overflow
+
+
+def shard_cache_option(what: str) -> Callable[[Any], Any]:
+    """--max-shard-cache-mb, the same bound on both servers; the command receives bytes."""
+    return click.option(
+        "--max-shard-cache-mb", "max_shard_cache_bytes",
+        type=FiniteRange(min=0.0, min_open=True, max=MAX_CACHE_MB), default=1024.0,
+        show_default=True, callback=lambda _ctx, _param, mb: int(mb * MIB),
+        help=f"Bound on {what}, in MiB.",
+    )
 
 
 class ListType(click.ParamType):
@@ -359,3 +374,28 @@ def read_token(token_file: Path | None, token: str | None) -> str:
         raise click.BadParameter(f"the token is not valid utf-8 (check {TOKEN_ENV})",
                                  param_hint="--token") from None
     return token
+
+
+def server_options(*, token: str, cache: str, work: str) -> Callable[[Any], Any]:
+    """The options both servers take, declared once: bind address, token, work bound, shard
+    cache, metrics, connection limits, TLS and log level; the phrases say what differs."""
+    options = [
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind."),
+        token_options(token),
+        click.option(
+            "--max-task-work", type=click.IntRange(min=1), default=DEFAULT_MAX_TASK_WORK,
+            show_default=True, help=f"Refuse {work} epochs x rows x parameters exceed this.",
+        ),
+        shard_cache_option(cache),
+        metrics_port_option,
+        server_limit_options,
+        tls_options(serves=True),
+        log_level_option(),
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
