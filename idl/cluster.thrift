@@ -140,6 +140,51 @@ struct ClusterStatus {
   3: map<string, i64> counters,
 }
 
+/** A model the cluster serves: the client's .npz file, named by the sha256 of its bytes. */
+struct ModelInfo {
+  1: string digest,
+  2: string name,             // as the client called it (its file name)
+  3: i32 n_features,
+  4: i32 n_classes,
+  5: i32 members,             // 1: one MLP; more: an ensemble averaging their probabilities
+  6: list<string> class_names,
+  7: i64 n_bytes,
+}
+
+/** Rows to label with a model the cluster holds. */
+struct PredictRequest {
+  1: string model,            // the model's digest (ModelInfo.digest)
+  2: Tensor rows,             // (n, d) float64 raw attributes; the model standardises them
+  3: bool probabilities = false,
+  4: double deadline_s = 10.0,  // the answer comes within this, or DeadlineExceeded
+  5: string token = "",
+}
+
+/** One label per row (class index) and, when asked for, the class probabilities (n, k). */
+struct Prediction {
+  1: list<i32> labels,
+  2: Tensor probabilities,    // shape [] when not asked for
+  3: string node,             // host:port of the node that ran the batch
+  4: i32 batch_rows,          // rows in the batch this request rode in (1 request: its own)
+}
+
+/** A model scored on labelled data: counts are exact, so scores add across shards. */
+struct Evaluation {
+  1: i64 n_rows,
+  2: i64 n_errors,
+  3: double summed_loss,      // cross-entropy summed over the rows (mean = summed / n_rows)
+  4: i32 n_classes,
+  5: list<i64> confusion,     // n_classes x n_classes, row-major: [true class][predicted]
+}
+
+/** Score a model on shards the coordinator holds (put_shard), in shard order. */
+struct EvaluateRequest {
+  1: string model,
+  2: list<ShardRef> shards,
+  3: double deadline_s = 60.0,
+  4: string token = "",
+}
+
 exception InvalidRequest { 1: string message }
 exception NodeBusy { 1: string message, 2: double retry_after_s }
 exception ShardMissing { 1: string message, 2: string digest }
@@ -149,6 +194,10 @@ exception DatasetError { 1: string message }
 exception Unauthorized { 1: string message }
 /** A task ran out of its time budget (budget_s seconds): the node stopped training it. */
 exception DeadlineExceeded { 1: string message, 2: double budget_s }
+/** The model (by digest) is not held here: put_model it, then call again. */
+exception ModelMissing { 1: string message, 2: string digest }
+/** The prediction queue is full: try again after retry_after_s. */
+exception Overloaded { 1: string message, 2: double retry_after_s }
 
 // With a token configured, every call but ping() must carry it (the `token` arguments and
 // ShardTask/RoundRequest.token); ping() stays open for health probes and reveals nothing.
@@ -169,6 +218,20 @@ service ComputeNode extends ShardHolder {
   TaskResult train(1: ShardTask task)
       throws (1: InvalidRequest bad, 2: NodeBusy busy, 3: ShardMissing missing,
               4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
+  /** Which of these model digests the node lacks. */
+  list<string> missing_models(1: list<string> digests, 2: string token = "")
+      throws (1: Unauthorized denied),
+  /** Cache a model file's bytes; the node checks the digest and that it is a model. */
+  void put_model(1: string digest, 2: binary data, 3: string token = "")
+      throws (1: InvalidRequest bad, 2: Unauthorized denied),
+  /** Label a batch of rows (the coordinator's micro-batch). */
+  Prediction predict(1: PredictRequest request)
+      throws (1: InvalidRequest bad, 2: ModelMissing missing, 3: NodeBusy busy,
+              4: Unauthorized denied, 5: DeadlineExceeded late),
+  /** Score the model on the shards (usually one: the coordinator spreads them). */
+  Evaluation evaluate(1: EvaluateRequest request)
+      throws (1: InvalidRequest bad, 2: ModelMissing missing, 3: ShardMissing shard,
+              4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
 }
 
 service Coordinator extends ShardHolder {
@@ -181,4 +244,20 @@ service Coordinator extends ShardHolder {
   /** A node announces itself (and keeps doing so as its heartbeat). */
   void register_node(1: string host, 2: i32 port, 3: string token = "")
       throws (1: InvalidRequest bad, 2: Unauthorized denied),
+  /** Hold a model file (checked); its digest names it in predict and evaluate. */
+  ModelInfo put_model(1: binary data, 2: string name, 3: string token = "")
+      throws (1: InvalidRequest bad, 2: Unauthorized denied),
+  /** Which of these model digests the coordinator lacks (so a client uploads only once). */
+  list<string> missing_models(1: list<string> digests, 2: string token = "")
+      throws (1: Unauthorized denied),
+  list<ModelInfo> list_models(1: string token = "") throws (1: Unauthorized denied),
+  /** Label rows; concurrent requests for a model are micro-batched onto nodes. */
+  Prediction predict(1: PredictRequest request)
+      throws (1: InvalidRequest bad, 2: ModelMissing missing, 3: Overloaded overloaded,
+              4: NoNodesAvailable none, 5: Unauthorized denied, 6: DeadlineExceeded late),
+  /** Score a model on shards the coordinator holds; scores summed in shard order. */
+  Evaluation evaluate(1: EvaluateRequest request)
+      throws (1: InvalidRequest bad, 2: ModelMissing missing, 3: ShardMissing shard,
+              4: NoNodesAvailable none, 5: DatasetError dataset, 6: Unauthorized denied,
+              7: DeadlineExceeded late),
 }

@@ -47,6 +47,49 @@ class Iface(idl.gen.ShardHolder.Iface):
         """
         pass
 
+    def missing_models(self, digests, token):
+        """
+        Which of these model digests the node lacks.
+
+        Parameters:
+         - digests
+         - token
+
+        """
+        pass
+
+    def put_model(self, digest, data, token):
+        """
+        Cache a model file's bytes; the node checks the digest and that it is a model.
+
+        Parameters:
+         - digest
+         - data
+         - token
+
+        """
+        pass
+
+    def predict(self, request):
+        """
+        Label a batch of rows (the coordinator's micro-batch).
+
+        Parameters:
+         - request
+
+        """
+        pass
+
+    def evaluate(self, request):
+        """
+        Score the model on the shards (usually one: the coordinator spreads them).
+
+        Parameters:
+         - request
+
+        """
+        pass
+
 
 class Client(idl.gen.ShardHolder.Client, Iface):
     def __init__(self, iprot, oprot=None):
@@ -172,6 +215,174 @@ class Client(idl.gen.ShardHolder.Client, Iface):
             raise result.late
         raise TApplicationException(TApplicationException.MISSING_RESULT, "train failed: unknown result")
 
+    def missing_models(self, digests, token):
+        """
+        Which of these model digests the node lacks.
+
+        Parameters:
+         - digests
+         - token
+
+        """
+        self.send_missing_models(digests, token)
+        return self.recv_missing_models()
+
+    def send_missing_models(self, digests, token):
+        self._oprot.writeMessageBegin('missing_models', TMessageType.CALL, self._seqid)
+        args = missing_models_args()
+        args.digests = digests
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_missing_models(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = missing_models_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.denied is not None:
+            raise result.denied
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "missing_models failed: unknown result")
+
+    def put_model(self, digest, data, token):
+        """
+        Cache a model file's bytes; the node checks the digest and that it is a model.
+
+        Parameters:
+         - digest
+         - data
+         - token
+
+        """
+        self.send_put_model(digest, data, token)
+        self.recv_put_model()
+
+    def send_put_model(self, digest, data, token):
+        self._oprot.writeMessageBegin('put_model', TMessageType.CALL, self._seqid)
+        args = put_model_args()
+        args.digest = digest
+        args.data = data
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_put_model(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = put_model_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.bad is not None:
+            raise result.bad
+        if result.denied is not None:
+            raise result.denied
+        return
+
+    def predict(self, request):
+        """
+        Label a batch of rows (the coordinator's micro-batch).
+
+        Parameters:
+         - request
+
+        """
+        self.send_predict(request)
+        return self.recv_predict()
+
+    def send_predict(self, request):
+        self._oprot.writeMessageBegin('predict', TMessageType.CALL, self._seqid)
+        args = predict_args()
+        args.request = request
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_predict(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = predict_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.bad is not None:
+            raise result.bad
+        if result.missing is not None:
+            raise result.missing
+        if result.busy is not None:
+            raise result.busy
+        if result.denied is not None:
+            raise result.denied
+        if result.late is not None:
+            raise result.late
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "predict failed: unknown result")
+
+    def evaluate(self, request):
+        """
+        Score the model on the shards (usually one: the coordinator spreads them).
+
+        Parameters:
+         - request
+
+        """
+        self.send_evaluate(request)
+        return self.recv_evaluate()
+
+    def send_evaluate(self, request):
+        self._oprot.writeMessageBegin('evaluate', TMessageType.CALL, self._seqid)
+        args = evaluate_args()
+        args.request = request
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_evaluate(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = evaluate_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.bad is not None:
+            raise result.bad
+        if result.missing is not None:
+            raise result.missing
+        if result.shard is not None:
+            raise result.shard
+        if result.dataset is not None:
+            raise result.dataset
+        if result.denied is not None:
+            raise result.denied
+        if result.late is not None:
+            raise result.late
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "evaluate failed: unknown result")
+
 
 class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
     def __init__(self, handler):
@@ -179,6 +390,10 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         self._processMap["load"] = Processor.process_load
         self._processMap["put_shard"] = Processor.process_put_shard
         self._processMap["train"] = Processor.process_train
+        self._processMap["missing_models"] = Processor.process_missing_models
+        self._processMap["put_model"] = Processor.process_put_model
+        self._processMap["predict"] = Processor.process_predict
+        self._processMap["evaluate"] = Processor.process_evaluate
         self._on_message_begin = None
 
     def on_message_begin(self, func):
@@ -296,6 +511,140 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("train", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_missing_models(self, seqid, iprot, oprot):
+        args = missing_models_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = missing_models_result()
+        try:
+            result.success = self._handler.missing_models(args.digests, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("missing_models", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_put_model(self, seqid, iprot, oprot):
+        args = put_model_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = put_model_result()
+        try:
+            self._handler.put_model(args.digest, args.data, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("put_model", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_predict(self, seqid, iprot, oprot):
+        args = predict_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = predict_result()
+        try:
+            result.success = self._handler.predict(args.request)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except ModelMissing as missing:
+            msg_type = TMessageType.REPLY
+            result.missing = missing
+        except NodeBusy as busy:
+            msg_type = TMessageType.REPLY
+            result.busy = busy
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("predict", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_evaluate(self, seqid, iprot, oprot):
+        args = evaluate_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = evaluate_result()
+        try:
+            result.success = self._handler.evaluate(args.request)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except ModelMissing as missing:
+            msg_type = TMessageType.REPLY
+            result.missing = missing
+        except ShardMissing as shard:
+            msg_type = TMessageType.REPLY
+            result.shard = shard
+        except DatasetError as dataset:
+            msg_type = TMessageType.REPLY
+            result.dataset = dataset
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("evaluate", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -802,6 +1151,711 @@ train_result.thrift_spec = (
     (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
     (2, TType.STRUCT, 'busy', [NodeBusy, None], None, ),  # 2
     (3, TType.STRUCT, 'missing', [ShardMissing, None], None, ),  # 3
+    (4, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 4
+    (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
+    (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
+)
+
+
+class missing_models_args(object):
+    """
+    Attributes:
+     - digests
+     - token
+
+    """
+
+
+    def __init__(self, digests=None, token="",):
+        self.digests = digests
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.digests = []
+                    (_etype131, _size128) = iprot.readListBegin()
+                    for _i132 in range(_size128):
+                        _elem133 = iprot.readString()
+                        self.digests.append(_elem133)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('missing_models_args')
+        if self.digests is not None:
+            oprot.writeFieldBegin('digests', TType.LIST, 1)
+            oprot.writeListBegin(TType.STRING, len(self.digests))
+            for iter134 in self.digests:
+                oprot.writeString(iter134)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 2)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(missing_models_args)
+missing_models_args.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'digests', (TType.STRING, None, False), None, ),  # 1
+    (2, TType.STRING, 'token', None, "", ),  # 2
+)
+
+
+class missing_models_result(object):
+    """
+    Attributes:
+     - success
+     - denied
+
+    """
+
+
+    def __init__(self, success=None, denied=None,):
+        self.success = success
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.LIST:
+                    self.success = []
+                    (_etype138, _size135) = iprot.readListBegin()
+                    for _i139 in range(_size135):
+                        _elem140 = iprot.readString()
+                        self.success.append(_elem140)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('missing_models_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.LIST, 0)
+            oprot.writeListBegin(TType.STRING, len(self.success))
+            for iter141 in self.success:
+                oprot.writeString(iter141)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(missing_models_result)
+missing_models_result.thrift_spec = (
+    (0, TType.LIST, 'success', (TType.STRING, None, False), None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
+)
+
+
+class put_model_args(object):
+    """
+    Attributes:
+     - digest
+     - data
+     - token
+
+    """
+
+
+    def __init__(self, digest=None, data=None, token="",):
+        self.digest = digest
+        self.data = data
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.data = iprot.readBinary()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_model_args')
+        if self.digest is not None:
+            oprot.writeFieldBegin('digest', TType.STRING, 1)
+            oprot.writeString(self.digest)
+            oprot.writeFieldEnd()
+        if self.data is not None:
+            oprot.writeFieldBegin('data', TType.STRING, 2)
+            oprot.writeBinary(self.data)
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 3)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_model_args)
+put_model_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'digest', None, None, ),  # 1
+    (2, TType.STRING, 'data', 'BINARY', None, ),  # 2
+    (3, TType.STRING, 'token', None, "", ),  # 3
+)
+
+
+class put_model_result(object):
+    """
+    Attributes:
+     - bad
+     - denied
+
+    """
+
+
+    def __init__(self, bad=None, denied=None,):
+        self.bad = bad
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_model_result')
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 2)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_model_result)
+put_model_result.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 2
+)
+
+
+class predict_args(object):
+    """
+    Attributes:
+     - request
+
+    """
+
+
+    def __init__(self, request=None,):
+        self.request = request
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.request = PredictRequest()
+                    self.request.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('predict_args')
+        if self.request is not None:
+            oprot.writeFieldBegin('request', TType.STRUCT, 1)
+            self.request.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(predict_args)
+predict_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'request', [PredictRequest, None], None, ),  # 1
+)
+
+
+class predict_result(object):
+    """
+    Attributes:
+     - success
+     - bad
+     - missing
+     - busy
+     - denied
+     - late
+
+    """
+
+
+    def __init__(self, success=None, bad=None, missing=None, busy=None, denied=None, late=None,):
+        self.success = success
+        self.bad = bad
+        self.missing = missing
+        self.busy = busy
+        self.denied = denied
+        self.late = late
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = Prediction()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.missing = ModelMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.busy = NodeBusy.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('predict_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.missing is not None:
+            oprot.writeFieldBegin('missing', TType.STRUCT, 2)
+            self.missing.write(oprot)
+            oprot.writeFieldEnd()
+        if self.busy is not None:
+            oprot.writeFieldBegin('busy', TType.STRUCT, 3)
+            self.busy.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 4)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 5)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(predict_result)
+predict_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [Prediction, None], None, ),  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'missing', [ModelMissing, None], None, ),  # 2
+    (3, TType.STRUCT, 'busy', [NodeBusy, None], None, ),  # 3
+    (4, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 4
+    (5, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 5
+)
+
+
+class evaluate_args(object):
+    """
+    Attributes:
+     - request
+
+    """
+
+
+    def __init__(self, request=None,):
+        self.request = request
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.request = EvaluateRequest()
+                    self.request.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('evaluate_args')
+        if self.request is not None:
+            oprot.writeFieldBegin('request', TType.STRUCT, 1)
+            self.request.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(evaluate_args)
+evaluate_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'request', [EvaluateRequest, None], None, ),  # 1
+)
+
+
+class evaluate_result(object):
+    """
+    Attributes:
+     - success
+     - bad
+     - missing
+     - shard
+     - dataset
+     - denied
+     - late
+
+    """
+
+
+    def __init__(self, success=None, bad=None, missing=None, shard=None, dataset=None, denied=None, late=None,):
+        self.success = success
+        self.bad = bad
+        self.missing = missing
+        self.shard = shard
+        self.dataset = dataset
+        self.denied = denied
+        self.late = late
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = Evaluation()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.missing = ModelMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.shard = ShardMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.dataset = DatasetError.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('evaluate_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.missing is not None:
+            oprot.writeFieldBegin('missing', TType.STRUCT, 2)
+            self.missing.write(oprot)
+            oprot.writeFieldEnd()
+        if self.shard is not None:
+            oprot.writeFieldBegin('shard', TType.STRUCT, 3)
+            self.shard.write(oprot)
+            oprot.writeFieldEnd()
+        if self.dataset is not None:
+            oprot.writeFieldBegin('dataset', TType.STRUCT, 4)
+            self.dataset.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 5)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 6)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(evaluate_result)
+evaluate_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [Evaluation, None], None, ),  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'missing', [ModelMissing, None], None, ),  # 2
+    (3, TType.STRUCT, 'shard', [ShardMissing, None], None, ),  # 3
     (4, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 4
     (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
     (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6

@@ -57,6 +57,57 @@ class Iface(idl.gen.ShardHolder.Iface):
         """
         pass
 
+    def put_model(self, data, name, token):
+        """
+        Hold a model file (checked); its digest names it in predict and evaluate.
+
+        Parameters:
+         - data
+         - name
+         - token
+
+        """
+        pass
+
+    def missing_models(self, digests, token):
+        """
+        Which of these model digests the coordinator lacks (so a client uploads only once).
+
+        Parameters:
+         - digests
+         - token
+
+        """
+        pass
+
+    def list_models(self, token):
+        """
+        Parameters:
+         - token
+
+        """
+        pass
+
+    def predict(self, request):
+        """
+        Label rows; concurrent requests for a model are micro-batched onto nodes.
+
+        Parameters:
+         - request
+
+        """
+        pass
+
+    def evaluate(self, request):
+        """
+        Score a model on shards the coordinator holds; scores summed in shard order.
+
+        Parameters:
+         - request
+
+        """
+        pass
+
 
 class Client(idl.gen.ShardHolder.Client, Iface):
     def __init__(self, iprot, oprot=None):
@@ -218,6 +269,214 @@ class Client(idl.gen.ShardHolder.Client, Iface):
             raise result.denied
         return
 
+    def put_model(self, data, name, token):
+        """
+        Hold a model file (checked); its digest names it in predict and evaluate.
+
+        Parameters:
+         - data
+         - name
+         - token
+
+        """
+        self.send_put_model(data, name, token)
+        return self.recv_put_model()
+
+    def send_put_model(self, data, name, token):
+        self._oprot.writeMessageBegin('put_model', TMessageType.CALL, self._seqid)
+        args = put_model_args()
+        args.data = data
+        args.name = name
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_put_model(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = put_model_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.bad is not None:
+            raise result.bad
+        if result.denied is not None:
+            raise result.denied
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "put_model failed: unknown result")
+
+    def missing_models(self, digests, token):
+        """
+        Which of these model digests the coordinator lacks (so a client uploads only once).
+
+        Parameters:
+         - digests
+         - token
+
+        """
+        self.send_missing_models(digests, token)
+        return self.recv_missing_models()
+
+    def send_missing_models(self, digests, token):
+        self._oprot.writeMessageBegin('missing_models', TMessageType.CALL, self._seqid)
+        args = missing_models_args()
+        args.digests = digests
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_missing_models(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = missing_models_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.denied is not None:
+            raise result.denied
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "missing_models failed: unknown result")
+
+    def list_models(self, token):
+        """
+        Parameters:
+         - token
+
+        """
+        self.send_list_models(token)
+        return self.recv_list_models()
+
+    def send_list_models(self, token):
+        self._oprot.writeMessageBegin('list_models', TMessageType.CALL, self._seqid)
+        args = list_models_args()
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_list_models(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = list_models_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.denied is not None:
+            raise result.denied
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "list_models failed: unknown result")
+
+    def predict(self, request):
+        """
+        Label rows; concurrent requests for a model are micro-batched onto nodes.
+
+        Parameters:
+         - request
+
+        """
+        self.send_predict(request)
+        return self.recv_predict()
+
+    def send_predict(self, request):
+        self._oprot.writeMessageBegin('predict', TMessageType.CALL, self._seqid)
+        args = predict_args()
+        args.request = request
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_predict(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = predict_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.bad is not None:
+            raise result.bad
+        if result.missing is not None:
+            raise result.missing
+        if result.overloaded is not None:
+            raise result.overloaded
+        if result.none is not None:
+            raise result.none
+        if result.denied is not None:
+            raise result.denied
+        if result.late is not None:
+            raise result.late
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "predict failed: unknown result")
+
+    def evaluate(self, request):
+        """
+        Score a model on shards the coordinator holds; scores summed in shard order.
+
+        Parameters:
+         - request
+
+        """
+        self.send_evaluate(request)
+        return self.recv_evaluate()
+
+    def send_evaluate(self, request):
+        self._oprot.writeMessageBegin('evaluate', TMessageType.CALL, self._seqid)
+        args = evaluate_args()
+        args.request = request
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_evaluate(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = evaluate_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.bad is not None:
+            raise result.bad
+        if result.missing is not None:
+            raise result.missing
+        if result.shard is not None:
+            raise result.shard
+        if result.none is not None:
+            raise result.none
+        if result.dataset is not None:
+            raise result.dataset
+        if result.denied is not None:
+            raise result.denied
+        if result.late is not None:
+            raise result.late
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "evaluate failed: unknown result")
+
 
 class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
     def __init__(self, handler):
@@ -226,6 +485,11 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         self._processMap["put_shard"] = Processor.process_put_shard
         self._processMap["run_round"] = Processor.process_run_round
         self._processMap["register_node"] = Processor.process_register_node
+        self._processMap["put_model"] = Processor.process_put_model
+        self._processMap["missing_models"] = Processor.process_missing_models
+        self._processMap["list_models"] = Processor.process_list_models
+        self._processMap["predict"] = Processor.process_predict
+        self._processMap["evaluate"] = Processor.process_evaluate
         self._on_message_begin = None
 
     def on_message_begin(self, func):
@@ -369,6 +633,172 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("register_node", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_put_model(self, seqid, iprot, oprot):
+        args = put_model_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = put_model_result()
+        try:
+            result.success = self._handler.put_model(args.data, args.name, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("put_model", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_missing_models(self, seqid, iprot, oprot):
+        args = missing_models_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = missing_models_result()
+        try:
+            result.success = self._handler.missing_models(args.digests, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("missing_models", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_list_models(self, seqid, iprot, oprot):
+        args = list_models_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = list_models_result()
+        try:
+            result.success = self._handler.list_models(args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("list_models", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_predict(self, seqid, iprot, oprot):
+        args = predict_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = predict_result()
+        try:
+            result.success = self._handler.predict(args.request)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except ModelMissing as missing:
+            msg_type = TMessageType.REPLY
+            result.missing = missing
+        except Overloaded as overloaded:
+            msg_type = TMessageType.REPLY
+            result.overloaded = overloaded
+        except NoNodesAvailable as none:
+            msg_type = TMessageType.REPLY
+            result.none = none
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("predict", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_evaluate(self, seqid, iprot, oprot):
+        args = evaluate_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = evaluate_result()
+        try:
+            result.success = self._handler.evaluate(args.request)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except ModelMissing as missing:
+            msg_type = TMessageType.REPLY
+            result.missing = missing
+        except ShardMissing as shard:
+            msg_type = TMessageType.REPLY
+            result.shard = shard
+        except NoNodesAvailable as none:
+            msg_type = TMessageType.REPLY
+            result.none = none
+        except DatasetError as dataset:
+            msg_type = TMessageType.REPLY
+            result.dataset = dataset
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except DeadlineExceeded as late:
+            msg_type = TMessageType.REPLY
+            result.late = late
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("evaluate", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -1026,6 +1456,891 @@ register_node_result.thrift_spec = (
     None,  # 0
     (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
     (2, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 2
+)
+
+
+class put_model_args(object):
+    """
+    Attributes:
+     - data
+     - name
+     - token
+
+    """
+
+
+    def __init__(self, data=None, name=None, token="",):
+        self.data = data
+        self.name = name
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.data = iprot.readBinary()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.name = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_model_args')
+        if self.data is not None:
+            oprot.writeFieldBegin('data', TType.STRING, 1)
+            oprot.writeBinary(self.data)
+            oprot.writeFieldEnd()
+        if self.name is not None:
+            oprot.writeFieldBegin('name', TType.STRING, 2)
+            oprot.writeString(self.name)
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 3)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_model_args)
+put_model_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'data', 'BINARY', None, ),  # 1
+    (2, TType.STRING, 'name', None, None, ),  # 2
+    (3, TType.STRING, 'token', None, "", ),  # 3
+)
+
+
+class put_model_result(object):
+    """
+    Attributes:
+     - success
+     - bad
+     - denied
+
+    """
+
+
+    def __init__(self, success=None, bad=None, denied=None,):
+        self.success = success
+        self.bad = bad
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = ModelInfo()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_model_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 2)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_model_result)
+put_model_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [ModelInfo, None], None, ),  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 2
+)
+
+
+class missing_models_args(object):
+    """
+    Attributes:
+     - digests
+     - token
+
+    """
+
+
+    def __init__(self, digests=None, token="",):
+        self.digests = digests
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.digests = []
+                    (_etype145, _size142) = iprot.readListBegin()
+                    for _i146 in range(_size142):
+                        _elem147 = iprot.readString()
+                        self.digests.append(_elem147)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('missing_models_args')
+        if self.digests is not None:
+            oprot.writeFieldBegin('digests', TType.LIST, 1)
+            oprot.writeListBegin(TType.STRING, len(self.digests))
+            for iter148 in self.digests:
+                oprot.writeString(iter148)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 2)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(missing_models_args)
+missing_models_args.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'digests', (TType.STRING, None, False), None, ),  # 1
+    (2, TType.STRING, 'token', None, "", ),  # 2
+)
+
+
+class missing_models_result(object):
+    """
+    Attributes:
+     - success
+     - denied
+
+    """
+
+
+    def __init__(self, success=None, denied=None,):
+        self.success = success
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.LIST:
+                    self.success = []
+                    (_etype152, _size149) = iprot.readListBegin()
+                    for _i153 in range(_size149):
+                        _elem154 = iprot.readString()
+                        self.success.append(_elem154)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('missing_models_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.LIST, 0)
+            oprot.writeListBegin(TType.STRING, len(self.success))
+            for iter155 in self.success:
+                oprot.writeString(iter155)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(missing_models_result)
+missing_models_result.thrift_spec = (
+    (0, TType.LIST, 'success', (TType.STRING, None, False), None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
+)
+
+
+class list_models_args(object):
+    """
+    Attributes:
+     - token
+
+    """
+
+
+    def __init__(self, token="",):
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('list_models_args')
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 1)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(list_models_args)
+list_models_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'token', None, "", ),  # 1
+)
+
+
+class list_models_result(object):
+    """
+    Attributes:
+     - success
+     - denied
+
+    """
+
+
+    def __init__(self, success=None, denied=None,):
+        self.success = success
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.LIST:
+                    self.success = []
+                    (_etype159, _size156) = iprot.readListBegin()
+                    for _i160 in range(_size156):
+                        _elem161 = ModelInfo()
+                        _elem161.read(iprot)
+                        self.success.append(_elem161)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('list_models_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.LIST, 0)
+            oprot.writeListBegin(TType.STRUCT, len(self.success))
+            for iter162 in self.success:
+                iter162.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(list_models_result)
+list_models_result.thrift_spec = (
+    (0, TType.LIST, 'success', (TType.STRUCT, [ModelInfo, None], False), None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
+)
+
+
+class predict_args(object):
+    """
+    Attributes:
+     - request
+
+    """
+
+
+    def __init__(self, request=None,):
+        self.request = request
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.request = PredictRequest()
+                    self.request.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('predict_args')
+        if self.request is not None:
+            oprot.writeFieldBegin('request', TType.STRUCT, 1)
+            self.request.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(predict_args)
+predict_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'request', [PredictRequest, None], None, ),  # 1
+)
+
+
+class predict_result(object):
+    """
+    Attributes:
+     - success
+     - bad
+     - missing
+     - overloaded
+     - none
+     - denied
+     - late
+
+    """
+
+
+    def __init__(self, success=None, bad=None, missing=None, overloaded=None, none=None, denied=None, late=None,):
+        self.success = success
+        self.bad = bad
+        self.missing = missing
+        self.overloaded = overloaded
+        self.none = none
+        self.denied = denied
+        self.late = late
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = Prediction()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.missing = ModelMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.overloaded = Overloaded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.none = NoNodesAvailable.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('predict_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.missing is not None:
+            oprot.writeFieldBegin('missing', TType.STRUCT, 2)
+            self.missing.write(oprot)
+            oprot.writeFieldEnd()
+        if self.overloaded is not None:
+            oprot.writeFieldBegin('overloaded', TType.STRUCT, 3)
+            self.overloaded.write(oprot)
+            oprot.writeFieldEnd()
+        if self.none is not None:
+            oprot.writeFieldBegin('none', TType.STRUCT, 4)
+            self.none.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 5)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 6)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(predict_result)
+predict_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [Prediction, None], None, ),  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'missing', [ModelMissing, None], None, ),  # 2
+    (3, TType.STRUCT, 'overloaded', [Overloaded, None], None, ),  # 3
+    (4, TType.STRUCT, 'none', [NoNodesAvailable, None], None, ),  # 4
+    (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
+    (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
+)
+
+
+class evaluate_args(object):
+    """
+    Attributes:
+     - request
+
+    """
+
+
+    def __init__(self, request=None,):
+        self.request = request
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.request = EvaluateRequest()
+                    self.request.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('evaluate_args')
+        if self.request is not None:
+            oprot.writeFieldBegin('request', TType.STRUCT, 1)
+            self.request.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(evaluate_args)
+evaluate_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'request', [EvaluateRequest, None], None, ),  # 1
+)
+
+
+class evaluate_result(object):
+    """
+    Attributes:
+     - success
+     - bad
+     - missing
+     - shard
+     - none
+     - dataset
+     - denied
+     - late
+
+    """
+
+
+    def __init__(self, success=None, bad=None, missing=None, shard=None, none=None, dataset=None, denied=None, late=None,):
+        self.success = success
+        self.bad = bad
+        self.missing = missing
+        self.shard = shard
+        self.none = none
+        self.dataset = dataset
+        self.denied = denied
+        self.late = late
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.STRUCT:
+                    self.success = Evaluation()
+                    self.success.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.missing = ModelMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRUCT:
+                    self.shard = ShardMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRUCT:
+                    self.none = NoNodesAvailable.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRUCT:
+                    self.dataset = DatasetError.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.STRUCT:
+                    self.late = DeadlineExceeded.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('evaluate_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.STRUCT, 0)
+            self.success.write(oprot)
+            oprot.writeFieldEnd()
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.missing is not None:
+            oprot.writeFieldBegin('missing', TType.STRUCT, 2)
+            self.missing.write(oprot)
+            oprot.writeFieldEnd()
+        if self.shard is not None:
+            oprot.writeFieldBegin('shard', TType.STRUCT, 3)
+            self.shard.write(oprot)
+            oprot.writeFieldEnd()
+        if self.none is not None:
+            oprot.writeFieldBegin('none', TType.STRUCT, 4)
+            self.none.write(oprot)
+            oprot.writeFieldEnd()
+        if self.dataset is not None:
+            oprot.writeFieldBegin('dataset', TType.STRUCT, 5)
+            self.dataset.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 6)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        if self.late is not None:
+            oprot.writeFieldBegin('late', TType.STRUCT, 7)
+            self.late.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(evaluate_result)
+evaluate_result.thrift_spec = (
+    (0, TType.STRUCT, 'success', [Evaluation, None], None, ),  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'missing', [ModelMissing, None], None, ),  # 2
+    (3, TType.STRUCT, 'shard', [ShardMissing, None], None, ),  # 3
+    (4, TType.STRUCT, 'none', [NoNodesAvailable, None], None, ),  # 4
+    (5, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 5
+    (6, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 6
+    (7, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 7
 )
 fix_spec(all_structs)
 del all_structs

@@ -322,10 +322,10 @@ class missing_shards_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.digests = []
-                    (_etype89, _size86) = iprot.readListBegin()
-                    for _i90 in range(_size86):
-                        _elem91 = iprot.readString()
-                        self.digests.append(_elem91)
+                    (_etype117, _size114) = iprot.readListBegin()
+                    for _i118 in range(_size114):
+                        _elem119 = iprot.readString()
+                        self.digests.append(_elem119)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -347,8 +347,8 @@ class missing_shards_args(object):
         if self.digests is not None:
             oprot.writeFieldBegin('digests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRING, len(self.digests))
-            for iter92 in self.digests:
-                oprot.writeString(iter92)
+            for iter120 in self.digests:
+                oprot.writeString(iter120)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.token is not None:
@@ -404,10 +404,10 @@ class missing_shards_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype96, _size93) = iprot.readListBegin()
-                    for _i97 in range(_size93):
-                        _elem98 = iprot.readString()
-                        self.success.append(_elem98)
+                    (_etype124, _size121) = iprot.readListBegin()
+                    for _i125 in range(_size121):
+                        _elem126 = iprot.readString()
+                        self.success.append(_elem126)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -429,8 +429,8 @@ class missing_shards_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRING, len(self.success))
-            for iter99 in self.success:
-                oprot.writeString(iter99)
+            for iter127 in self.success:
+                oprot.writeString(iter127)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.denied is not None:

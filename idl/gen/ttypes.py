@@ -1519,6 +1519,556 @@ class ClusterStatus(object):
         return not (self == other)
 
 
+class ModelInfo(object):
+    """
+    A model the cluster serves: the client's .npz file, named by the sha256 of its bytes.
+
+    Attributes:
+     - digest
+     - name
+     - n_features
+     - n_classes
+     - members
+     - class_names
+     - n_bytes
+
+    """
+
+
+    def __init__(self, digest=None, name=None, n_features=None, n_classes=None, members=None, class_names=None, n_bytes=None,):
+        self.digest = digest
+        self.name = name
+        self.n_features = n_features
+        self.n_classes = n_classes
+        self.members = members
+        self.class_names = class_names
+        self.n_bytes = n_bytes
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.name = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.I32:
+                    self.n_features = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I32:
+                    self.n_classes = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.I32:
+                    self.members = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 6:
+                if ftype == TType.LIST:
+                    self.class_names = []
+                    (_etype89, _size86) = iprot.readListBegin()
+                    for _i90 in range(_size86):
+                        _elem91 = iprot.readString()
+                        self.class_names.append(_elem91)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.I64:
+                    self.n_bytes = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('ModelInfo')
+        if self.digest is not None:
+            oprot.writeFieldBegin('digest', TType.STRING, 1)
+            oprot.writeString(self.digest)
+            oprot.writeFieldEnd()
+        if self.name is not None:
+            oprot.writeFieldBegin('name', TType.STRING, 2)
+            oprot.writeString(self.name)
+            oprot.writeFieldEnd()
+        if self.n_features is not None:
+            oprot.writeFieldBegin('n_features', TType.I32, 3)
+            oprot.writeI32(self.n_features)
+            oprot.writeFieldEnd()
+        if self.n_classes is not None:
+            oprot.writeFieldBegin('n_classes', TType.I32, 4)
+            oprot.writeI32(self.n_classes)
+            oprot.writeFieldEnd()
+        if self.members is not None:
+            oprot.writeFieldBegin('members', TType.I32, 5)
+            oprot.writeI32(self.members)
+            oprot.writeFieldEnd()
+        if self.class_names is not None:
+            oprot.writeFieldBegin('class_names', TType.LIST, 6)
+            oprot.writeListBegin(TType.STRING, len(self.class_names))
+            for iter92 in self.class_names:
+                oprot.writeString(iter92)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.n_bytes is not None:
+            oprot.writeFieldBegin('n_bytes', TType.I64, 7)
+            oprot.writeI64(self.n_bytes)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class PredictRequest(object):
+    """
+    Rows to label with a model the cluster holds.
+
+    Attributes:
+     - model
+     - rows
+     - probabilities
+     - deadline_s
+     - token
+
+    """
+
+
+    def __init__(self, model=None, rows=None, probabilities=False, deadline_s=10.0000000000000000, token="",):
+        self.model = model
+        self.rows = rows
+        self.probabilities = probabilities
+        self.deadline_s = deadline_s
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.model = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.rows = Tensor()
+                    self.rows.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.BOOL:
+                    self.probabilities = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.DOUBLE:
+                    self.deadline_s = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('PredictRequest')
+        if self.model is not None:
+            oprot.writeFieldBegin('model', TType.STRING, 1)
+            oprot.writeString(self.model)
+            oprot.writeFieldEnd()
+        if self.rows is not None:
+            oprot.writeFieldBegin('rows', TType.STRUCT, 2)
+            self.rows.write(oprot)
+            oprot.writeFieldEnd()
+        if self.probabilities is not None:
+            oprot.writeFieldBegin('probabilities', TType.BOOL, 3)
+            oprot.writeBool(self.probabilities)
+            oprot.writeFieldEnd()
+        if self.deadline_s is not None:
+            oprot.writeFieldBegin('deadline_s', TType.DOUBLE, 4)
+            oprot.writeDouble(self.deadline_s)
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 5)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Prediction(object):
+    """
+    One label per row (class index) and, when asked for, the class probabilities (n, k).
+
+    Attributes:
+     - labels
+     - probabilities
+     - node
+     - batch_rows
+
+    """
+
+
+    def __init__(self, labels=None, probabilities=None, node=None, batch_rows=None,):
+        self.labels = labels
+        self.probabilities = probabilities
+        self.node = node
+        self.batch_rows = batch_rows
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.LIST:
+                    self.labels = []
+                    (_etype96, _size93) = iprot.readListBegin()
+                    for _i97 in range(_size93):
+                        _elem98 = iprot.readI32()
+                        self.labels.append(_elem98)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.probabilities = Tensor()
+                    self.probabilities.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.node = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I32:
+                    self.batch_rows = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Prediction')
+        if self.labels is not None:
+            oprot.writeFieldBegin('labels', TType.LIST, 1)
+            oprot.writeListBegin(TType.I32, len(self.labels))
+            for iter99 in self.labels:
+                oprot.writeI32(iter99)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.probabilities is not None:
+            oprot.writeFieldBegin('probabilities', TType.STRUCT, 2)
+            self.probabilities.write(oprot)
+            oprot.writeFieldEnd()
+        if self.node is not None:
+            oprot.writeFieldBegin('node', TType.STRING, 3)
+            oprot.writeString(self.node)
+            oprot.writeFieldEnd()
+        if self.batch_rows is not None:
+            oprot.writeFieldBegin('batch_rows', TType.I32, 4)
+            oprot.writeI32(self.batch_rows)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Evaluation(object):
+    """
+    A model scored on labelled data: counts are exact, so scores add across shards.
+
+    Attributes:
+     - n_rows
+     - n_errors
+     - summed_loss
+     - n_classes
+     - confusion
+
+    """
+
+
+    def __init__(self, n_rows=None, n_errors=None, summed_loss=None, n_classes=None, confusion=None,):
+        self.n_rows = n_rows
+        self.n_errors = n_errors
+        self.summed_loss = summed_loss
+        self.n_classes = n_classes
+        self.confusion = confusion
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.I64:
+                    self.n_rows = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.I64:
+                    self.n_errors = iprot.readI64()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.DOUBLE:
+                    self.summed_loss = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.I32:
+                    self.n_classes = iprot.readI32()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 5:
+                if ftype == TType.LIST:
+                    self.confusion = []
+                    (_etype103, _size100) = iprot.readListBegin()
+                    for _i104 in range(_size100):
+                        _elem105 = iprot.readI64()
+                        self.confusion.append(_elem105)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Evaluation')
+        if self.n_rows is not None:
+            oprot.writeFieldBegin('n_rows', TType.I64, 1)
+            oprot.writeI64(self.n_rows)
+            oprot.writeFieldEnd()
+        if self.n_errors is not None:
+            oprot.writeFieldBegin('n_errors', TType.I64, 2)
+            oprot.writeI64(self.n_errors)
+            oprot.writeFieldEnd()
+        if self.summed_loss is not None:
+            oprot.writeFieldBegin('summed_loss', TType.DOUBLE, 3)
+            oprot.writeDouble(self.summed_loss)
+            oprot.writeFieldEnd()
+        if self.n_classes is not None:
+            oprot.writeFieldBegin('n_classes', TType.I32, 4)
+            oprot.writeI32(self.n_classes)
+            oprot.writeFieldEnd()
+        if self.confusion is not None:
+            oprot.writeFieldBegin('confusion', TType.LIST, 5)
+            oprot.writeListBegin(TType.I64, len(self.confusion))
+            for iter106 in self.confusion:
+                oprot.writeI64(iter106)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class EvaluateRequest(object):
+    """
+    Score a model on shards the coordinator holds (put_shard), in shard order.
+
+    Attributes:
+     - model
+     - shards
+     - deadline_s
+     - token
+
+    """
+
+
+    def __init__(self, model=None, shards=None, deadline_s=60.0000000000000000, token="",):
+        self.model = model
+        self.shards = shards
+        self.deadline_s = deadline_s
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.model = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.shards = []
+                    (_etype110, _size107) = iprot.readListBegin()
+                    for _i111 in range(_size107):
+                        _elem112 = ShardRef()
+                        _elem112.read(iprot)
+                        self.shards.append(_elem112)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.DOUBLE:
+                    self.deadline_s = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 4:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('EvaluateRequest')
+        if self.model is not None:
+            oprot.writeFieldBegin('model', TType.STRING, 1)
+            oprot.writeString(self.model)
+            oprot.writeFieldEnd()
+        if self.shards is not None:
+            oprot.writeFieldBegin('shards', TType.LIST, 2)
+            oprot.writeListBegin(TType.STRUCT, len(self.shards))
+            for iter113 in self.shards:
+                iter113.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.deadline_s is not None:
+            oprot.writeFieldBegin('deadline_s', TType.DOUBLE, 3)
+            oprot.writeDouble(self.deadline_s)
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 4)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class InvalidRequest(TException):
     """
     Attributes:
@@ -2071,6 +2621,182 @@ class DeadlineExceeded(TException):
 
     def __ne__(self, other):
         return not (self == other)
+
+
+class ModelMissing(TException):
+    """
+    The model (by digest) is not held here: put_model it, then call again.
+
+    Attributes:
+     - message
+     - digest
+
+    """
+
+
+    def __init__(self, message=None, digest=None,):
+        super(ModelMissing, self).__setattr__('message', message)
+        super(ModelMissing, self).__setattr__('digest', digest)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, self.digest, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        digest = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+            digest=digest,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('ModelMissing')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        if self.digest is not None:
+            oprot.writeFieldBegin('digest', TType.STRING, 2)
+            oprot.writeString(self.digest)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
+class Overloaded(TException):
+    """
+    The prediction queue is full: try again after retry_after_s.
+
+    Attributes:
+     - message
+     - retry_after_s
+
+    """
+
+
+    def __init__(self, message=None, retry_after_s=None,):
+        super(Overloaded, self).__setattr__('message', message)
+        super(Overloaded, self).__setattr__('retry_after_s', retry_after_s)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, self.retry_after_s, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        retry_after_s = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.DOUBLE:
+                    retry_after_s = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+            retry_after_s=retry_after_s,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('Overloaded')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        if self.retry_after_s is not None:
+            oprot.writeFieldBegin('retry_after_s', TType.DOUBLE, 2)
+            oprot.writeDouble(self.retry_after_s)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
 all_structs.append(Tensor)
 Tensor.thrift_spec = (
     None,  # 0
@@ -2195,6 +2921,51 @@ ClusterStatus.thrift_spec = (
     (2, TType.STRING, 'policy', None, None, ),  # 2
     (3, TType.MAP, 'counters', (TType.STRING, None, TType.I64, None, False), None, ),  # 3
 )
+all_structs.append(ModelInfo)
+ModelInfo.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'digest', None, None, ),  # 1
+    (2, TType.STRING, 'name', None, None, ),  # 2
+    (3, TType.I32, 'n_features', None, None, ),  # 3
+    (4, TType.I32, 'n_classes', None, None, ),  # 4
+    (5, TType.I32, 'members', None, None, ),  # 5
+    (6, TType.LIST, 'class_names', (TType.STRING, None, False), None, ),  # 6
+    (7, TType.I64, 'n_bytes', None, None, ),  # 7
+)
+all_structs.append(PredictRequest)
+PredictRequest.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'model', None, None, ),  # 1
+    (2, TType.STRUCT, 'rows', [Tensor, None], None, ),  # 2
+    (3, TType.BOOL, 'probabilities', None, False, ),  # 3
+    (4, TType.DOUBLE, 'deadline_s', None, 10.0000000000000000, ),  # 4
+    (5, TType.STRING, 'token', None, "", ),  # 5
+)
+all_structs.append(Prediction)
+Prediction.thrift_spec = (
+    None,  # 0
+    (1, TType.LIST, 'labels', (TType.I32, None, False), None, ),  # 1
+    (2, TType.STRUCT, 'probabilities', [Tensor, None], None, ),  # 2
+    (3, TType.STRING, 'node', None, None, ),  # 3
+    (4, TType.I32, 'batch_rows', None, None, ),  # 4
+)
+all_structs.append(Evaluation)
+Evaluation.thrift_spec = (
+    None,  # 0
+    (1, TType.I64, 'n_rows', None, None, ),  # 1
+    (2, TType.I64, 'n_errors', None, None, ),  # 2
+    (3, TType.DOUBLE, 'summed_loss', None, None, ),  # 3
+    (4, TType.I32, 'n_classes', None, None, ),  # 4
+    (5, TType.LIST, 'confusion', (TType.I64, None, False), None, ),  # 5
+)
+all_structs.append(EvaluateRequest)
+EvaluateRequest.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'model', None, None, ),  # 1
+    (2, TType.LIST, 'shards', (TType.STRUCT, [ShardRef, None], False), None, ),  # 2
+    (3, TType.DOUBLE, 'deadline_s', None, 60.0000000000000000, ),  # 3
+    (4, TType.STRING, 'token', None, "", ),  # 4
+)
 all_structs.append(InvalidRequest)
 InvalidRequest.thrift_spec = (
     None,  # 0
@@ -2232,6 +3003,18 @@ DeadlineExceeded.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'message', None, None, ),  # 1
     (2, TType.DOUBLE, 'budget_s', None, None, ),  # 2
+)
+all_structs.append(ModelMissing)
+ModelMissing.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', None, None, ),  # 1
+    (2, TType.STRING, 'digest', None, None, ),  # 2
+)
+all_structs.append(Overloaded)
+Overloaded.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', None, None, ),  # 1
+    (2, TType.DOUBLE, 'retry_after_s', None, None, ),  # 2
 )
 fix_spec(all_structs)
 del all_structs
