@@ -5,6 +5,8 @@ loss = -sum(log p[y]) (summed over rows; `mean_loss` divides by n).
 Gradients are SUMMED over rows, and one step is W -= eta * grad: the original system's rule.
 Mini-batch SGD uses the same rule per batch, with classical momentum
 (v = momentum * v + grad; W -= eta * v) and rows shuffled each epoch by `epoch_orders`.
+`forward` is the textbook form (BLAS products); `predict_proba` and `predict` sum in the
+kernels' fixed order with their exp, so their answers are the kernels' to the bit.
 Speed is not a goal here; clarity is.
 """
 
@@ -27,6 +29,69 @@ def forward(params: Params, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     z2 = z2 - z2.max(axis=1, keepdims=True)
     e = np.exp(z2)
     return z1, a1, e / e.sum(axis=1, keepdims=True)
+
+
+def exp_nonpos(t: np.ndarray) -> np.ndarray:
+    """exp(t) for t <= 0 as the kernels compute it (mlcore_exp_nonpos in _mlp.h), bit for bit.
+
+    Cody-Waite reduction t = k ln2 + r, a degree-13 polynomial in r by Estrin's scheme, then
+    2^k built in the exponent bits; every step one IEEE operation, so numpy gives the C bits.
+    """
+    magic = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer
+    t = np.maximum(np.asarray(t, dtype=np.float64), -708.0)
+    kd = t * 1.4426950408889634 + magic
+    k = kd - magic
+    r = (t - k * 0.693147180369123816490) - k * 1.90821492927058770002e-10
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    p = 1.0 + (r + ((0.5 + r * (1.0 / 6.0)) * r2
+                    + ((1.0 / 24.0 + r * (1.0 / 120.0))
+                       + (1.0 / 720.0 + r * (1.0 / 5040.0)) * r2) * r4
+                    + (((1.0 / 40320.0 + r * (1.0 / 362880.0))
+                        + (1.0 / 3628800.0 + r * (1.0 / 39916800.0)) * r2)
+                       + (1.0 / 479001600.0 + r * (1.0 / 6227020800.0)) * r4) * r8))
+    scale = ((kd.view(np.uint64) + np.uint64(1023)) << np.uint64(52)).view(np.float64)
+    return p * scale
+
+
+def logits(params: Params, x: np.ndarray) -> np.ndarray:
+    """z2 (n, k) summed in the kernels' fixed order, so the bits are theirs for any batch.
+
+    z1 = b1 + x[:, 0] w1[0] + x[:, 1] w1[1] + ... left to right; z2 = b2 + the terms of the
+    active units (z1 > 0) in ascending unit order. Each row's sums are its own: no BLAS,
+    whose blocking would make a row's bits depend on the rows beside it.
+    """
+    z1 = params.b1 + x[:, 0:1] * params.w1[0]
+    for i in range(1, x.shape[1]):
+        z1 = z1 + x[:, i : i + 1] * params.w1[i]
+    z2 = np.broadcast_to(params.b2, (x.shape[0], params.b2.shape[0])).copy()
+    for j in range(z1.shape[1]):
+        active = z1[:, j : j + 1] > 0.0  # inactive units are skipped, not added as zeros
+        z2 = np.where(active, z2 + z1[:, j : j + 1] * params.w2[j], z2)
+    return z2
+
+
+def softmax(z2: np.ndarray) -> np.ndarray:
+    """Softmax of logits (n, k) as the kernels compute it: e = exp(z - max) with exp_nonpos,
+    s = (s0 + s1) + (s2 + s3) where s_l sums e[:, c] for c % 4 == l in ascending c, and
+    p = e * (1 / s)."""
+    e = exp_nonpos(z2 - z2.max(axis=1, keepdims=True))
+    lanes = [np.zeros(len(e)) for _ in range(4)]
+    for c in range(e.shape[1]):
+        lanes[c % 4] = lanes[c % 4] + e[:, c]
+    s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    return e * (1.0 / s)[:, None]
+
+
+def predict_proba(params: Params, x: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, k) with the kernels' bits (mlcore.model.predict_proba)."""
+    return softmax(logits(params, x))
+
+
+def predict(params: Params, x: np.ndarray) -> np.ndarray:
+    """Most probable class per row from the logits, first maximum on ties (int64)."""
+    return np.argmax(logits(params, x), axis=1).astype(np.int64)
 
 
 def summed_loss(params: Params, x: np.ndarray, y: np.ndarray) -> float:

@@ -103,6 +103,80 @@ def test_own_exp_is_within_one_ulp_of_numpy(isa):
     np.testing.assert_array_equal(got, scalar)
 
 
+def test_reference_exp_is_the_kernels_exp_bit_for_bit(isa):
+    t = -np.concatenate([np.linspace(0.0, 720.0, 100_001), np.geomspace(1e-300, 700.0, 10_001)])
+    got = np.empty_like(t)
+    _kernels.exp_nonpos_array(t, got)
+    np.testing.assert_array_equal(got.view(np.uint64), reference.exp_nonpos(t).view(np.uint64))
+
+
+# (d, h, k, scale): the letters model, widths with padding (h, k not multiples of 4), several
+# 64-unit mask words and class tiles, one-unit layers, odd input widths.
+FORWARD_SHAPES = [(16, 24, 26, 0.3), (16, 256, 26, 0.1), (7, 5, 3, 1.0), (13, 70, 41, 0.5),
+                  (3, 130, 2, 1.0), (1, 1, 1, 1.0), (33, 9, 5, 0.7), (16, 64, 26, 2.0)]
+BATCH_SIZES = (1, 2, 3, 7, 8, 9, 64, 1000)
+
+
+def _rows(n: int, d: int) -> np.ndarray:
+    return np.random.default_rng(d + 7).normal(0.0, 4.0, size=(n, d))
+
+
+@pytest.mark.parametrize(("d", "h", "k", "scale"), FORWARD_SHAPES)
+def test_forward_gives_the_reference_bits_in_every_batch(isa, d, h, k, scale):
+    """Probabilities and labels equal the fixed-order numpy reference bit for bit, and a
+    row's answer is the same whatever batch it comes in (register tiles of 4 rows, blocks of
+    8-64 rows and their remainders only regroup rows, never a row's sums)."""
+    params = init_params(d, h, k, seed=3, scale=scale)
+    x = _rows(1000, d)
+    want_proba, want_labels = reference.predict_proba(params, x), reference.predict(params, x)
+    for size in BATCH_SIZES:
+        starts = range(0, len(x), size)
+        proba = np.concatenate([predict_proba(params, x[s:s + size]) for s in starts])
+        labels = np.concatenate([predict(params, x[s:s + size]) for s in starts])
+        np.testing.assert_array_equal(proba.view(np.uint64), want_proba.view(np.uint64),
+                                      err_msg=f"batch size {size}")
+        np.testing.assert_array_equal(labels, want_labels, err_msg=f"batch size {size}")
+    assert k == 1 or len(np.unique(want_labels)) > 1  # a model whose answers vary
+
+
+_FORWARD_CHILD = """
+import hashlib
+import numpy as np
+from mlcore import _kernels
+from mlcore.model import init_params, predict, predict_proba
+x = np.random.default_rng(9).normal(0.0, 4.0, size=(300, 13))
+p = init_params(13, 70, 41, seed=3, scale=0.5)
+print(_kernels.isa(), hashlib.sha256(predict_proba(p, x).tobytes()).hexdigest(),
+      hashlib.sha256(predict(p, x).tobytes()).hexdigest())
+"""
+
+
+def test_forward_gives_the_reference_bits_on_every_code_path_in_a_fresh_process():
+    """The MLCORE_ISA a process starts with (as a node's does) gives the reference's bits."""
+    x = np.random.default_rng(9).normal(0.0, 4.0, size=(300, 13))
+    p = init_params(13, 70, 41, seed=3, scale=0.5)
+    want = [hashlib.sha256(reference.predict_proba(p, x).tobytes()).hexdigest(),
+            hashlib.sha256(reference.predict(p, x).tobytes()).hexdigest()]
+    for path in _kernels.isa_names():
+        child = subprocess.run(
+            [sys.executable, "-c", _FORWARD_CHILD], cwd=REPO, capture_output=True, text=True,
+            timeout=60, env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1",
+                             "PYTHONPATH": str(REPO), "MLCORE_ISA": path},
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split() == [path, *want], path
+
+
+def test_the_textbook_forward_is_close_but_not_the_kernels_bits():
+    """Why the fixed-order reference exists: BLAS sums in another order (and adds the bias
+    last), so `x @ w1 + b1 ...` agrees only to rounding."""
+    params = init_params(16, 64, 26, seed=3, scale=0.5)
+    x = _rows(1000, 16)
+    textbook, exact = reference.forward(params, x)[2], reference.predict_proba(params, x)
+    np.testing.assert_allclose(textbook, exact, rtol=RTOL, atol=0)
+    assert np.count_nonzero(textbook != exact) > 0
+
+
 def test_code_paths_exist_and_default_to_the_best():
     names = _kernels.isa_names()
     assert names[0] in ("sse2", "generic")
