@@ -124,23 +124,32 @@ class CoordinatorLink:
 
     def upload_missing(self, address: Address, token: str = "") -> set[str]:
         """Send the coordinator every shard it lacks; return the digests sent."""
-        digests = list(self._shard_paths)
-        try:
-            missing = self._pool.call(address, SHORT_CALL_S,
-                                      lambda c: c.missing_shards(digests, token))
-        except Unauthorized as exc:
-            raise RoundFailed(f"coordinator {address} refused the client: {exc.message}") from None
-        for digest in missing:
-            data = self._shard_paths[digest].read_bytes()
-            started = time.perf_counter()
-            self._pool.call(address, SHORT_CALL_S,
-                            functools.partial(_put_shard, digest=digest, data=data, token=token))
-            log_event("shard_uploaded", coordinator=str(address), digest=digest[:12],
-                      bytes=len(data), seconds=time.perf_counter() - started)
-        return set(missing)
+        return upload_missing_shards(self._pool, address, self._shard_paths, token)
 
     def close(self) -> None:
         self._pool.close()
+
+
+def upload_missing_shards(pool: ConnectionPool, address: Address, shard_paths: dict[str, Path],
+                          token: str = "") -> set[str]:
+    """Send the coordinator at `address` every shard of `shard_paths` (digest -> file) it
+    lacks, asked by digest; return the digests sent. RoundFailed if it refuses the token."""
+    digests = list(shard_paths)
+    try:
+        missing = pool.call(address, SHORT_CALL_S, lambda c: c.missing_shards(digests, token))
+    except Unauthorized as exc:
+        raise RoundFailed(f"coordinator {address} refused the client: {exc.message}") from None
+    for digest in missing:
+        if digest not in shard_paths:
+            raise RoundFailed(f"coordinator {address} asked for shard {digest[:12]}, "
+                              "which the client never named")
+        data = shard_paths[digest].read_bytes()
+        started = time.perf_counter()
+        pool.call(address, SHORT_CALL_S,
+                  functools.partial(_put_shard, digest=digest, data=data, token=token))
+        log_event("shard_uploaded", coordinator=str(address), digest=digest[:12],
+                  bytes=len(data), seconds=time.perf_counter() - started)
+    return set(missing)
 
 
 def _put_shard(client: Coordinator.Client, *, digest: str, data: bytes, token: str) -> None:

@@ -86,3 +86,54 @@ def _ranges(values: list[int]) -> str:
         if v is not None:
             start = prev = v
     return ", ".join(parts)
+
+
+class ClassNamesError(ValueError):
+    """--class-names does not fit the data (count, empty or repeated names)."""
+
+
+LETTER_NAMES = tuple(chr(c) for c in range(ord("A"), ord("Z") + 1))
+# Written by `letters split` and `letters generate` (and the built-in dataset): rows whose
+# labels 0..25 mean A..Z.
+LETTERS_VALIDATE_FILE = "validate_letters.txt"
+
+
+def is_letter_first(path: Path) -> bool:
+    """The file is in the UCI format (a capital letter, then the attributes)."""
+    with path.open("rb") as f:
+        head = f.read(64).lstrip()[:1]
+    return head.isalpha()
+
+
+def class_names_for(data_dir: Path, data: DataDir, given: str = "auto") -> tuple[str, ...]:
+    """The model's class names: `given` as a comma list, `letters` (A..Z), `numbers`
+    ("0".."k-1"), or `auto`: A..Z for the letters task, numbers otherwise.
+
+    The letters task is 26 classes in the letters layout (validate_letters.txt: the built-in
+    dataset, `letters split`, `letters generate`) or in files in the UCI letter-first format.
+    ClassNamesError when a list does not name every class once.
+    """
+    k = data.n_classes
+    if given == "numbers":
+        return tuple(str(i) for i in range(k))
+    if given == "letters" or (given == "auto" and _is_letters_task(data_dir, data)):
+        if k > len(LETTER_NAMES):
+            raise ClassNamesError(f"--class-names letters: the data has {k} classes, "
+                                  "more than A..Z")
+        return LETTER_NAMES[:k]
+    if given == "auto":
+        return tuple(str(i) for i in range(k))
+    names = tuple(part.strip() for part in given.split(","))
+    if len(names) != k:
+        raise ClassNamesError(f"--class-names gives {len(names)} names, the data has {k} classes")
+    if not all(names) or len(set(names)) != k:
+        raise ClassNamesError("--class-names: every name must be non-empty and different")
+    return names
+
+
+def _is_letters_task(data_dir: Path, data: DataDir) -> bool:
+    if data.n_classes != len(LETTER_NAMES):
+        return False
+    if (data_dir / LETTERS_VALIDATE_FILE).is_file():
+        return True
+    return all(is_letter_first(path) for path, _ in data.train)

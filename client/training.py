@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
-from client.dataset import describe, empty_classes_warning, resolve_data_dir
+from client.dataset import class_names_for, describe, empty_classes_warning, resolve_data_dir
 from client.timing import TimingWriter
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardRef, TrainConfig
 from idl.tensors import TensorError, decode_tensors, encode_tensors
@@ -25,6 +25,7 @@ from mlcore.checkpoint import load_model, save_model
 from mlcore.data import DataDir, read_data_dir
 from mlcore.fedavg import fedavg
 from mlcore.model import Params, error_rate, init_params
+from mlcore.servable import Servable, save_servable, shard_models
 from mlcore.standardize import Standardization, fit_standardization
 
 
@@ -49,6 +50,8 @@ class RunConfig:
     checkpoint_path: Path | None = None
     model_out: Path | None = None
     resume: bool = False
+    ensemble_out: Path | None = None  # the last round's shard models, as one ensemble
+    class_names: str = "auto"  # see client.dataset.class_names_for
 
     def identity(self, shard_digests: list[str],
                  standardization: Standardization | None = None) -> dict[str, object]:
@@ -87,6 +90,7 @@ class RunSummary:
     reports: list[RoundReport] = field(default_factory=list)
     validation_error: float = float("nan")
     resumed_from: int = 0
+    ensemble_error: float | None = None  # the shard models' ensemble, with --ensemble-out
 
 
 class ResumeMismatch(ValueError):
@@ -211,6 +215,11 @@ def run_rounds(
     stats = input_standardization(config, data)
     identity = config.identity([r.digest for r in refs], stats)
     params, done = _start_state(config, data, identity)
+    if config.ensemble_out is not None and done >= config.rounds:
+        raise CheckpointError(f"--ensemble-out: the checkpoint holds all {config.rounds} rounds "
+                              "but not the last round's shard models; run more rounds, or "
+                              "start over without --resume")
+    names = class_names_for(data_dir, data, config.class_names)
     if config.resume:
         on_note(f"resuming from checkpoint {config.checkpoint_path}: it holds round {done}"
                 + (f", round {done + 1} of {config.rounds} is next" if done < config.rounds
@@ -230,6 +239,7 @@ def run_rounds(
     meta["data_dir"] = data_dir  # the directory read, also when DATA_DIR names a dataset
     timing = TimingWriter(config.timing_path, meta, append=done > 0)
     link = link_factory(paths)
+    last_round: tuple[Params, list[tuple[Params, int]]] | None = None
     try:
         for round_no in range(done + 1, config.rounds + 1):
             started = time.perf_counter()
@@ -242,6 +252,8 @@ def run_rounds(
             # Checked whole before anything is applied: a bad answer fails the run with the
             # weights and the checkpoint of the last good round.
             updates = verified_updates(refs, params, result, round_no)
+            if config.ensemble_out is not None:
+                last_round = (params, updates)
             params = fedavg(params, updates)
             val_error = error_rate(params, val_x, data.validate.y)
             seconds = time.perf_counter() - started
@@ -261,10 +273,22 @@ def run_rounds(
         link.close()
     summary.params = params
     summary.validation_error = error_rate(params, val_x, data.validate.y)
+    served_meta = {"round": config.rounds, "identity": identity, "job": job_id,
+                   "init": config.init, "shards": [r.name for r in refs]}
     if config.model_out is not None:
-        save_model(config.model_out, params,
-                   {"round": config.rounds, "identity": identity,
-                    "validation_error": summary.validation_error, **model_meta})
+        save_servable(config.model_out, Servable(
+            (params,), stats, names,
+            {**served_meta, "kind": "fedavg", "validation_error": summary.validation_error},
+        ))
+    if config.ensemble_out is not None and last_round is not None:
+        before, updates = last_round
+        ensemble = Servable(shard_models(before, [delta for delta, _ in updates]), stats, names)
+        summary.ensemble_error = ensemble.score(data.validate.x, data.validate.y).error
+        save_servable(config.ensemble_out, Servable(
+            ensemble.members, stats, names,
+            {**served_meta, "kind": "ensemble", "validation_error": summary.ensemble_error,
+             "shard_rows": [n for _, n in updates]},
+        ))
     return summary
 
 

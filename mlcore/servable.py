@@ -129,6 +129,21 @@ class Servable:
         return Scores(len(y), int(np.count_nonzero(predicted != y)), float(summed), confusion)
 
 
+def shard_models(params: Params, deltas: Sequence[Params]) -> tuple[Params, ...]:
+    """Each shard's model of a round: `params + delta`, tensor by tensor, in shard order.
+
+    The members of the round's ensemble (the weak learners FedAvg averages into one model).
+    """
+    members = []
+    for i, delta in enumerate(deltas):
+        if [t.shape for t in delta.tensors()] != [t.shape for t in params.tensors()]:
+            raise ValueError(f"delta {i} does not have the model's shapes")
+        members.append(Params.from_tensors(
+            [base + step for base, step in zip(params.tensors(), delta.tensors(), strict=True)]
+        ))
+    return tuple(members)
+
+
 def save_servable(path: str | os.PathLike[str], servable: Servable) -> None:
     """Write the model file (atomically: a crash never leaves a partial file)."""
     target = Path(path)
