@@ -1,8 +1,11 @@
 """python -m client COORDINATOR_IP COORDINATOR_PORT DATA_DIR ROUNDS EPOCHS H ETA [options]
    python -m client status HOST:PORT [options]
+   python -m client predict HOST:PORT MODEL.npz FILE [options]
+   python -m client evaluate HOST:PORT MODEL.npz DIR_OR_FILE [options]
 
 The seed's positional usage (also spelled `python -m client train ...`), plus options for
-seeds, outputs, resume and fail-over; and `status`, the cluster as the coordinator sees it.
+seeds, outputs, resume and fail-over; `status`, the cluster as the coordinator sees it; and
+`predict` / `evaluate`, a trained model file used through the cluster.
 Checks live in the click types; the training core trusts what it is given.
 """
 
@@ -13,9 +16,10 @@ from pathlib import Path
 import click
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
-from client.dataset import UnknownDataDir
+from client.dataset import ClassNamesError, UnknownDataDir
 from client.progress import with_progress
 from client.resume import InterruptedExit, interrupted_message, resume_hint
+from client.serving_cli import evaluate_command, predict_command
 from client.status import status_command
 from client.training import (
     CheckpointError,
@@ -69,10 +73,12 @@ class TrainByDefault(click.Group):
 @click.group(cls=TrainByDefault, context_settings={"help_option_names": ["-h", "--help"]},
              options_metavar="",
              subcommand_metavar="[train] COORDINATOR_IP COORDINATOR_PORT DATA_DIR ROUNDS EPOCHS H "
-                                "ETA [OPTIONS] | status HOST:PORT [OPTIONS]")
+                                "ETA [OPTIONS] | status HOST:PORT [OPTIONS] | predict ... | "
+                                "evaluate ...")
 def cli() -> None:
-    """Train an MLP across the cluster (the seed's command: `train` may be left out), or
-    show the cluster (`status`). `python -m client train --help` lists the options."""
+    """Train an MLP across the cluster (the seed's command: `train` may be left out), show
+    the cluster (`status`), or use a trained model through it (`predict`, `evaluate`).
+    `python -m client COMMAND --help` lists a command's options."""
 
 
 # ignore_unknown_options: a negative ETA ("-1") reaches its range check instead of
@@ -105,7 +111,15 @@ def cli() -> None:
 @click.option("--timing", "timing_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("timing.txt"), show_default=True, help="Where to write timings.")
 @click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the final model here (.npz with w1, b1, w2, b2 and metadata).")
+              help="Write the final model here (.npz: weights, standardisation, class names, "
+                   "the run's identity).")
+@click.option("--ensemble-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the last round's shard models (old weights + each shard's "
+                   "delta) as one ensemble model file.")
+@click.option("--class-names", default="auto", show_default=True,
+              metavar="auto|letters|numbers|A,B,..",
+              help="Class names stored with the model: auto is A..Z for the letters data "
+                   "(validate_letters.txt or the UCI format, 26 classes), else 0..k-1.")
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Checkpoint after every round (.npz); see --resume.")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint's last round.")
@@ -119,6 +133,7 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
           h: int, eta: float, seed: int, batch_size: int, momentum: float, standardize: bool,
           init: str, policy: str | None,
           coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
+          ensemble_out: Path | None, class_names: str,
           checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
           tls: TlsContexts, log_level: str) -> None:
     """Train an MLP with H hidden units across the cluster for ROUNDS rounds of EPOCHS epochs.
@@ -137,12 +152,14 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
         policy=POLICY_NAMES.get(policy, policy) if policy else "",
         round_deadline_s=round_deadline_s, token=token, timing_path=timing_path,
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
+        ensemble_out=ensemble_out, class_names=class_names,
     )
     try:
         links = with_progress(lambda paths: CoordinatorLink(addresses, paths, tls.client), rounds)
         summary = run_rounds(config, links, on_round=_print_round, on_note=click.echo,
                              on_warning=lambda line: click.echo(line, err=True))
-    except (DataError, ResumeMismatch, TensorError, CheckpointError, UnknownDataDir) as exc:
+    except (DataError, ResumeMismatch, TensorError, CheckpointError, UnknownDataDir,
+            ClassNamesError) as exc:
         raise click.ClickException(str(exc)) from None
     except RoundFailed as exc:
         raise click.ClickException(f"{exc}{resume_hint(checkpoint_path)}") from None
@@ -156,9 +173,14 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
     if summary.resumed_from and not summary.reports:
         click.echo(f"checkpoint already holds all {rounds} rounds")
     click.echo(f"final validation error {summary.validation_error:.2%}")
+    if summary.ensemble_error is not None:
+        click.echo(f"ensemble of the last round's shard models: validation error "
+                   f"{summary.ensemble_error:.2%} ({ensemble_out})")
 
 
 cli.add_command(status_command, "status")
+cli.add_command(predict_command, "predict")
+cli.add_command(evaluate_command, "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
