@@ -5,14 +5,17 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # -O3 lets gcc vectorise the inner loops; no -ffast-math: it would reorder
-# floating-point sums and break bitwise reproducibility.
+# floating-point sums and break bitwise reproducibility; no contraction of a * b + c into a
+# fused multiply-add (gcc's default under the kernels' AVX-512 target): FMA rounds once where
+# the numpy reference and the SSE2 path round twice. The same flags are set in
+# mlcore/_kernels.pyx, whose `# distutils:` line is the one cythonize passes to gcc.
 extensions = [
     Extension(
         "mlcore._kernels",
         ["mlcore/_kernels.pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3", "-fno-fast-math"],
+        extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
     )
 ]
 

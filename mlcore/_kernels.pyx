@@ -36,6 +36,12 @@ Why the kernels look like this:
   instead of a gw1 as large as w1: training a 10M-parameter model on a few rows adds a few MB
   to the caller's two copies of the weights, not three times the model (_mlp.h).
 * Mini-batch shuffling uses SplitMix64 + Fisher-Yates in C (mirrored in reference.py).
+* Prediction (forward, predict, evaluate, summed_loss) has no gradients, so no w2 transpose;
+  it reads the caller's w1 in place whatever its alignment (unaligned loads) and allocates
+  blocks only as large as its rows. A w1 beyond L1 is read once per block of 64 rows, and a
+  call of 1-3 rows streams it row by row (a 10M-parameter model is memory-bound there). A
+  row's sums never depend on the rows beside it, so batched and unbatched predictions are
+  the same bits, those of reference.predict_proba / reference.predict.
 """
 
 import os
@@ -95,7 +101,8 @@ cdef _Net _net(const double[:, ::1] w1, const double[::1] b1, const double[:, ::
     """The work buffers of one call, loaded with the weights (see mlcore_net_alloc).
 
     w1_own: where the net may keep w1 (the caller's, used when h is a multiple of 4 and it is
-    32-byte aligned); the read-only entries pass w1 itself, which they never write.
+    32-byte aligned); the read-only entries (need 0) pass w1 itself, which they never write
+    and read in place at any alignment, and their row count as batch_rows (block size).
     """
     cdef _Net work = _Net.__new__(_Net)
     if mlcore_net_alloc(&work.net, w1.shape[0], w1.shape[1], w2.shape[1], need, n_order,
@@ -160,7 +167,7 @@ def evaluate(const double[:, ::1] x, const int64_t[::1] y,                      
              const double[:, ::1] w2, const double[::1] b2,                       # IN
              int64_t[::1] labels):                                                # OUT (n,)
     """Most probable class per row into labels, and the summed cross-entropy (one pass)."""
-    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, x.shape[0], <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     cdef double total = 0.0
     with nogil:
@@ -173,7 +180,7 @@ def forward(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             double[:, ::1] proba):                                                 # OUT (n, k)
     """Softmax class probabilities for every row."""
-    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, x.shape[0], <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     with nogil:
         fn(&work.net, &x[0, 0], NULL, x.shape[0], &proba[0, 0], NULL, NULL)
@@ -184,7 +191,7 @@ def predict(const double[:, ::1] x,                                             
             const double[:, ::1] w2, const double[::1] b2,                         # IN
             int64_t[::1] labels):                                                  # OUT (n,)
     """Most probable class per row (first maximum wins, as numpy.argmax)."""
-    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, x.shape[0], <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     with nogil:
         fn(&work.net, &x[0, 0], NULL, x.shape[0], NULL, &labels[0], NULL)
@@ -194,7 +201,7 @@ def summed_loss(const double[:, ::1] x, const int64_t[::1] y,                   
                 const double[:, ::1] w1, const double[::1] b1,                     # IN
                 const double[:, ::1] w2, const double[::1] b2):                    # IN
     """Cross-entropy summed over rows: log(sum(exp(z - max))) - (z[y] - max)."""
-    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, 0, <double*>&w1[0, 0])
+    cdef _Net work = _net(w1, b1, w2, b2, 0, 0, x.shape[0], <double*>&w1[0, 0])
     cdef mlcore_evaluate_fn fn = mlcore_isas[_isa].evaluate
     cdef double total = 0.0
     with nogil:

@@ -34,6 +34,7 @@
 
 #define MLCORE_ALWAYS_INLINE static inline __attribute__((always_inline))
 #define MLCORE_BLOCK_MAX 64 /* rows per block: one bit each in a uint64_t column mask */
+#define MLCORE_FORWARD_L1_BYTES (32 * 1024) /* w1 above this: forward blocks of 64 rows */
 
 typedef double mlcore_v4d __attribute__((vector_size(32)));
 typedef int64_t mlcore_v4di __attribute__((vector_size(32)));
@@ -44,6 +45,9 @@ typedef uint64_t mlcore_v2du __attribute__((vector_size(16)));
 /* memory access types: aligned (all buffers are) and allowed to alias double */
 typedef double mlcore_v4d_mem __attribute__((vector_size(32), aligned(32), may_alias));
 typedef double mlcore_v2d_mem __attribute__((vector_size(16), aligned(16), may_alias));
+/* the same, 8-byte aligned: the caller's w1 as the read-only passes read it in place */
+typedef double mlcore_v4d_umem __attribute__((vector_size(32), aligned(8), may_alias));
+typedef double mlcore_v2d_umem __attribute__((vector_size(16), aligned(8), may_alias));
 
 /* ------------------------------------------------------------------ scalar exp (shared) */
 
@@ -109,7 +113,8 @@ typedef struct {
     ptrdiff_t block;               /* rows per block, <= MLCORE_BLOCK_MAX */
     int low_rank;                  /* w1's step from xr/x and d1 of the whole batch, no gw1 */
     double *w1, *b1, *w2, *b2;     /* (d, hp), (hp), (hp, kp), (kp); w1 maybe the caller's */
-    double *w2t;                   /* (k, hp): w2 transposed, for d1 = d2 @ w2.T */
+    double *w2t;                   /* (k, hp): w2 transposed, for d1 = d2 @ w2.T (NULL: no
+                                      gradients) */
     double *gw1, *gb1, *gw2, *gb2; /* summed gradients, same layouts (NULL: not needed) */
     double *vw1, *vb1, *vw2, *vb2; /* momentum velocities, same layouts (NULL: no momentum) */
     double *xb;                    /* (block, d) the block's input rows */
@@ -148,7 +153,10 @@ static inline void mlcore_net_free(mlcore_net *net)
 /* Allocate everything for a (d, h, k) model and the call's `need` (MLCORE_NEED_*): n_order >
    0 reserves a row-order vector (shuffled mini-batches), batch_rows is the most rows of one
    step (low rank), and w1_own, if not NULL, is the caller's (d, h) w1 to work in when h is a
-   multiple of 4 and w1_own 32-byte aligned (written only by training). Returns 0 on success, -1 when out of memory. */
+   multiple of 4 and w1_own 32-byte aligned (written only by training; the read-only passes,
+   need 0, read any w1_own in place: the dense tiles load w1 unaligned). The read-only passes
+   give batch_rows = n, their row count, so a call on a few rows allocates blocks of that
+   many. Returns 0 on success, -1 when out of memory. */
 static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, ptrdiff_t k,
                                    int need, ptrdiff_t n_order, ptrdiff_t batch_rows,
                                    double *w1_own)
@@ -156,20 +164,27 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     ptrdiff_t hp = mlcore_round4(h), kp = mlcore_round4(k), hw = (hp + 63) / 64, blk;
     const int grad = (need & MLCORE_NEED_GRAD) != 0, vel = (need & MLCORE_NEED_VELOCITY) != 0;
     const int low_rank = grad && (need & MLCORE_NEED_LOW_RANK) && batch_rows > 0;
-    const int own_w1 = w1_own != NULL && hp == h && (uintptr_t)w1_own % 32 == 0;
+    const int own_w1 = w1_own != NULL && hp == h && (need == 0 || (uintptr_t)w1_own % 32 == 0);
     size_t doubles, off = 0;
     double *base;
     char *raw;
     /* Block rows: enough to amortise the gradient loads and stores, few enough that the
        block buffers (z1, d1: block * hp doubles each) stay in L1 (measured: 32 rows up to
-       h = 128, 8 rows at h = 256). */
+       h = 128, 8 rows at h = 256). A forward pass alone (need 0) has no d1 and reads w1 once
+       per block: a w1 larger than L1 takes the largest blocks, so it streams from memory
+       once per 64 rows rather than once per 8 (a row's sums are the same in any block). */
     blk = hp <= 128 ? 32 : 8;
+    if (need == 0) {
+        if (d * hp * 8 > MLCORE_FORWARD_L1_BYTES) blk = MLCORE_BLOCK_MAX;
+        if (batch_rows > 0 && batch_rows < blk) blk = batch_rows;
+    }
     net->d = d; net->h = h; net->k = k; net->hp = hp; net->kp = kp; net->hw = hw;
     net->block = blk;
     net->low_rank = low_rank;
 #define MLCORE_SZ(v) ((((size_t)(v)) + 7) & ~(size_t)7) /* doubles, keeps 64-byte alignment */
     doubles = (own_w1 ? 0 : MLCORE_SZ(d * hp)) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp)
-              + MLCORE_SZ(kp) + MLCORE_SZ(k * hp) + MLCORE_SZ(blk * d) + MLCORE_SZ(blk * hp)
+              + MLCORE_SZ(kp) + (grad ? MLCORE_SZ(k * hp) : 0) + MLCORE_SZ(blk * d)
+              + MLCORE_SZ(blk * hp)
               + MLCORE_SZ(blk * kp) + MLCORE_SZ(blk * hw);
     if (grad)
         doubles += (low_rank ? 0 : MLCORE_SZ(d * hp)) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp)
@@ -191,7 +206,8 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     MLCORE_TAKE(net->b1, double, hp);
     MLCORE_TAKE(net->w2, double, hp * kp);
     MLCORE_TAKE(net->b2, double, kp);
-    MLCORE_TAKE(net->w2t, double, k * hp);
+    if (grad) MLCORE_TAKE(net->w2t, double, k * hp);
+    else net->w2t = NULL;
     MLCORE_TAKE(net->xb, double, blk * d);
     MLCORE_TAKE(net->z1, double, blk * hp);
     MLCORE_TAKE(net->z2, double, blk * kp);
@@ -222,10 +238,11 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     return 0;
 }
 
-/* w2t = w2[:, :k] transposed; called whenever w2 changes. */
+/* w2t = w2[:, :k] transposed (if the net has one); called whenever w2 changes. */
 static inline void mlcore_net_transpose_w2(mlcore_net *net)
 {
     ptrdiff_t j, c;
+    if (net->w2t == NULL) return;
     for (c = 0; c < net->k; c++)
         for (j = 0; j < net->hp; j++) net->w2t[c * net->hp + j] = net->w2[j * net->kp + c];
 }

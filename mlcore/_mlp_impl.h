@@ -22,6 +22,7 @@
 #define VI mlcore_v4di
 #define VU mlcore_v4du
 #define VMEM mlcore_v4d_mem
+#define VUMEM mlcore_v4d_umem
 #define SPLAT(s) ((V){(s), (s), (s), (s)})
 #define ISPLAT(s) ((VI){(s), (s), (s), (s)})
 #define LANES ((VI){0, 1, 2, 3})
@@ -30,6 +31,7 @@
 #define VI mlcore_v2di
 #define VU mlcore_v2du
 #define VMEM mlcore_v2d_mem
+#define VUMEM mlcore_v2d_umem
 #define SPLAT(s) ((V){(s), (s)})
 #define ISPLAT(s) ((VI){(s), (s)})
 #define LANES ((VI){0, 1})
@@ -50,6 +52,7 @@
 #endif
 
 #define LD(p) ((V)(*(const VMEM *)(p)))
+#define LDU(p) ((V)(*(const VUMEM *)(p))) /* p 8-byte aligned only */
 #define ST(p, v) (*(VMEM *)(p) = (v))
 
 #ifndef MLP_MOVEMASK
@@ -102,10 +105,11 @@ static void F(exp_array)(const double *t, double *out, ptrdiff_t n)
 
 /* acc[r][v] += coef[r*crs + t*ccs] * b[t*bs + v] for t ascending (r < rt, v < nv), each
    load of b serving rt rows: the one accumulation tile() and tile_step() share. bv, c, t, r
-   and v are the caller's scratch variables. */
+   and v are the caller's scratch variables. b is loaded unaligned: it may be the caller's
+   w1 (forward passes), and on aligned data the load costs the same. */
 #define MLP_TILE_SUM(acc, bv, c, t, r, v, coef, crs, ccs, b, bs, len, rt, nv)                \
     for (t = 0; t < len; t++) {                                                               \
-        for (v = 0; v < nv; v++) bv[v] = LD(b + t * bs + W * v);                              \
+        for (v = 0; v < nv; v++) bv[v] = LDU(b + t * bs + W * v);                             \
         for (r = 0; r < rt; r++) {                                                            \
             c = coef[r * crs + t * ccs];                                                      \
             for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);                \
@@ -156,6 +160,52 @@ static void F(dense)(double *out, ptrdiff_t os, const double *init, ptrdiff_t is
             }
 #undef MLP_TILE
         }
+    }
+}
+
+/* out[r, :width] = init + sum over t ascending of coef[r*crs + t] * b[t*bs + :width] for
+   rows < MLP_RT rows: the sums of dense() in the same order, but b streamed row by row, each
+   of its rows read once and contiguously. For a forward pass of a few rows through a wide
+   w1 that lives in memory: dense() walks w1 in column panels, a stride of a whole row per
+   step, which the hardware prefetchers follow badly. */
+MLCORE_ALWAYS_INLINE void F(rows_pass)(double *out, ptrdiff_t os, const double *coef,
+                                       ptrdiff_t crs, const double *b, ptrdiff_t bs,
+                                       ptrdiff_t width, const int rows, const int nt)
+{
+    V c[MLP_RT][4], acc[MLP_RT];
+    ptrdiff_t v;
+    int r, tt;
+    for (r = 0; r < rows; r++)
+        for (tt = 0; tt < nt; tt++) c[r][tt] = SPLAT(coef[r * crs + tt]);
+    for (v = 0; v < width; v += W) {
+        for (r = 0; r < rows; r++) acc[r] = LD(out + r * os + v);
+        for (tt = 0; tt < nt; tt++) { /* t ascending: dense()'s order */
+            const V bv = LDU(b + tt * bs + v);
+            for (r = 0; r < rows; r++) acc[r] = acc[r] + bv * c[r][tt];
+        }
+        for (r = 0; r < rows; r++) ST(out + r * os + v, acc[r]);
+    }
+}
+
+#if MLP_RT != 4
+#error "dense_rows handles the 1-3 rows below one register tile of 4"
+#endif
+static void F(dense_rows)(double *out, ptrdiff_t os, const double *init, const double *coef,
+                          ptrdiff_t crs, const double *b, ptrdiff_t bs, ptrdiff_t len,
+                          ptrdiff_t rows, ptrdiff_t width)
+{
+    ptrdiff_t r, t, nt;
+    for (r = 0; r < rows; r++) memcpy(out + r * os, init, (size_t)width * 8);
+    for (t = 0; t < len; t += nt) { /* 4 rows of b per pass: a quarter of the z loads, stores */
+        nt = len - t < 4 ? 1 : 4;
+#define MLP_PASS(R_, T_) F(rows_pass)(out, os, coef + t, crs, b + t * bs, bs, width, R_, T_)
+        if (nt == 4 && rows == 1) MLP_PASS(1, 4);
+        else if (nt == 4 && rows == 2) MLP_PASS(2, 4);
+        else if (nt == 4) MLP_PASS(3, 4);
+        else if (rows == 1) MLP_PASS(1, 1);
+        else if (rows == 2) MLP_PASS(2, 1);
+        else MLP_PASS(3, 1);
+#undef MLP_PASS
     }
 }
 
@@ -321,7 +371,11 @@ static void F(block_forward)(mlcore_net *net, const double *xb, ptrdiff_t nrows)
 {
     const ptrdiff_t hp = net->hp, hw = net->hw;
     ptrdiff_t r, v, w;
-    F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / W);
+    /* a forward pass alone (no gradients) of a few rows through a w1 beyond L1: stream w1 */
+    if (net->gb1 == NULL && nrows < MLP_RT && net->d * hp * 8 > MLCORE_FORWARD_L1_BYTES)
+        F(dense_rows)(net->z1, hp, net->b1, xb, net->d, net->w1, hp, net->d, nrows, hp);
+    else
+        F(dense)(net->z1, hp, net->b1, 0, xb, net->d, 1, net->w1, hp, net->d, nrows, hp / W);
     for (r = 0; r < nrows; r++) {
         const double *z1r = net->z1 + r * hp;
         for (w = 0; w < hw; w++) {
@@ -602,9 +656,11 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 #undef VI
 #undef VU
 #undef VMEM
+#undef VUMEM
 #undef ISPLAT
 #undef LANES
 #undef LD
+#undef LDU
 #undef ST
 #undef SPLAT
 

@@ -111,10 +111,12 @@ def test_reference_exp_is_the_kernels_exp_bit_for_bit(isa):
 
 
 # (d, h, k, scale): the letters model, widths with padding (h, k not multiples of 4), several
-# 64-unit mask words and class tiles, one-unit layers, odd input widths.
+# 64-unit mask words and class tiles, one-unit layers, odd input widths, and a w1 beyond L1
+# (blocks of 64 rows; fewer than 4 rows stream w1 row by row, odd d leaving a remainder).
 FORWARD_SHAPES = [(16, 24, 26, 0.3), (16, 256, 26, 0.1), (7, 5, 3, 1.0), (13, 70, 41, 0.5),
-                  (3, 130, 2, 1.0), (1, 1, 1, 1.0), (33, 9, 5, 0.7), (16, 64, 26, 2.0)]
-BATCH_SIZES = (1, 2, 3, 7, 8, 9, 64, 1000)
+                  (3, 130, 2, 1.0), (1, 1, 1, 1.0), (33, 9, 5, 0.7), (16, 64, 26, 2.0),
+                  (201, 132, 26, 0.05), (37, 300, 10, 0.2)]
+BATCH_SIZES = (1, 2, 3, 7, 8, 9, 64, 67, 1000)
 
 
 def _rows(n: int, d: int) -> np.ndarray:
