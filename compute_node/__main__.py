@@ -11,6 +11,7 @@ from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import ComputeNodeCore
 from compute_node.registration import Registrar
+from compute_node.serving import NodeServing, model_store
 from compute_node.shards import node_store
 from idl.admission import ServerLimits
 from idl.gen import ComputeNode
@@ -67,7 +68,7 @@ from runtime.events import configure_logging, log_event
     help="Tasks trained at once; the rest queue.",
 )
 @server_options(token="every call but ping must carry it.", cache="parsed shards kept in memory",
-                work="tasks whose")
+                work="tasks whose", models="parsed models kept in memory")
 def cli(
     port: int,
     load_probability: float,
@@ -83,6 +84,8 @@ def cli(
     token: str,
     max_task_work: int,
     max_shard_cache_bytes: int,
+    max_model_cache_bytes: int,
+    max_predict_work: int,
     workers: int,
     metrics_port: int | None,
     limits: ServerLimits,
@@ -96,7 +99,8 @@ def cli(
     store = node_store(max_shard_cache_bytes, data_dir)
     core = ComputeNodeCore(store, LoadSimulator(load), workers=workers, token=token,
                            max_task_work=max_task_work)
-    handler, metrics = _handler(core, metered=metrics_port is not None)
+    serving = NodeServing(model_store(max_model_cache_bytes), store, max_predict_work)
+    handler, metrics = _handler(core, serving, metered=metrics_port is not None)
     server = listen_or_fail(ComputeNode.Processor(handler), host, port, "compute_node", tls,
                             limits)
     handler.address = str(server.address)
@@ -105,7 +109,8 @@ def cli(
         load_delay_s=load_delay_s, seed=load.seed, workers=workers, data_dir=data_dir or "",
         shards_indexed=store.n_indexed, crash_probability=crash_probability,
         extra_latency_s=extra_latency_s, tls=tls.mode, auth="token" if token else "off",
-        max_task_work=max_task_work,
+        max_task_work=max_task_work, max_predict_work=max_predict_work,
+        max_model_cache_bytes=max_model_cache_bytes,
     )
     if metrics and metrics_port is not None:
         serve_metrics_or_fail(metrics, host, metrics_port)
@@ -116,15 +121,15 @@ def cli(
     serve_until_stopped(server, helpers)
 
 
-def _handler(core: ComputeNodeCore, *, metered: bool):
+def _handler(core: ComputeNodeCore, serving: NodeServing, *, metered: bool):
     """The Thrift handler and its metrics; with --metrics-port, one that also counts."""
     if not metered:
-        return ComputeNodeHandler(core), None
+        return ComputeNodeHandler(core, serving=serving), None
     # imported only when asked for: prometheus-client is optional
     from compute_node.metrics import MeteredNodeHandler, NodeMetrics
 
     metrics = NodeMetrics()
-    return MeteredNodeHandler(core, metrics), metrics
+    return MeteredNodeHandler(core, metrics, serving=serving), metrics
 
 
 def main(argv: list[str] | None = None) -> None:

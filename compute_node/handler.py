@@ -5,32 +5,41 @@ from __future__ import annotations
 from thrift.Thrift import TException
 
 from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
+from compute_node.serving import MissingModel, ModelError, NodeServing, model_store
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
 from idl.gen.ttypes import (
     DatasetError,
     DeadlineExceeded,
+    EvaluateRequest,
+    Evaluation,
     InvalidRequest,
+    ModelMissing,
     NodeBusy,
     NodeLoad,
+    Prediction,
+    PredictRequest,
     ShardMissing,
     ShardTask,
     TaskResult,
     TaskTimings,
+    Tensor,
 )
-from idl.tensors import TensorError, decode_tensors, encode_tensors
+from idl.tensors import TensorError, decode_tensors, encode_tensor, encode_tensors
 from mlcore.data import DataError
 from runtime.declared_errors import DENIED, Declared, EdgeHandler
+from runtime.serving_limits import ServingRequestError, check_deadline, check_rows
 from runtime.shard_store import ShardError
 
 # The node's core errors → the exceptions the IDL declares (the first match wins).
 NODE_ERRORS = (
     DENIED,
-    Declared((InvalidTask, ShardError, TensorError),
+    Declared((InvalidTask, ShardError, TensorError, ModelError, ServingRequestError),
              lambda exc: InvalidRequest(message=str(exc)), "invalid_request"),
     Declared((ShardMismatch, DataError), lambda exc: DatasetError(message=str(exc)),
              "dataset_error"),
     Declared(MissingShard, lambda exc: ShardMissing(message=str(exc), digest=exc.digest)),
+    Declared(MissingModel, lambda exc: ModelMissing(message=str(exc), digest=exc.digest)),
     Declared(Busy, lambda exc: NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s),
              "task_declined"),
     Declared(OutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
@@ -40,9 +49,12 @@ NODE_ERRORS = (
 class ComputeNodeHandler(EdgeHandler):
     """Implements idl ComputeNode.Iface over a ComputeNodeCore (ping and missing_shards too)."""
 
-    def __init__(self, core: ComputeNodeCore, address: str = "") -> None:
+    def __init__(
+        self, core: ComputeNodeCore, address: str = "", serving: NodeServing | None = None
+    ) -> None:
         super().__init__(core.authorize, core.store, NODE_ERRORS)
         self._core = core
+        self._serving = serving or NodeServing(model_store(), core.store)
         self.address = address  # host:port, known once the server has bound its port
 
     def load(self, token: str = "") -> NodeLoad:
@@ -92,6 +104,47 @@ class ComputeNodeHandler(EdgeHandler):
                 total_s=report.total_s,
             ),
             node=self.address,
+        )
+
+
+    def missing_models(self, digests: list[str], token: str = "") -> list[str]:
+        self.check_token("missing_models", token)
+        return self._serving.models.missing(list(digests or []))
+
+    def put_model(self, digest: str, data: bytes, token: str = "") -> None:
+        self.check_token("put_model", token)
+        with self.declared("put_model"):
+            self._serving.put_model(digest or "", data or b"")
+
+    def predict(self, request: PredictRequest) -> Prediction:
+        if request is None:
+            raise InvalidRequest(message="predict: the request argument is missing")
+        with self.declared("predict"):
+            self._core.authorize(request.token or "")
+            check_deadline(request.deadline_s, 10.0)
+            servable = self._serving.model(request.model or "")
+            rows = check_rows(request.rows, servable.n_features)
+            out = self._serving.predict(servable, rows, bool(request.probabilities))
+        return Prediction(
+            labels=out.labels.tolist(),
+            probabilities=encode_tensor(out.probabilities) if out.probabilities is not None
+            else Tensor(shape=[], data=b""),
+            node=self.address,
+            batch_rows=len(rows),
+        )
+
+    def evaluate(self, request: EvaluateRequest) -> Evaluation:
+        if request is None:
+            raise InvalidRequest(message="evaluate: the request argument is missing")
+        with self.declared("evaluate"):
+            self._core.authorize(request.token or "")
+            check_deadline(request.deadline_s, 60.0)
+            servable = self._serving.model(request.model or "")
+            shards = [(s.name or "", s.digest or "") for s in request.shards or [] if s]
+            scores = self._serving.evaluate(servable, shards)
+        return Evaluation(
+            n_rows=scores.n_rows, n_errors=scores.n_errors, summed_loss=scores.summed_loss,
+            n_classes=servable.n_classes, confusion=scores.confusion.ravel().tolist(),
         )
 
 

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.node import ComputeNodeCore
+from compute_node.serving import NodeServing
 from idl.gen import ttypes
 from idl.gen.ttypes import ShardTask, TaskResult
 from runtime.metrics import Figure, ProcessMetrics, figure_families
@@ -62,8 +63,11 @@ class NodeMetrics(ProcessMetrics):
 class MeteredNodeHandler(ComputeNodeHandler):
     """ComputeNodeHandler that records each train() outcome and service time."""
 
-    def __init__(self, core: ComputeNodeCore, metrics: NodeMetrics, address: str = "") -> None:
-        super().__init__(core, address)
+    def __init__(
+        self, core: ComputeNodeCore, metrics: NodeMetrics, address: str = "",
+        serving: NodeServing | None = None,
+    ) -> None:
+        super().__init__(core, address, serving)
         self._metrics = metrics
         metrics.watch(self)
 

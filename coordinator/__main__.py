@@ -10,11 +10,13 @@ import click
 from coordinator.executor import Counters, RoundExecutor
 from coordinator.handler import CoordinatorHandler
 from coordinator.health import HealthMonitor
+from coordinator.models import ModelShelf
 from coordinator.node_calls import NodeCaller
 from coordinator.nodes_file import NodesFileError, read_nodes_file
 from coordinator.policies import policy_name
 from coordinator.registry import Registry
 from coordinator.service import DEFAULT_MAX_NODES, CoordinatorService
+from coordinator.serving import BatchSettings, Serving
 from idl.admission import ServerLimits
 from idl.gen import Coordinator
 from idl.tls import TlsContexts
@@ -64,9 +66,22 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--max-nodes", type=click.IntRange(min=1), default=DEFAULT_MAX_NODES,
               show_default=True, help="Most nodes known at once; registrations beyond are "
                                       "refused.")
+@click.option("--batch-max-rows", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Rows in one prediction batch; a larger request goes alone (1: no batching).")
+@click.option("--batch-wait-s", type=FiniteRange(min=0, max=60), default=0.002,
+              show_default=True,
+              help="Longest a prediction waits for others to share its batch.")
+@click.option("--no-batching", is_flag=True,
+              help="Send every prediction alone from its own call (as --batch-max-rows 1).")
+@click.option("--max-queued-rows", type=click.IntRange(min=1), default=65536,
+              show_default=True,
+              help="Rows of predictions waiting or in flight at once; beyond, Overloaded.")
+@click.option("--batch-senders", type=click.IntRange(min=1, max=256), default=8,
+              show_default=True, help="Prediction batches in flight to nodes at once.")
 @server_options(
     token="every call but ping must carry it, and the coordinator sends it to nodes.",
     cache="shards held for forwarding to nodes", work="rounds whose tasks'",
+    models="model files held for forwarding to nodes",
 )
 def cli(
     port: int,
@@ -79,10 +94,17 @@ def cli(
     straggler_factor: float,
     straggler_min_s: float,
     seed: int,
+    batch_max_rows: int,
+    batch_wait_s: float,
+    no_batching: bool,
+    max_queued_rows: int,
+    batch_senders: int,
     token: str,
     max_nodes: int,
     max_task_work: int,
     max_shard_cache_bytes: int,
+    max_model_cache_bytes: int,
+    max_predict_work: int,
     metrics_port: int | None,
     limits: ServerLimits,
     tls: TlsContexts,
@@ -106,22 +128,30 @@ def cli(
         registry, store, executor, policy=policy, seed=seed, token=token, max_nodes=max_nodes,
         max_task_work=max_task_work,
     )
+    batching = BatchSettings(1 if no_batching else batch_max_rows, batch_wait_s,
+                             max_queued_rows, batch_senders)
+    serving = Serving(service, ModelShelf(max_model_cache_bytes), caller, batching=batching,
+                      max_work=max_predict_work, max_attempts=max_attempts, token=token)
     metrics = _metrics() if metrics_port is not None else None
-    server = listen_or_fail(Coordinator.Processor(_handler(service, metrics)), host, port,
-                            "coordinator", tls, limits)
+    server = listen_or_fail(Coordinator.Processor(_handler(service, serving, metrics)), host,
+                            port, "coordinator", tls, limits)
     service.address = str(server.address)
     log_event(
         "coordinator_config", address=str(server.address), policy=policy, nodes=n_nodes,
         heartbeat_s=heartbeat_s, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, seed=seed,
         tls=tls.mode, auth="token" if token else "off", max_nodes=max_nodes,
-        max_task_work=max_task_work,
+        max_task_work=max_task_work, batch_max_rows=batching.max_rows,
+        batch_wait_s=batch_wait_s, max_queued_rows=max_queued_rows,
+        batch_senders=batch_senders, max_predict_work=max_predict_work,
+        max_model_cache_bytes=max_model_cache_bytes,
     )
     if metrics and metrics_port is not None:
         serve_metrics_or_fail(metrics, host, metrics_port)
     try:
         serve_until_stopped(server, [HealthMonitor(registry, caller.probe, heartbeat_s)])
     finally:
+        serving.close()
         caller.close()
 
 
@@ -141,13 +171,13 @@ def _metrics():
     return CoordinatorMetrics()
 
 
-def _handler(service: CoordinatorService, metrics) -> CoordinatorHandler:
+def _handler(service: CoordinatorService, serving: Serving, metrics) -> CoordinatorHandler:
     """The Thrift handler; with --metrics-port, one that also times rounds."""
     if metrics is None:
-        return CoordinatorHandler(service)
+        return CoordinatorHandler(service, serving)
     from coordinator.metrics import MeteredCoordinatorHandler
 
-    return MeteredCoordinatorHandler(service, metrics)
+    return MeteredCoordinatorHandler(service, metrics, serving)
 
 
 def _read_nodes(path: Path | None) -> list:

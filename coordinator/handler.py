@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from thrift.Thrift import TException
 
+from coordinator.batcher import QueueFull
 from coordinator.executor import NoNodeFinished, TaskRejected
+from coordinator.models import MissingModel, ModelFileError
 from coordinator.service import CoordinatorService, MissingShards
+from coordinator.serving import Serving
 from coordinator.validation import RequestError
 from idl.cycles import let_go
 from idl.gen import ttypes
-from idl.gen.ttypes import ClusterStatus, RoundRequest, RoundResult
+from idl.gen.ttypes import (
+    ClusterStatus,
+    EvaluateRequest,
+    Evaluation,
+    ModelInfo,
+    Prediction,
+    PredictRequest,
+    RoundRequest,
+    RoundResult,
+)
 from runtime.budget import OutOfTime
 from runtime.declared_errors import DENIED, Declared, EdgeHandler
+from runtime.serving_limits import ServingRequestError
 from runtime.shard_store import ShardError
 
 
@@ -26,8 +39,12 @@ def _rejected(exc: TaskRejected) -> Exception:
 # The coordinator's core errors → the exceptions the IDL declares (the first match wins).
 COORDINATOR_ERRORS = (
     DENIED,
-    Declared((RequestError, ShardError), lambda exc: ttypes.InvalidRequest(message=str(exc)),
-             "invalid_request"),
+    Declared((RequestError, ShardError, ModelFileError, ServingRequestError),
+             lambda exc: ttypes.InvalidRequest(message=str(exc)), "invalid_request"),
+    Declared(MissingModel, lambda exc: ttypes.ModelMissing(message=str(exc), digest=exc.digest)),
+    Declared(QueueFull, lambda exc: ttypes.Overloaded(message=str(exc),
+                                                      retry_after_s=exc.retry_after_s),
+             "overloaded"),
     Declared(MissingShards,
              lambda exc: ttypes.ShardMissing(message=str(exc), digest=exc.digests[0])),
     # also ConfigurationError: a node refused our token
@@ -41,9 +58,10 @@ COORDINATOR_ERRORS = (
 class CoordinatorHandler(EdgeHandler):
     """Implements idl Coordinator.Iface over a CoordinatorService (ping and missing_shards too)."""
 
-    def __init__(self, service: CoordinatorService) -> None:
+    def __init__(self, service: CoordinatorService, serving: Serving | None = None) -> None:
         super().__init__(service.authorize, service.store, COORDINATOR_ERRORS)
         self._service = service
+        self._serving = serving
 
     def status(self, token: str = "") -> ClusterStatus:
         self.check_token("status", token)
@@ -66,3 +84,33 @@ class CoordinatorHandler(EdgeHandler):
     def register_node(self, host: str, port: int, token: str = "") -> None:
         with self.declared("register_node"):
             self._service.register_node(host or "", port or 0, token or "")
+
+    def put_model(self, data: bytes, name: str, token: str = "") -> ModelInfo:
+        with self.declared("put_model"):
+            return self.serving.put_model(data or b"", name or "", token or "")
+
+    def missing_models(self, digests: list[str], token: str = "") -> list[str]:
+        with self.declared("missing_models"):
+            return self.serving.missing_models(list(digests or []), token or "")
+
+    def list_models(self, token: str = "") -> list[ModelInfo]:
+        with self.declared("list_models"):
+            return self.serving.list_models(token or "")
+
+    def predict(self, request: PredictRequest) -> Prediction:
+        if request is None:
+            raise ttypes.InvalidRequest(message="predict: the request argument is missing")
+        with self.declared("predict"):
+            return self.serving.predict(request)
+
+    def evaluate(self, request: EvaluateRequest) -> Evaluation:
+        if request is None:
+            raise ttypes.InvalidRequest(message="evaluate: the request argument is missing")
+        with self.declared("evaluate"):
+            return self.serving.evaluate(request)
+
+    @property
+    def serving(self) -> Serving:
+        if self._serving is None:  # a handler built without serving (unit tests)
+            raise RequestError("this coordinator serves no models")
+        return self._serving

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from coordinator.handler import CoordinatorHandler
 from coordinator.service import CoordinatorService
+from coordinator.serving import Serving
 from idl.gen.ttypes import ClusterStatus, RoundRequest, RoundResult, ShardMissing
 from runtime.metrics import Figure, ProcessMetrics, per_node_families
 
@@ -68,8 +69,11 @@ def _status_families(status: ClusterStatus) -> Iterator[Metric]:
 class MeteredCoordinatorHandler(CoordinatorHandler):
     """CoordinatorHandler that times every run_round call into the round histogram."""
 
-    def __init__(self, service: CoordinatorService, metrics: CoordinatorMetrics) -> None:
-        super().__init__(service)
+    def __init__(
+        self, service: CoordinatorService, metrics: CoordinatorMetrics,
+        serving: Serving | None = None,
+    ) -> None:
+        super().__init__(service, serving)
         self._metrics = metrics
         metrics.watch(service)
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from thrift.Thrift import TApplicationException, TException
 from thrift.transport.TTransport import TTransportException
@@ -34,8 +36,13 @@ from idl.gen import ComputeNode
 from idl.gen.ttypes import (
     DatasetError,
     DeadlineExceeded,
+    EvaluateRequest,
+    Evaluation,
     InvalidRequest,
+    ModelMissing,
     NodeBusy,
+    Prediction,
+    PredictRequest,
     ShardMissing,
     ShardTask,
     TaskResult,
@@ -46,6 +53,8 @@ from runtime.budget import OutOfTime
 from runtime.events import log_event
 
 DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded)
+SERVING_DECLARED = (*DECLARED, ModelMissing)
+UPLOAD_LOCKS = 64  # (node, model) pairs share these: one upload of a model to a node at a time
 REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its DeadlineExceeded) travels
 
 
@@ -55,6 +64,15 @@ class NodeTask:
 
     task: ShardTask
     shard_bytes: bytes
+
+
+@dataclass
+class EvalTask:
+    """One shard to score, as the executor carries it: the request and the bytes it may need."""
+
+    request: EvaluateRequest  # one shard; its deadline_s is set per attempt
+    shard_bytes: bytes
+    model_bytes: bytes
 
 
 def attempt_task(task: ShardTask, may_decline: bool, timeout_s: float) -> ShardTask:
@@ -117,11 +135,20 @@ class NodeCaller:
         self._token = token
         self._counters = counters or Counters()
         self._refused: set[Address] = set()  # nodes whose last probe refused our token
+        self._upload_locks = [threading.Lock() for _ in range(UPLOAD_LOCKS)]
 
     def __call__(
-        self, node: str, work: NodeTask, timeout_s: float, may_decline: bool
-    ) -> TaskResult:
-        """Train `work` on `node` within `timeout_s`; see the module docstring for errors."""
+        self, node: str, work: NodeTask | EvalTask, timeout_s: float, may_decline: bool
+    ) -> TaskResult | Evaluation:
+        """Train `work` on `node` within `timeout_s`; see the module docstring for errors.
+
+        An EvalTask (the executor runs evaluations as it runs rounds) is scored instead.
+        """
+        if isinstance(work, EvalTask):
+            scored = copy.copy(work.request)  # a retry's copy is its own, as for training
+            scored.deadline_s = timeout_s
+            return self._serve(node, "evaluate", scored, work.model_bytes, work.shard_bytes,
+                               timeout_s)
         address = _address(node)
         deadline = time.monotonic() + timeout_s
         # Each attempt sends its own request: a straggler's backup may be serialising the
@@ -170,6 +197,79 @@ class NodeCaller:
                 return conn.client.train(task)
             except DECLARED as exc:
                 return untangled(exc)
+
+    def predict(
+        self, node: str, request: PredictRequest, model_bytes: bytes, timeout_s: float
+    ) -> Prediction:
+        """Label a batch on `node`, uploading the model first if the node lacks it."""
+        return self._serve(node, "predict", request, model_bytes, None, timeout_s)
+
+    def _serve(
+        self, node: str, method: str, request: Any, model_bytes: bytes,
+        shard_bytes: bytes | None, timeout_s: float,
+    ) -> Any:
+        """`method(request)` on `node`; errors sorted as for training (module docstring)."""
+        address = _address(node)
+        deadline = time.monotonic() + timeout_s
+        try:
+            reply = self._serve_call(address, method, request, model_bytes, shard_bytes,
+                                     deadline)
+        except (TException, OSError, EOFError) as exc:
+            untangled(exc)
+            self.pool.discard(address)
+            raise NodeFailure(describe_failure(exc, timeout_s)) from None
+        if isinstance(reply, Prediction | Evaluation):
+            return reply
+        if isinstance(reply, NodeBusy):
+            raise NodeBusyError(reply.message or "busy", reply.retry_after_s or 0.0)
+        if isinstance(reply, ModelMissing | ShardMissing):
+            raise NodeFailure(f"lost what it was sent right after the upload: {reply.message}")
+        if isinstance(reply, Unauthorized):
+            raise ConfigurationError(
+                f"node {node} refused the coordinator's token: {reply.message} (give the "
+                "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
+            )
+        if isinstance(reply, DeadlineExceeded):
+            raise OutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
+        raise TaskRejected(reply)
+
+    def _serve_call(
+        self, address: Address, method: str, request: Any, model_bytes: bytes,
+        shard_bytes: bytes | None, deadline: float,
+    ) -> Any:
+        """The node's answer or the declared exception it gave; a missing model or shard is
+        uploaded once and the call repeated (connection kept)."""
+        sent_model = sent_shard = False
+        with self.pool.connection(address, deadline + REPLY_MARGIN_S - time.monotonic()) as conn:
+            while True:
+                try:
+                    return getattr(conn.client, method)(request)
+                except ModelMissing as exc:
+                    if sent_model:
+                        return untangled(exc)
+                    untangled(exc)
+                    sent_model = True
+                    self._put_model(conn, address, request.model, model_bytes)
+                except ShardMissing as exc:
+                    if sent_shard or shard_bytes is None:
+                        return untangled(exc)
+                    untangled(exc)
+                    sent_shard = True
+                    self._counters.add("shard_uploads")
+                    conn.client.put_shard(exc.digest or "", shard_bytes, self._token)
+                except SERVING_DECLARED as exc:
+                    return untangled(exc)
+                conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
+
+    def _put_model(self, conn: Any, address: Address, digest: str, data: bytes) -> None:
+        """Upload a model the node lacks, once: concurrent batches wait for one upload."""
+        lock = self._upload_locks[hash((address, digest)) % UPLOAD_LOCKS]
+        with lock:
+            if not conn.client.missing_models([digest], self._token):
+                return  # another batch uploaded it meanwhile
+            self._counters.add("model_uploads")
+            conn.client.put_model(digest, data, self._token)
+        log_event("model_uploaded", node=str(address), model=digest[:12], bytes=len(data))
 
     def probe(self, address: Address, timeout_s: float) -> dict:
         """Ask a node for its load (doubles as the heartbeat); NodeFailure if it cannot."""

@@ -75,7 +75,7 @@ class CoordinatorService:
         self.address = address
         self.max_nodes = max_nodes
         self.max_task_work = max_task_work
-        self._seed = seed
+        self.seed = seed
         self._token = token
         self._policies: dict[str, Policy] = {}
         self._lock = threading.Lock()
@@ -89,7 +89,7 @@ class CoordinatorService:
         name = name or self.policy
         with self._lock:
             if name not in self._policies:
-                self._policies[name] = make_policy(name, self._seed)
+                self._policies[name] = make_policy(name, self.seed)
             return self._policies[name]
 
     def register_node(self, host: str, port: int, token: str = "") -> None:

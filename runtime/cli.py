@@ -22,6 +22,7 @@ from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from idl.rpc import Address, ThriftServer
 from idl.tls import TlsConfigError, TlsContexts, TlsFiles, load_contexts
 from runtime.events import log_event
+from runtime.serving_limits import DEFAULT_MAX_PREDICT_WORK
 
 
 class AddressType(click.ParamType):
@@ -83,6 +84,16 @@ def shard_cache_option(what: str) -> Callable[[Any], Any]:
         type=FiniteRange(min=0.0, min_open=True, max=MAX_CACHE_MB), default=1024.0,
         show_default=True, callback=lambda _ctx, _param, mb: int(mb * MIB),
         help=f"Bound on {what}, in MiB.",
+    )
+
+
+def model_cache_option(what: str) -> Callable[[Any], Any]:
+    """--max-model-cache-mb, the bound on held model files; the command receives bytes."""
+    return click.option(
+        "--max-model-cache-mb", "max_model_cache_bytes",
+        type=FiniteRange(min=0.0, min_open=True, max=MAX_CACHE_MB), default=512.0,
+        show_default=True, callback=lambda _ctx, _param, mb: int(mb * MIB),
+        help=f"Bound on {what}, in MiB (least recently used out first).",
     )
 
 
@@ -376,9 +387,10 @@ def read_token(token_file: Path | None, token: str | None) -> str:
     return token
 
 
-def server_options(*, token: str, cache: str, work: str) -> Callable[[Any], Any]:
-    """The options both servers take, declared once: bind address, token, work bound, shard
-    cache, metrics, connection limits, TLS and log level; the phrases say what differs."""
+def server_options(*, token: str, cache: str, work: str, models: str) -> Callable[[Any], Any]:
+    """The options both servers take, declared once: bind address, token, work bounds, shard
+    and model caches, metrics, connection limits, TLS and log level; the phrases say what
+    differs."""
     options = [
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind."),
         token_options(token),
@@ -387,6 +399,13 @@ def server_options(*, token: str, cache: str, work: str) -> Callable[[Any], Any]
             show_default=True, help=f"Refuse {work} epochs x rows x parameters exceed this.",
         ),
         shard_cache_option(cache),
+        model_cache_option(models),
+        click.option(
+            "--max-predict-work", type=click.IntRange(min=1), default=DEFAULT_MAX_PREDICT_WORK,
+            show_default=True,
+            help="Refuse predict requests (and evaluated shards) whose rows x parameters "
+                 "(all members) exceed this.",
+        ),
         metrics_port_option,
         server_limit_options,
         tls_options(serves=True),

@@ -79,6 +79,7 @@ class ShardStore(Generic[V]):
     `size(value)` is what a kept shard counts against `max_bytes` (default: len).
     `refuse_oversize` makes a shard larger than the whole cache a ShardError (the
     coordinator's choice) instead of being kept alone over the bound (the node's).
+    `kind` names what is kept ("model": the same store holds model files by digest).
     """
 
     def __init__(
@@ -90,8 +91,10 @@ class ShardStore(Generic[V]):
         size: Callable[[V], int] = len,  # type: ignore[assignment]
         refuse_oversize: bool = False,
         owner: str = "this server",
+        kind: str = "shard",
     ) -> None:
         self._max_bytes = max_bytes
+        self._kind = kind  # what the store holds, in messages and events (models too)
         self._decode = decode
         self._size = size
         self._refuse_oversize = refuse_oversize
@@ -120,6 +123,11 @@ class ShardStore(Generic[V]):
         with self._lock:
             return len(self._files.keys() | self._cache.keys())
 
+    def items(self) -> list[tuple[str, V]]:
+        """(digest, value) of the cached entries, least recently used first (no reordering)."""
+        with self._lock:
+            return list(self._cache.items())
+
     def missing(self, digests: Iterable[str]) -> list[str]:
         """The digests neither cached nor in the data dir, in the order given, each once."""
         with self._lock:
@@ -132,12 +140,12 @@ class ShardStore(Generic[V]):
         actual = sha256_hex(data)
         if actual != digest:
             raise ShardError(
-                f"shard bytes hash to {actual}, not to the digest sent ({digest}); "
+                f"{self._kind} bytes hash to {actual}, not to the digest sent ({digest}); "
                 "send the file's exact bytes again"
             )
         if self._refuse_oversize and len(data) > self._max_bytes:
             raise ShardError(
-                f"shard of {len(data)} bytes exceeds {self._owner}'s shard cache "
+                f"{self._kind} of {len(data)} bytes exceeds {self._owner}'s {self._kind} cache "
                 f"({self._max_bytes} bytes)"
             )
         with self._lock:
@@ -148,7 +156,7 @@ class ShardStore(Generic[V]):
         with self._decode_lock:
             if not isinstance(data, bytes):
                 data = bytes(data)  # a view of the received frame (idl.protocol): keep a copy
-            value = self._decode(data, f"shard {digest[:12]}")
+            value = self._decode(data, f"{self._kind} {digest[:12]}")
         self._insert(digest, value)
         return value
 
@@ -193,4 +201,4 @@ class ShardStore(Generic[V]):
             while self._cached_bytes > self._max_bytes and len(self._cache) > 1:
                 evicted, gone = self._cache.popitem(last=False)
                 self._cached_bytes -= self._size(gone)
-                log_event("shard_evicted", digest=evicted[:12])
+                log_event(f"{self._kind}_evicted", digest=evicted[:12])
