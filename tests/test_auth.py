@@ -25,9 +25,12 @@ from harness import LocalCluster, ServerProcess
 from idl.gen import ComputeNode, Coordinator
 from idl.gen.ttypes import (
     ClusterStatus,
+    EvaluateRequest,
     InvalidRequest,
+    ModelMissing,
     NodeLoad,
     NoNodesAvailable,
+    PredictRequest,
     RoundRequest,
     ShardRef,
     ShardTask,
@@ -35,7 +38,9 @@ from idl.gen.ttypes import (
     Unauthorized,
 )
 from idl.rpc import connect
-from idl.tensors import encode_tensors
+from idl.tensors import encode_tensor, encode_tensors
+from mlcore.model import Params
+from mlcore.servable import Servable, save_servable
 
 TOKEN = "s3cr3t-Ünïcødé-令牌-🔑-" + secrets.token_hex(6)
 WRONG = {
@@ -61,6 +66,30 @@ def weights() -> list:
     return encode_tensors([rng.uniform(-0.01, 0.01, s) for s in [(D, H), (H,), (H, K), (K,)]])
 
 
+def model_file() -> bytes:
+    """A small model file (d, h, k as the shard's), as a client would upload it."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"auth-model-{secrets.token_hex(4)}.npz"
+    rng = np.random.default_rng(2)
+    save_servable(path, Servable((Params(*(rng.uniform(-1, 1, s) for s in
+                                           [(D, H), (H,), (H, K), (K,)])),)))
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink()
+
+
+MODEL = model_file()
+MODEL_DIGEST = hashlib.sha256(MODEL).hexdigest()
+
+
+def predict_request(token: str) -> PredictRequest:
+    return PredictRequest(model=MODEL_DIGEST, rows=encode_tensor(np.ones((2, D))), token=token)
+
+
+def evaluate_request(token: str) -> EvaluateRequest:
+    return EvaluateRequest(model=MODEL_DIGEST, shards=[shard_ref()], token=token)
+
+
 def shard_ref() -> ShardRef:
     return ShardRef(name="train_0.txt", digest=DIGEST, n_rows=24, n_bytes=len(SHARD))
 
@@ -82,6 +111,10 @@ NODE_CALLS: dict[str, Callable[[str], Callable]] = {
     "missing_shards": lambda t: lambda c: c.missing_shards([DIGEST], t),
     "put_shard": lambda t: lambda c: c.put_shard(DIGEST, SHARD, t),
     "train": lambda t: lambda c: c.train(shard_task(t)),
+    "missing_models": lambda t: lambda c: c.missing_models([MODEL_DIGEST], t),
+    "put_model": lambda t: lambda c: c.put_model(MODEL_DIGEST, MODEL, t),
+    "predict": lambda t: lambda c: c.predict(predict_request(t)),
+    "evaluate": lambda t: lambda c: c.evaluate(evaluate_request(t)),
 }
 COORDINATOR_CALLS: dict[str, Callable[[str], Callable]] = {
     "status": lambda t: lambda c: c.status(t),
@@ -89,6 +122,11 @@ COORDINATOR_CALLS: dict[str, Callable[[str], Callable]] = {
     "put_shard": lambda t: lambda c: c.put_shard(DIGEST, SHARD, t),
     "run_round": lambda t: lambda c: c.run_round(round_request(t)),
     "register_node": lambda t: lambda c: c.register_node("127.0.0.1", 1, t),
+    "put_model": lambda t: lambda c: c.put_model(MODEL, "auth.npz", t),
+    "missing_models": lambda t: lambda c: c.missing_models([MODEL_DIGEST], t),
+    "list_models": lambda t: lambda c: c.list_models(t),
+    "predict": lambda t: lambda c: c.predict(predict_request(t)),
+    "evaluate": lambda t: lambda c: c.evaluate(evaluate_request(t)),
 }
 SERVICES = {"node": (ComputeNode, NODE_CALLS), "coordinator": (Coordinator, COORDINATOR_CALLS)}
 
@@ -160,6 +198,10 @@ def test_every_node_call_works_with_the_right_token(secured):
         call(node, ComputeNode, NODE_CALLS["put_shard"](TOKEN))
         assert call(node, ComputeNode, NODE_CALLS["missing_shards"](TOKEN)) == []
         assert call(node, ComputeNode, NODE_CALLS["train"](TOKEN)).n_samples == 24
+        call(node, ComputeNode, NODE_CALLS["put_model"](TOKEN))
+        assert call(node, ComputeNode, NODE_CALLS["missing_models"](TOKEN)) == []
+        assert len(call(node, ComputeNode, NODE_CALLS["predict"](TOKEN)).labels) == 2
+        assert call(node, ComputeNode, NODE_CALLS["evaluate"](TOKEN)).n_rows == 24
 
 
 def test_every_coordinator_call_works_with_the_right_token(secured):
@@ -172,6 +214,13 @@ def test_every_coordinator_call_works_with_the_right_token(secured):
         "127.0.0.1", secured.nodes[0].address.port, TOKEN))
     status = call(coordinator, Coordinator, COORDINATOR_CALLS["status"](TOKEN))
     assert isinstance(status, ClusterStatus) and status.counters["nodes_alive"] >= 2
+    assert call(coordinator, Coordinator, COORDINATOR_CALLS["put_model"](TOKEN)).n_features == D
+    assert call(coordinator, Coordinator, COORDINATOR_CALLS["missing_models"](TOKEN)) == []
+    assert [m.digest for m in call(coordinator, Coordinator,
+                                   COORDINATOR_CALLS["list_models"](TOKEN))] == [MODEL_DIGEST]
+    # the coordinator's token on nodes again: its model upload and the batch
+    assert len(call(coordinator, Coordinator, COORDINATOR_CALLS["predict"](TOKEN)).labels) == 2
+    assert call(coordinator, Coordinator, COORDINATOR_CALLS["evaluate"](TOKEN)).n_rows == 24
 
 
 def test_no_token_ever_reaches_a_log_and_nothing_breaks(secured):
@@ -181,7 +230,7 @@ def test_no_token_ever_reaches_a_log_and_nothing_breaks(secured):
         service, calls = SERVICES[kind]
         for token in (*WRONG.values(), TOKEN):
             for name in sorted(calls):
-                with contextlib.suppress(Unauthorized, InvalidRequest):
+                with contextlib.suppress(Unauthorized, InvalidRequest, ModelMissing):
                     call(proc, service, calls[name](token))
     for proc in [secured.coordinator, *secured.nodes]:
         raw = proc.log_path.read_bytes()
