@@ -8,10 +8,19 @@ included). Each compiled code path of the kernel (sse2/avx2/avx512) is timed too
 measures the machine's dgemm rate (numpy 2048^2 matmul) and each kernel's share of it,
 counting 2 * n * (d*h + h*k) * 3 flops per epoch (forward + two backward products; the
 kernel skips the inactive ReLU units, so its real flop count is lower). Before timing, one
-epoch of the kernel is checked against one epoch of numpy. The last line holds the headline
-ratios as key=value.
+epoch of the kernel is checked against one epoch of numpy.
+
+Then the forward pass (prediction): microseconds per call of class probabilities for a batch
+of rows, the kernel (`_kernels.forward`, the raw call; `model.predict_proba`, with its input
+checks) against lean numpy (`x @ w1 + b1`, relu, `@ w2 + b2`, softmax), interleaved the same
+way, at the letters model's sizes (d = 16, k = 26, h = 24..256) and at the 10M-parameter
+shape of scripts/bench_scale.py (d = 1,000, h = 10,000); the kernel's answers are checked to
+be the fixed-order reference's bits first. And the cost of one row through
+`Servable.predict`, where Python dominates. The last line holds the headline ratios as
+key=value.
 
     .venv/bin/python scripts/bench_mlcore.py [--data letter-recognition.data] [--rows 1000]
+        [--no-wide]
 """
 
 from __future__ import annotations
@@ -34,11 +43,15 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mlcore import _kernels  # noqa: E402
-from mlcore.model import Params, init_params  # noqa: E402
+from mlcore import _kernels, reference  # noqa: E402
+from mlcore.model import Params, init_params, predict, predict_proba  # noqa: E402
+from mlcore.servable import Servable  # noqa: E402
 from runtime.cli import run_cli  # noqa: E402
 
 HIDDEN = (24, 64, 256)
+FORWARD_ROWS = (1, 32, 256, 1000, 10000)
+WIDE = (1000, 10_000, 26)  # scripts/bench_scale.py's 10M-parameter model (d, h, k)
+WIDE_ROWS = (1, 32, 256, 1000)
 GOALS = {"h24_vs_numpy": 2.0, "h256_vs_numpy": 1.0, "h24_vs_python": 1000.0}
 
 
@@ -263,12 +276,97 @@ def check_one_epoch(x: np.ndarray, y: np.ndarray, onehot: np.ndarray, d: int, h:
             raise click.ClickException(f"h={h}: the kernel and numpy disagree after one epoch")
 
 
+def numpy_forward(p: Params, x: np.ndarray) -> np.ndarray:
+    """Class probabilities in lean idiomatic numpy (BLAS products, in-place ops)."""
+    z1 = x @ p.w1
+    z1 += p.b1
+    np.maximum(z1, 0.0, out=z1)
+    z2 = z1 @ p.w2
+    z2 += p.b2
+    z2 -= z2.max(axis=1, keepdims=True)
+    np.exp(z2, out=z2)
+    z2 /= z2.sum(axis=1, keepdims=True)
+    return z2
+
+
+def forward_rows(d: int, h: int, k: int, row_counts: tuple[int, ...],
+                 scale: float) -> tuple[dict[str, float], list[str]]:
+    """Time numpy, the raw kernel call and model.predict_proba at each row count: the
+    ratios (numpy / kernel, best rounds) by row count, and the table's lines."""
+    p = init_params(d, h, k, seed=1, scale=scale)
+    ratios, lines = {}, []
+    for rows in row_counts:
+        x = np.random.default_rng(rows).integers(0, 16, size=(rows, d)).astype(np.float64)
+        out = np.empty((rows, k))
+        check = x[:64]
+        if predict_proba(p, check).tobytes() != reference.predict_proba(p, check).tobytes():
+            raise click.ClickException(f"h={h}: the forward kernel is not the reference's bits")
+        work = rows * (d * h + h * k)
+        calls = max(1, min(2000, int(2e6 / work)))
+        timings = interleaved_ms({
+            "numpy": lambda x=x: numpy_forward(p, x),
+            f"cython[{_kernels.isa()}]": lambda x=x, out=out: _kernels.forward(
+                x, *p.tensors(), out),
+            "model.predict_proba": lambda x=x: predict_proba(p, x),
+        }, calls, rounds=9 if work < 1e8 else 5)
+        t_np = timings["numpy"][0]
+        ratios[rows] = t_np / timings[f"cython[{_kernels.isa()}]"][0]
+        for name, (best, median) in timings.items():
+            lines.append(f"{name:<21}{h:>6}{rows:>7}{best * 1e3:>11.1f}{median * 1e3:>11.1f}"
+                         f"{rows / best * 1e3:>12,.0f}{t_np / best:>9.2f}x")
+    return ratios, lines
+
+
+def one_row_us(h: int) -> str:
+    """Microseconds for one row through each layer of the serving path (d = 16, k = 26)."""
+    p = init_params(16, h, 26, seed=1, scale=0.3)
+    x = np.random.default_rng(1).integers(0, 16, size=(1, 16)).astype(np.float64)
+    out = np.empty((1, 26))
+    servable = Servable((p,))
+    timings = interleaved_ms({
+        "kernel": lambda: _kernels.forward(x, *p.tensors(), out),
+        "model.predict": lambda: predict(p, x),
+        "Servable.predict": lambda: servable.predict(x),
+        "numpy": lambda: numpy_forward(p, x),
+    }, calls=2000, rounds=9)
+    return ", ".join(f"{name} {best * 1e3:.1f}" for name, (best, _) in timings.items())
+
+
+def forward_section(wide: bool) -> dict[str, float]:
+    """Print the forward-pass table; return its headline ratios."""
+    print("\nforward pass (class probabilities), us per call, single thread, best and median "
+          "of interleaved rounds:\n")
+    header = (f"{'forward':<21}{'h':>6}{'rows':>7}{'us/call':>11}{'median':>11}"
+              f"{'rows/s':>12}{'vs numpy':>10}")
+    print(header)
+    print("-" * len(header))
+    worst, ratios = math.inf, {}
+    for h in HIDDEN:
+        by_rows, lines = forward_rows(16, h, 26, FORWARD_ROWS, scale=0.3)
+        print("\n".join(lines))
+        worst = min(worst, *by_rows.values())
+        ratios[f"fwd_h{h}_r1_vs_numpy"] = by_rows[1]
+    ratios["fwd_letters_min_vs_numpy"] = worst
+    if wide:
+        d, h, k = WIDE
+        by_rows, lines = forward_rows(d, h, k, WIDE_ROWS, scale=0.01)
+        print(f"(d = {d:,}, h = {h:,}: the 10M-parameter model)")
+        print("\n".join(lines))
+        ratios["fwd_10m_r1_vs_numpy"] = by_rows[1]
+        ratios["fwd_10m_r1000_vs_numpy"] = by_rows[1000]
+    print(f"\none row, h = 64, us per call: {one_row_us(64)}")
+    return ratios
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="UCI letters or numeric CSV file (default: synthetic ints 0..15).")
 @click.option("--rows", type=click.IntRange(min=1), default=1000, show_default=True)
-def cli(data: Path | None, rows: int) -> None:
-    """Print ms per epoch for each kernel, shares of dgemm, ratios and goal verdicts."""
+@click.option("--wide/--no-wide", default=True, show_default=True,
+              help="Also time the forward pass of the 10M-parameter model (80 MB of w1).")
+def cli(data: Path | None, rows: int, wide: bool) -> None:
+    """Print ms per epoch for each kernel, shares of dgemm, ratios and goal verdicts, then
+    the forward pass against numpy."""
     d, k, eta = 16, 26, 1e-6
     allocator = keep_temporaries_on_the_heap()
     x, y = load_rows(data, rows, d, k)
@@ -327,6 +425,8 @@ def cli(data: Path | None, rows: int) -> None:
     for key, goal in GOALS.items():
         verdict = "met" if ratios[key] >= goal else f"MISSED by {goal / ratios[key]:.2f}x"
         print(f"goal {key} >= {goal:g}: {ratios[key]:.2f} -> {verdict}")
+    ratios.update(forward_section(wide))
+    print()
     print(" ".join(f"{key}={value:.2f}" if value < 100 else f"{key}={value:.0f}"
                    for key, value in ratios.items()))
 
