@@ -8,6 +8,7 @@ and compare what the cluster answers with mlcore.servable in this process, bit f
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -305,3 +306,25 @@ def test_evaluate_of_a_uci_file_scores_its_rows(
     scores = servable.score(letters.validate.x, letters.validate.y)
     assert f"({scores.n_errors} of 4000 rows)" in done.stdout
     assert f"mean loss {scores.mean_loss:.4f}" in done.stdout
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_predict_fails_over_to_the_next_coordinator(
+        cluster: LocalCluster, trained: dict[str, Path]) -> None:
+    servable = load_servable(trained["model"])
+    letters = read_data_dir(LETTERS)
+
+    done = client("predict", f"127.0.0.1:{_closed_port()}", str(trained["model"]),
+                  str(LETTERS / "validate_letters.txt"),
+                  "--coordinators", str(cluster.coordinator.address))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [LETTER_NAMES[i]
+                                        for i in servable.predict(letters.validate.x)]
