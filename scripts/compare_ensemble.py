@@ -150,7 +150,7 @@ def key_values(rows: list[Measured]) -> str:
     for i in range(0, len(rows) - 1, 2):
         fed, ens = rows[i], rows[i + 1]
         tag = f"d{i // 2 + 1}"
-        parts += [f"{tag}_fedavg_error={fed.error:.4f}", f"{tag}_ensemble_error={ens.error:.4f}",
+        parts += [f"{tag}_fedavg_error={fed.error:.5f}", f"{tag}_ensemble_error={ens.error:.5f}",
                   f"{tag}_ensemble_cost_x={fed.inproc_rows_s / ens.inproc_rows_s:.2f}"]
         if fed.cluster_rows_s and ens.cluster_rows_s:
             parts.append(f"{tag}_cluster_cost_x={fed.cluster_rows_s / ens.cluster_rows_s:.2f}")
