@@ -42,6 +42,7 @@ from client.dataset import UnknownDataDir, resolve_data_dir  # noqa: E402
 from client.serving import ServingFailed, ServingLink, read_model_file  # noqa: E402
 from mlcore.data import DataError, read_data_dir  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
+from mlcore.servable import Servable  # noqa: E402
 from runtime.cli import FiniteRange, run_cli  # noqa: E402
 
 CHUNK_ROWS = 1000
@@ -127,10 +128,25 @@ def measure(data: str, out: Path, coordinator, args) -> list[Measured]:
             results.append(Measured(data, "fedavg" if kind == "model" else "ensemble",
                                     len(servable.members), scores.error, scores.mean_loss,
                                     inproc, cluster_rate))
+        print("  " + members_line(out, validate), flush=True)
     finally:
         if link is not None:
             link.close()
     return results
+
+
+def members_line(out: Path, validate) -> str:
+    """How far the shard models are from each other and from the FedAvg model."""
+    fedavg = read_model_file(out / "model.npz").servable
+    ensemble = read_model_file(out / "ensemble.npz").servable
+    labels = fedavg.predict(validate.x)
+    singles = [Servable((m,), ensemble.standardization) for m in ensemble.members]
+    errors = [s.score(validate.x, validate.y).error for s in singles]
+    agree = [float(np.mean(s.predict(validate.x) == labels)) for s in singles]
+    same = float(np.mean(ensemble.predict(validate.x) == labels))
+    return (f"shard models alone: error {min(errors):.2%}..{max(errors):.2%}, each agrees with "
+            f"the FedAvg model on {min(agree):.1%}..{max(agree):.1%} of rows; the ensemble "
+            f"on {same:.1%}")
 
 
 def report(rows: list[Measured]) -> None:
