@@ -57,7 +57,8 @@ def _status_families(status: ClusterStatus) -> Iterator[Metric]:
     """ClusterStatus as metric families: per-node figures, then levels and counters."""
     yield from per_node_families("fedcluster_coordinator", _NODE_FIGURES, status.nodes or [])
     counters = dict.fromkeys(KNOWN_COUNTERS, 0) | dict(status.counters or {})
-    for name in ("nodes_alive", "shards_cached"):  # levels, not counts
+    for name in ("nodes_alive", "shards_cached", "models_cached",
+                 "predict_rows_held"):  # levels, not counts
         if name in counters:
             yield GaugeMetricFamily(f"fedcluster_coordinator_{name}", name.replace("_", " "),
                                     value=counters.pop(name))

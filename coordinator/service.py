@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from coordinator.executor import (
@@ -79,6 +80,8 @@ class CoordinatorService:
         self._token = token
         self._policies: dict[str, Policy] = {}
         self._lock = threading.Lock()
+        # Levels status() reports beside the counters, read when asked (serving adds its own).
+        self.levels: dict[str, Callable[[], int]] = {}
 
     def authorize(self, token: str | None) -> None:
         """runtime.auth.Denied unless no token is configured or `token` matches."""
@@ -170,6 +173,8 @@ class CoordinatorService:
         counters = self.counters.as_dict()
         counters["nodes_alive"] = sum(n.alive for n in nodes)
         counters["shards_cached"] = len(self.store)
+        for name, level in self.levels.items():
+            counters[name] = level()
         return ClusterStatus(nodes=nodes, policy=self.policy, counters=counters)
 
 

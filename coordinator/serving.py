@@ -79,6 +79,8 @@ class Serving:
             self._run_batch, max_rows=settings.max_rows, wait_s=settings.wait_s,
             max_queued_rows=settings.max_queued_rows, senders=settings.senders,
         )
+        service.levels["models_cached"] = lambda: len(models.store)
+        service.levels["predict_rows_held"] = self.batcher.held_rows
         # Its own policy instance: rounds pick with theirs under the executor's lock.
         self._placer = Placer(service.registry, make_policy(service.policy, service.seed),
                               max_attempts=max_attempts, counters=service.counters)
