@@ -76,7 +76,7 @@ def _policy(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option("--max-queued-rows", type=click.IntRange(min=1), default=65536,
               show_default=True,
               help="Rows of predictions waiting or in flight at once; beyond, Overloaded.")
-@click.option("--batch-senders", type=click.IntRange(min=1, max=256), default=8,
+@click.option("--batch-senders", type=click.IntRange(min=1, max=256), default=4,
               show_default=True, help="Prediction batches in flight to nodes at once.")
 @server_options(
     token="every call but ping must carry it, and the coordinator sends it to nodes.",

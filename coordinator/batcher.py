@@ -15,8 +15,9 @@ Every request is answered exactly once: a state change under the batcher's lock 
 between its batch's answer and its own deadline, whichever comes first; a request whose
 deadline passes while queued leaves the queue and is never sent. Rows held (queued or in
 flight) are bounded by `max_queued_rows`: past it, submit raises QueueFull at once rather
-than letting the queue grow. With `max_rows <= 1` there is no batching: each request runs
-on its caller's own thread, with the same bound and deadline.
+than letting the queue grow. A request of `max_rows` or more would go alone anyway, so it
+runs on its caller's own thread, with the same bound and deadline; with `max_rows <= 1`
+(no batching) every request does.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Batch:
     n_rows: int
     probabilities: bool  # computed for the whole batch when any request asks
     deadline: float  # the latest of its requests': someone still waits until then
+    queued: bool = True  # False: run by its only request's own thread, never queued
 
 
 Run = Callable[[Batch], Sequence[Any]]
@@ -83,7 +85,7 @@ class Batcher:
         max_rows: int = 256,
         wait_s: float = 0.002,
         max_queued_rows: int = 65536,
-        senders: int = 8,
+        senders: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run = run
@@ -127,12 +129,14 @@ class Batcher:
                     retry_after_s=max(self.wait_s, 0.01),
                 )
             self._held_rows += n_rows
-            if self.batching:
-                self._enqueue(key, request)
-            else:
+            alone = not self.batching or n_rows >= self.max_rows
+            if alone:
                 request.state = _SENT
-        if not self.batching:
-            self._execute(Batch(key, [request], n_rows, probabilities, request.deadline))
+            else:
+                self._enqueue(key, request)
+        if alone:  # a batch of its own: sent from the caller's thread, no hand-over
+            self._execute(Batch(key, [request], n_rows, probabilities, request.deadline,
+                                queued=False))
         return self._wait(request)
 
     def _enqueue(self, key: str, request: Request) -> None:
@@ -254,7 +258,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
             error = exc
         with self._cond:
-            if self.batching:
+            if batch.queued:
                 left = self._in_flight[batch.key] - 1
                 if left:
                     self._in_flight[batch.key] = left

@@ -51,7 +51,7 @@ class BatchSettings:
     max_rows: int = 256  # <= 1: no batching
     wait_s: float = 0.002
     max_queued_rows: int = 65536
-    senders: int = 8
+    senders: int = 4
 
 
 class Serving:
