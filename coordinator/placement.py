@@ -2,7 +2,9 @@
 
 What a prediction batch needs from the cluster, lighter than a round's executor (no threads
 of its own, no stragglers: a batch is milliseconds of work): pick a node under one lock so
-concurrent picks see each other's in-flight counts, call it with the time left, and on
+concurrent picks see each other's in-flight counts, call it with half the time left (at
+least a second, at most all of it: a node that hangs costs half the deadline, and the retry
+elsewhere still has the rest), and on
 - NodeBusyError: try another node, after a short pause once every node said busy;
 - NodeFailure: mark the node dead, exclude it, try another (at most `max_attempts` failures);
 - anything else (OutOfTime, TaskRejected, ConfigurationError): raise it to the caller.
@@ -25,6 +27,7 @@ from runtime.events import log_event
 
 T = TypeVar("T")
 BUSY_PAUSE_S = 0.01
+ATTEMPT_MIN_S = 1.0
 NO_NODE_POLL_S = 0.5
 
 
@@ -58,7 +61,7 @@ class Placer:
                 continue
             began = self._clock()
             try:
-                value = call(node, remaining)
+                value = call(node, max(remaining / 2, min(remaining, ATTEMPT_MIN_S)))
             except NodeBusyError:
                 self._registry.end_task(node, None)
                 busy.add(node)
