@@ -15,9 +15,10 @@ Every request is answered exactly once: a state change under the batcher's lock 
 between its batch's answer and its own deadline, whichever comes first; a request whose
 deadline passes while queued leaves the queue and is never sent. Rows held (queued or in
 flight) are bounded by `max_queued_rows`: past it, submit raises QueueFull at once rather
-than letting the queue grow. A request of `max_rows` or more would go alone anyway, so it
-runs on its caller's own thread, with the same bound and deadline; with `max_rows <= 1`
-(no batching) every request does.
+than letting the queue grow. A batch of one request that leaves at once (an idle model's
+request, or one of `max_rows` or more, which would go alone anyway) runs on its caller's
+own thread, with the same bound and deadline; with `max_rows <= 1` (no batching) every
+request does.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Batch:
     n_rows: int
     probabilities: bool  # computed for the whole batch when any request asks
     deadline: float  # the latest of its requests': someone still waits until then
-    queued: bool = True  # False: run by its only request's own thread, never queued
+    counted: bool = True  # counted in its key's batches in flight (not a lone big request)
 
 
 Run = Callable[[Batch], Sequence[Any]]
@@ -130,13 +131,17 @@ class Batcher:
                 )
             self._held_rows += n_rows
             alone = not self.batching or n_rows >= self.max_rows
-            if alone:
+            # An idle model's first request leaves at once: on its own thread, no hand-over.
+            idle = not alone and key not in self._queues and not self._in_flight.get(key)
+            if alone or idle:
                 request.state = _SENT
+                if idle:
+                    self._in_flight[key] = 1
             else:
                 self._enqueue(key, request)
-        if alone:  # a batch of its own: sent from the caller's thread, no hand-over
+        if alone or idle:  # a batch of its own, sent from the caller's thread
             self._execute(Batch(key, [request], n_rows, probabilities, request.deadline,
-                                queued=False))
+                                counted=idle))
         return self._wait(request)
 
     def _enqueue(self, key: str, request: Request) -> None:
@@ -258,7 +263,7 @@ class Batcher:
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
             error = exc
         with self._cond:
-            if batch.queued:
+            if batch.counted:
                 left = self._in_flight[batch.key] - 1
                 if left:
                     self._in_flight[batch.key] = left

@@ -131,11 +131,11 @@ def test_a_request_past_its_deadline_is_answered_deadline_exceeded_once_and_neve
         release.wait(10)
         return echo(batch)
 
-    batcher = Batcher(run, max_rows=100, wait_s=0.0, senders=1)
+    batcher = Batcher(run, max_rows=100, wait_s=10.0, senders=1)
     try:
         holder = threading.Thread(target=submit_all, args=(batcher, [5]))
         holder.start()
-        while not sent:  # the first batch is out; the single sender is busy with it
+        while not sent:  # the first batch is out: the next waits for it (or for 10 s)
             time.sleep(0.001)
         with pytest.raises(OutOfTime):
             batcher.submit("m", 99, 1, False, 0.05)  # queued behind it, then too late
