@@ -48,6 +48,7 @@ MALFORMED: dict[str, list[str]] = {
     "bench_round.py": ["--nodes", "1,x"],
     "bench_scale.py": ["--node-counts", "10,a"],
     "bench_time_to_accuracy.py": ["--target", "nan"],
+    "bench_wan.py": ["--rtts-ms", "10,x"],
     "compare_ensemble.py": ["--repeats", "0"],
     "experiment_policies.py": ["--load-delay-s", "inf"],
     "letters_fidelity.py": ["--seed", "x"],
