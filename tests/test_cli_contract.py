@@ -47,6 +47,7 @@ MALFORMED: dict[str, list[str]] = {
     "bench_mlcore.py": ["--rows", "0"],
     "bench_round.py": ["--nodes", "1,x"],
     "bench_scale.py": ["--node-counts", "10,a"],
+    "bench_serving.py": ["--concurrency", "1,x"],
     "bench_time_to_accuracy.py": ["--target", "nan"],
     "bench_wan.py": ["--rtts-ms", "10,x"],
     "compare_ensemble.py": ["--repeats", "0"],
