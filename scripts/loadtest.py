@@ -5,9 +5,12 @@
     .venv/bin/python scripts/loadtest.py --coordinator 127.0.0.1:9090 --duration 10 ...
     .venv/bin/python scripts/loadtest.py --out loadtest --compare nodes1,nodes2,nodes4
 
-A virtual client is a thread with its own connections. Each of its requests is either a
-small training round (RoundRequest over Thrift: tiny weights, --shards shards of
---shard-rows rows) or, with probability --status-share, a status() call. A level runs
+A virtual client is a thread with its own connections. Each of its requests is, with
+probability --status-share, a status() call, and otherwise what --workload says: `train`,
+a small training round (RoundRequest over Thrift: tiny weights, --shards shards of
+--shard-rows rows); `predict`, a predict() of --predict-rows letters rows with a model of
+h = --hidden (random weights, uploaded once with put_model: serving costs the same for any
+weights); `mix`, either of the two with even odds. A level runs
 --concurrency clients until --requests requests were issued or --duration seconds
 passed (both bound every level; --max-requests caps duration runs). Everything goes
 to --out DIR/LABEL/: raw.csv (every request), summary.csv (per level and kind),
@@ -35,6 +38,7 @@ from importlib import metadata
 from pathlib import Path
 
 import click
+import numpy as np
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,9 +48,9 @@ from timing_analysis import percentile  # noqa: E402
 
 from client.coordinator_link import CoordinatorLink  # noqa: E402
 from idl.gen import Coordinator  # noqa: E402
-from idl.gen.ttypes import RoundRequest, ShardRef, TrainConfig  # noqa: E402
+from idl.gen.ttypes import PredictRequest, RoundRequest, ShardRef, TrainConfig  # noqa: E402
 from idl.rpc import Address, ConnectionPool  # noqa: E402
-from idl.tensors import encode_tensors  # noqa: E402
+from idl.tensors import encode_tensor, encode_tensors  # noqa: E402
 from runtime.cli import (  # noqa: E402
     AddressType,
     FiniteRange,
@@ -60,7 +64,8 @@ RAW_COLUMNS = ("level", "client", "seq", "kind", "start_s", "end_s", "latency_s"
 SUMMARY_COLUMNS = ("level", "kind", "requests", "ok", "errors", "error_rate", "wall_s",
                    "throughput_rps", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms",
                    "latency_p99_ms")
-KINDS = ("all", "train", "status")
+KINDS = ("all", "train", "predict", "status")
+WORKLOADS = ("train", "predict", "mix")
 PACKAGES = ("fedcluster", "numpy", "thrift", "click", "matplotlib", "prometheus-client", "tqdm")
 STATUS_TIMEOUT_S = 30.0
 
@@ -77,6 +82,16 @@ class Workload:
     status_share: float = 0.2
     deadline_s: float = 30.0
     seed: int = 1
+    kind: str = "train"  # train, predict or mix (see WORKLOADS)
+    predict_rows: int = 1
+
+    def draw(self, rng: random.Random) -> str:
+        """The kind of the next request: status, train or predict."""
+        if rng.random() < self.status_share:
+            return "status"
+        if self.kind == "mix":
+            return "train" if rng.random() < 0.5 else "predict"
+        return self.kind
 
 
 @dataclass
@@ -123,6 +138,40 @@ def _weights(hidden: int, seed: int) -> list:
     return encode_tensors(init_params(16, hidden, 26, seed).tensors())
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """The model predict requests name, and the rows they send (letters validation rows)."""
+
+    digest: str
+    data: bytes
+    rows: np.ndarray
+
+
+def served_model(workload: Workload, directory: Path) -> ServedModel:
+    """A d=16 -> h -> 26 model file (seeded random weights), written once; its rows."""
+    import letters
+    from mlcore.data import read_data_dir
+    from mlcore.model import init_params
+    from mlcore.servable import Servable, save_servable
+
+    path = directory / "model.npz"
+    directory.mkdir(parents=True, exist_ok=True)
+    params = init_params(16, workload.hidden, 26, workload.seed, scheme="he")
+    save_servable(path, Servable((params,)))
+    data = path.read_bytes()
+    rows = read_data_dir(letters.default_data_dir()).validate.x
+    return ServedModel(hashlib.sha256(data).hexdigest(), data, rows)
+
+
+def predict_request(workload: Workload, model: ServedModel, client: int, seq: int,
+                    token: str) -> PredictRequest:
+    """predict_rows rows starting at a row that moves with the client and the request."""
+    start = (client * 997 + seq * workload.predict_rows) % len(model.rows)
+    rows = np.take(model.rows, range(start, start + workload.predict_rows), axis=0, mode="wrap")
+    return PredictRequest(model=model.digest, rows=encode_tensor(rows),
+                          deadline_s=min(workload.deadline_s, 86400.0), token=token)
+
+
 def round_request(workload: Workload, refs: list[ShardRef], job_id: str, seq: int,
                   token: str) -> RoundRequest:
     return RoundRequest(
@@ -160,21 +209,26 @@ class Level:
 
 
 def run_client(level: Level, client: int, address: Address, workload: Workload,
-               refs: list[ShardRef], paths: dict[str, Path], t0: float, token: str,
-               out: list[Record]) -> None:
+               refs: list[ShardRef], paths: dict[str, Path], model: ServedModel | None,
+               t0: float, token: str, out: list[Record]) -> None:
     """One virtual client: requests until the level says stop; every outcome recorded."""
     rng = random.Random(workload.seed * 1000 + level.concurrency * 100 + client)
     link = CoordinatorLink([address], paths)
     pool = ConnectionPool(Coordinator.Client, max_idle=1)
     try:
         while (seq := level.take()) is not None:
-            kind = "status" if rng.random() < workload.status_share else "train"
+            kind = workload.draw(rng)
             began = time.perf_counter()
             error = ""
             try:
                 if kind == "train":
                     job = f"load-c{level.concurrency}-{client}"
                     link.run_round(round_request(workload, refs, job, seq, token))
+                elif kind == "predict":
+                    assert model is not None
+                    request = predict_request(workload, model, client, seq, token)
+                    pool.call(address, workload.deadline_s + STATUS_TIMEOUT_S,
+                              lambda c, r=request: c.predict(r))
                 else:
                     pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status(token))
             except Exception as exc:  # every failure is data here, never a crash
@@ -190,16 +244,17 @@ def run_client(level: Level, client: int, address: Address, workload: Workload,
 
 
 def run_level(concurrency: int, requests: int, duration_s: float | None, address: Address,
-              workload: Workload, refs: list[ShardRef], paths: dict[str, Path], t0: float,
-              token: str, level_timeout_s: float) -> list[Record]:
+              workload: Workload, refs: list[ShardRef], paths: dict[str, Path],
+              model: ServedModel | None, t0: float, token: str,
+              level_timeout_s: float) -> list[Record]:
     """Run one level to its bound (count, or time); clients still busy past the level's
     timeout plus one request deadline are abandoned, and their requests go unrecorded."""
     limit_s = min(duration_s, level_timeout_s) if duration_s else level_timeout_s
     level = Level(concurrency, requests, time.perf_counter() + limit_s)
     records: list[Record] = []
     threads = [threading.Thread(target=run_client, daemon=True, name=f"client-{i}",
-                                args=(level, i, address, workload, refs, paths, t0, token,
-                                      records))
+                                args=(level, i, address, workload, refs, paths, model, t0,
+                                      token, records))
                for i in range(concurrency)]
     for t in threads:
         t.start()
@@ -216,13 +271,16 @@ def summarise(records: list[Record]) -> list[dict[str, str]]:
     """Per level and kind: counts, error rate, throughput of ok requests, latency of ok ones.
 
     A level's wall time runs from its first request's start to its last one's end; every
-    kind of that level is divided by the same wall time, so train + status = all.
+    kind of that level is divided by the same wall time, so train + predict + status = all.
+    Kinds the run never sends get no rows.
     """
     rows = []
+    sent = {r.kind for r in records}
+    kinds = [k for k in KINDS if k == "all" or k in sent]
     for level in sorted({r.level for r in records}):
         at_level = [r for r in records if r.level == level]
         wall_s = max(r.end_s for r in at_level) - min(r.start_s for r in at_level)
-        for kind in KINDS:
+        for kind in kinds:
             chosen = [r for r in at_level if kind in ("all", r.kind)]
             ok_ms = [r.latency_s * 1000 for r in chosen if r.ok]
             n, n_ok = len(chosen), len(ok_ms)
@@ -328,9 +386,10 @@ FIGURES = (
 
 
 def plot_run(summary: list[dict[str, str]], out_dir: Path) -> None:
+    kinds = [k for k in KINDS if any(r["kind"] == k for r in summary)]
     for filename, column, scale, ylabel, title in FIGURES:
         series = {kind: [(int(r["level"]), float(r[column]) * scale)
-                         for r in summary if r["kind"] == kind] for kind in KINDS}
+                         for r in summary if r["kind"] == kind] for kind in kinds}
         _plot(series, ylabel, title, out_dir / filename, "request kind")
 
 
@@ -365,12 +424,18 @@ def workload_lines(run: dict) -> list[str]:
     w = run["workload"]
     bound = (f"{run['duration_s']:g} s per level (at most {run['requests']} requests)"
              if run["duration_s"] else f"{run['requests']} requests per level")
+    train = (f"one training round (`run_round`) over {w['shards']} shards of "
+             f"{w['shard_rows']} rows (letters, 16 attributes, 26 classes), h = {w['hidden']}, "
+             f"{w['epochs']} epoch(s), eta {w['eta']:g}")
+    predict = (f"one `predict()` of {w.get('predict_rows', 1)} letters row(s) with a "
+               f"16 -> {w['hidden']} -> 26 model")
+    kind = w.get("kind", "train")
+    other = {"train": train, "predict": predict,
+             "mix": f"with even odds {train}, or {predict}"}[kind]
     return [
         f"- concurrency levels: {', '.join(map(str, run['levels']))} virtual clients; {bound}",
-        f"- each request: with probability {w['status_share']:g} a `status()` call, otherwise "
-        f"one training round (`run_round`) over {w['shards']} shards of {w['shard_rows']} rows "
-        f"(letters, 16 attributes, 26 classes), h = {w['hidden']}, {w['epochs']} epoch(s), "
-        f"eta {w['eta']:g}, deadline {w['deadline_s']:g} s",
+        f"- each request (workload `{kind}`): with probability {w['status_share']:g} a "
+        f"`status()` call, otherwise {other}; deadline {w['deadline_s']:g} s",
         "- latency: client-side wall time of one call; percentiles over successful requests; "
         "throughput: successful requests / level wall time (first start to last end)",
     ]
@@ -450,6 +515,11 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
 @click.option("--level-timeout-s", "--level-timeout", "level_timeout_s", cls=RenamedOption,
               type=FiniteRange(1, 86400),
               default=300.0, show_default=True, help="Longest a level may run.")
+@click.option("--workload", "workload_kind", type=click.Choice(WORKLOADS), default="train",
+              show_default=True,
+              help="What the non-status requests are: training rounds, predictions, or both.")
+@click.option("--predict-rows", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="Rows per predict request.")
 @click.option("--status-share", type=FiniteRange(0, 1), default=0.2, show_default=True,
               help="Share of requests that are status() calls.")
 @click.option("--shards", type=click.IntRange(1, 64), default=2, show_default=True,
@@ -474,7 +544,8 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
               help="Request kind plotted in a comparison.")
 def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
         requests: int | None, duration_s: float | None, max_requests: int,
-        level_timeout_s: float, status_share: float, shards: int, shard_rows: int,
+        level_timeout_s: float, workload_kind: str, predict_rows: int, status_share: float,
+        shards: int, shard_rows: int,
         hidden: int, epochs: int, deadline_s: float, policy: str, seed: int, token: str,
         out_dir: Path, label: str | None, compare_labels: str | None,
         compare_kind: str) -> None:
@@ -494,7 +565,8 @@ def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
         raise click.BadParameter("use letters, digits, - _ . only", param_hint="--label")
     bound = requests or (max_requests if duration_s else 20)
     workload = Workload(shards, shard_rows, hidden, epochs, status_share=status_share,
-                        deadline_s=deadline_s, seed=seed)
+                        deadline_s=deadline_s, seed=seed, kind=workload_kind,
+                        predict_rows=predict_rows)
     run_dir = out_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
     with ClusterUnderTest(coordinator, local_nodes, policy, run_dir) as address:
@@ -544,12 +616,16 @@ class ClusterUnderTest:
 def drive(address: Address, levels: list[int], requests: int, duration_s: float | None,
           workload: Workload, run_dir: Path, token: str,
           level_timeout_s: float) -> tuple[list[Record], dict]:
-    """Upload the shards once, then run every level in turn; records and environment."""
+    """Upload the shards (and the model) once, then run every level in turn; records and
+    environment."""
     refs, paths = write_shards(workload, run_dir / "workload")
+    model = served_model(workload, run_dir / "workload") if workload.kind != "train" else None
     link = CoordinatorLink([address], paths)
     try:
         env = environment(address, token)
         link.upload_missing(address, token)
+        if model is not None:
+            upload_model(address, model, token)
     except Exception as exc:
         raise click.ClickException(f"cannot use the coordinator at {address}: {exc}") from None
     finally:
@@ -557,12 +633,25 @@ def drive(address: Address, levels: list[int], requests: int, duration_s: float 
     t0 = time.perf_counter()
     records: list[Record] = []
     for n in levels:
-        level_records = run_level(n, requests, duration_s, address, workload, refs, paths, t0,
-                                  token, level_timeout_s)
+        level_records = run_level(n, requests, duration_s, address, workload, refs, paths,
+                                  model, t0, token, level_timeout_s)
         n_ok = sum(r.ok for r in level_records)
         click.echo(f"level {n:>4}: {len(level_records)} requests, {n_ok} ok", err=True)
         records += level_records
     return records, env
+
+
+def upload_model(address: Address, model: ServedModel, token: str) -> None:
+    """put_model unless the coordinator holds the model already."""
+    pool = ConnectionPool(Coordinator.Client, max_idle=1)
+    try:
+        missing = pool.call(address, STATUS_TIMEOUT_S,
+                            lambda c: c.missing_models([model.digest], token))
+        if model.digest in (missing or []):
+            pool.call(address, STATUS_TIMEOUT_S,
+                      lambda c: c.put_model(model.data, "loadtest-model.npz", token))
+    finally:
+        pool.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -158,3 +158,27 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
         assert done.returncode != 0
         assert fragment in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_predict_workload_records_predictions_in_csvs_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    done = loadtest("--local", "1", "--workload", "predict", "--predict-rows", "3",
+                    "--concurrency", "1,2", "--duration", "0.5", "--status-share", "0.2",
+                    "--out", str(out), "--label", "serve")
+
+    assert done.returncode == 0, done.stderr
+    run_dir = out / "serve"
+    raw = read_csv(run_dir / "raw.csv")
+    summary = read_csv(run_dir / "summary.csv")
+    assert {r["kind"] for r in raw} == {"predict", "status"}
+    assert all(r["ok"] == "1" for r in raw), [r["error"] for r in raw if r["ok"] != "1"][:3]
+    assert [(r["level"], r["kind"]) for r in summary] == [
+        (lv, k) for lv in ("1", "2") for k in ("all", "predict", "status")]
+    check_summary_against_raw(summary, raw)
+    report = (run_dir / "report.md").read_text()
+    assert report_table(report) == summary
+    assert "workload `predict`" in report and "`predict()` of 3 letters row(s)" in report
+    for name in FIGURES:
+        png_size(run_dir / name)
