@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 from thrift.Thrift import TException
 
-from compute_node.node import Busy, ComputeNodeCore, MissingShard, Task
+from compute_node.node import Busy, ComputeNodeCore, MissingShard, MissingWeights, Task
 from compute_node.serving import MissingModel, ModelError, NodeServing, model_store
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
@@ -24,12 +25,16 @@ from idl.gen.ttypes import (
     TaskResult,
     TaskTimings,
     Tensor,
+    WeightsMissing,
 )
-from idl.tensors import TensorError, decode_tensors, encode_tensor, encode_tensors
+from idl.tensors import WIRE_DTYPE, TensorError, decode_tensors, encode_tensor
+from idl.weights import weights_digest
 from mlcore.data import DataError
 from runtime.declared_errors import DENIED, Declared, EdgeHandler
 from runtime.serving_limits import ServingRequestError, check_deadline, check_rows
 from runtime.shard_store import ShardError
+
+VIEW_BYTES = 1 << 16  # a delta tensor this big leaves as a view of its array (_wire_view)
 
 # The node's core errors → the exceptions the IDL declares (the first match wins).
 NODE_ERRORS = (
@@ -40,6 +45,7 @@ NODE_ERRORS = (
              "dataset_error"),
     Declared(MissingShard, lambda exc: ShardMissing(message=str(exc), digest=exc.digest)),
     Declared(MissingModel, lambda exc: ModelMissing(message=str(exc), digest=exc.digest)),
+    Declared(MissingWeights, lambda exc: WeightsMissing(message=str(exc), digest=exc.digest)),
     Declared(Busy, lambda exc: NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s),
              "task_declined"),
     Declared(OutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
@@ -78,6 +84,13 @@ class ComputeNodeHandler(EdgeHandler):
         with self.declared("put_shard"):
             self._core.put_shard(digest or "", data or b"")
 
+    def put_weights(self, digest: str, weights: list[Tensor], token: str = "") -> None:
+        self.check_token("put_weights", token)
+        with self.declared("put_weights"):
+            tensors = list(weights or [])
+            arrays = decode_tensors(tensors, name="weights", writable=False)
+            self._core.put_weights(digest or "", weights_digest(tensors), arrays)
+
     def train(self, task: ShardTask) -> TaskResult:
         if task is None:  # a message with the struct cut off; thrift passes None
             raise InvalidRequest(message="train: the task argument is missing")
@@ -93,7 +106,7 @@ class ComputeNodeHandler(EdgeHandler):
         task.weights = None
         out = report.output
         return TaskResult(
-            delta=encode_tensors(out.delta),
+            delta=[_wire_view(a) for a in out.delta],
             n_samples=out.n_samples,
             train_loss=out.loss,
             train_error=out.error,
@@ -148,6 +161,18 @@ class ComputeNodeHandler(EdgeHandler):
         )
 
 
+def _wire_view(array: np.ndarray) -> Tensor:
+    """A Tensor over the array's own bytes, no copy, when it is bulk and wire-ready.
+
+    The delta is training's own buffer, used for nothing else: sent by reference, the
+    reply costs no second model (the node holds the round's weights meanwhile). Small
+    arrays are copied to bytes, which the C codec takes.
+    """
+    if array.nbytes >= VIEW_BYTES and array.dtype == WIRE_DTYPE and array.flags.c_contiguous:
+        return Tensor(shape=[int(n) for n in array.shape], data=array.data.cast("B"))
+    return encode_tensor(array)
+
+
 def _decode_task(task: ShardTask) -> Task:
     """Thrift ShardTask → core Task; InvalidTask/TensorError when a required part is absent."""
     weights = decode_tensors(task.weights, name="weights", writable=False)
@@ -172,4 +197,5 @@ def _decode_task(task: ShardTask) -> Task:
         settings=settings,
         may_decline=bool(task.may_decline),
         timeout_s=task.timeout_s if task.timeout_s is not None else 0.0,
+        weights_digest=task.weights_digest or "",
     )

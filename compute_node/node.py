@@ -32,6 +32,7 @@ from compute_node.trainer import (
     params_from_arrays,
     run_training,
 )
+from compute_node.weights_cache import WeightsCache
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from runtime.auth import authorize
 from runtime.events import log_event
@@ -56,16 +57,29 @@ class MissingShard(LookupError):
         self.digest = digest
 
 
+class MissingWeights(LookupError):
+    """The node holds no weights under this digest; the caller should put_weights them."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            f"weights {digest} are not on this node (it keeps the latest weights it was "
+            "given, older ones only while a task uses them); send them with put_weights "
+            "and retry"
+        )
+        self.digest = digest
+
+
 @dataclass(frozen=True)
 class Task:
-    """One shard task with its weights already decoded to arrays."""
+    """One shard task with its weights decoded to arrays, or named by `weights_digest`."""
 
     digest: str
     shard_name: str
-    weights: Sequence[np.ndarray]
+    weights: Sequence[np.ndarray]  # empty: the weights the node holds under weights_digest
     settings: TrainSettings
     may_decline: bool = False
     timeout_s: float = 0.0
+    weights_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ class ComputeNodeCore:
         self._slots = threading.BoundedSemaphore(workers)
         self._token = token
         self._crash = crash or _exit_abruptly
+        self.weights = WeightsCache()
 
     def authorize(self, token: str | None) -> None:
         """runtime.auth.Denied unless the node has no token or `token` matches it."""
@@ -108,10 +123,22 @@ class ComputeNodeCore:
         dataset = self.store.put(digest, data)
         log_event("shard_stored", digest=digest[:12], rows=dataset.n_rows, bytes=len(data))
 
+    def put_weights(self, digest: str, actual: str, arrays: Sequence[np.ndarray]) -> None:
+        """Hold a round's weights under `digest`, which must be `actual` (their digest)."""
+        check_digest(digest)
+        if digest != actual:
+            raise InvalidTask(f"put_weights: the weights hash to {actual}, not to {digest}")
+        params_from_arrays(arrays)  # InvalidTask unless they are an MLP's four tensors
+        self.weights.put(digest, arrays)
+        log_event("weights_stored", digest=digest[:12],
+                  bytes=sum(int(a.nbytes) for a in arrays))
+
     def train(self, task: Task) -> TaskReport:
         """Run one task from receipt to reply; raises the errors declared above."""
         received = time.perf_counter()
-        params = params_from_arrays(task.weights)
+        # `weights` (a local until the task ends) keeps held weights in the cache meanwhile.
+        weights = self._weights_of(task)
+        params = params_from_arrays(weights)
         check_settings(task.settings, params.d)
         _check_timeout(task.timeout_s)
         check_digest(task.digest)
@@ -134,6 +161,16 @@ class ComputeNodeCore:
             return report
         finally:
             self.stats.finished(total_s)
+
+    def _weights_of(self, task: Task) -> Sequence[np.ndarray]:
+        """The task's own weights, or those held under its weights_digest (MissingWeights)."""
+        if task.weights or not task.weights_digest:
+            return task.weights  # none at all: params_from_arrays names what is missing
+        check_digest(task.weights_digest)
+        held = self.weights.get(task.weights_digest)
+        if held is None:
+            raise MissingWeights(task.weights_digest)
+        return held
 
     def _run_accepted(self, task, params, shard, received: float) -> TaskReport:
         wait_limit = task.timeout_s if task.timeout_s > 0 else None

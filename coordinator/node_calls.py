@@ -1,10 +1,21 @@
 """Calls from the coordinator to compute nodes, with Thrift errors sorted for the executor.
 
 This is the executor's `call_node`: it trains a task on one node over a pooled
-connection, uploads the shard once when the node says it lacks it, and turns what
-went wrong into NodeBusyError (try another node), NodeFailure (node is at fault),
-TaskRejected (the request is at fault), OutOfTime (the node stopped the task at its
-time budget) or ConfigurationError (the node refused the coordinator's token).
+connection, uploads the shard once when the node says it lacks it, sends the round's
+weights to each node once (below), and turns what went wrong into NodeBusyError (try
+another node), NodeFailure (node is at fault), TaskRejected (the request is at fault),
+OutOfTime (the node stopped the task at its time budget) or ConfigurationError (the node
+refused the coordinator's token).
+
+Weights once per node and round: a round's tasks carry no weights, only their digest
+(ShardTask.weights_digest). The first task of the round to reach a node sends them with
+put_weights on its own connection, pipelined: put_weights and train leave back to back
+and their answers come back in order, so the upload costs no round trip of its own. The
+round's other tasks for that node wait for that put_weights answer (the node holds the
+weights from then on), then send only their digest: no race, and the weights cross to each
+node once. A node that lost them (restarted, or given another job's weights since)
+answers WeightsMissing: they are sent once more, and if it has lost them again by the
+time the task arrives, that one task carries them inline, which always works.
 
 The node gets the attempt's budget as ShardTask.timeout_s and stops there with
 DeadlineExceeded; the connection waits REPLY_MARGIN_S longer, so that declared answer
@@ -18,7 +29,7 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -46,13 +57,16 @@ from idl.gen.ttypes import (
     ShardMissing,
     ShardTask,
     TaskResult,
+    Tensor,
     Unauthorized,
+    WeightsMissing,
 )
 from idl.rpc import Address, ConnectionPool
 from runtime.budget import OutOfTime
 from runtime.events import log_event
 
-DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded)
+DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded,
+            WeightsMissing)
 SERVING_DECLARED = (*DECLARED, ModelMissing)
 UPLOAD_LOCKS = 64  # (node, model) pairs share these: one upload of a model to a node at a time
 REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its DeadlineExceeded) travels
@@ -60,10 +74,69 @@ REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its Deadlin
 
 @dataclass
 class NodeTask:
-    """One shard task as the executor carries it: the wire task plus the shard's bytes."""
+    """One shard task as the executor carries it: the wire task plus the shard's bytes.
+
+    With task.weights_digest set and task.weights empty, `weights` are the round's
+    weights, sent to each node once (module docstring); otherwise the task carries its own.
+    """
 
     task: ShardTask
     shard_bytes: bytes
+    weights: list[Tensor] = field(default_factory=list)
+
+    def by_digest(self) -> bool:
+        return bool(self.task.weights_digest) and not self.task.weights
+
+
+class HeldWeights:
+    """Which round weights each node holds, as far as this coordinator knows (thread-safe).
+
+    A node keeps the latest weights it was given, so one digest per node, with the number
+    of the upload that sent them: a WeightsMissing answer forgets only the upload the
+    failed task relied on, never a newer one another task made meanwhile. While one
+    thread sends a node some weights, others wanting the same ones wait for it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[Address, tuple[str, int]] = {}
+        self._sending: dict[tuple[Address, str], threading.Event] = {}
+        self._n_uploads = 0
+
+    def claim(self, address: Address, digest: str, deadline: float) -> int | None:
+        """None: the caller sends them (then calls sent()); else the upload that sent them.
+
+        Waits while another thread sends them; TimeoutError past `deadline`.
+        """
+        while True:
+            with self._lock:
+                held = self._held.get(address)
+                if held is not None and held[0] == digest:
+                    return held[1]
+                sending = self._sending.get((address, digest))
+                if sending is None:
+                    self._sending[(address, digest)] = threading.Event()
+                    return None
+            if not sending.wait(max(deadline - time.monotonic(), 0.0)):
+                raise TimeoutError("waited for another task's upload of the round's weights")
+
+    def sent(self, address: Address, digest: str, held: bool) -> int:
+        """The claimed upload ended: the node holds the weights (`held`) or not; its number."""
+        with self._lock:
+            self._n_uploads += 1
+            if held:
+                self._held[address] = (digest, self._n_uploads)
+            sending = self._sending.pop((address, digest), None)
+            upload = self._n_uploads
+        if sending is not None:
+            sending.set()
+        return upload
+
+    def forget(self, address: Address, digest: str, upload: int) -> None:
+        """The node said it lacks the weights that `upload` sent."""
+        with self._lock:
+            if self._held.get(address) == (digest, upload):
+                del self._held[address]
 
 
 @dataclass
@@ -101,6 +174,10 @@ def untangled(exc: BaseException) -> BaseException:
     return exc.with_traceback(None)
 
 
+def _tensor_bytes(tensors: list[Tensor] | None) -> int:
+    return sum(len(t.data or b"") for t in tensors or [])
+
+
 @lru_cache(maxsize=4096)
 def _address(text: str) -> Address:
     return Address.parse(text)
@@ -136,6 +213,7 @@ class NodeCaller:
         self._counters = counters or Counters()
         self._refused: set[Address] = set()  # nodes whose last probe refused our token
         self._upload_locks = [threading.Lock() for _ in range(UPLOAD_LOCKS)]
+        self._weights = HeldWeights()
 
     def __call__(
         self, node: str, work: NodeTask | EvalTask, timeout_s: float, may_decline: bool
@@ -155,7 +233,7 @@ class NodeCaller:
         # same task on another thread, so the shared one is never written to.
         request = attempt_task(work.task, may_decline, timeout_s)
         try:
-            reply = self._train(address, request, work.shard_bytes, deadline)
+            reply = self._train(address, request, work, deadline)
         except (TException, OSError, EOFError) as exc:
             # A socket timeout: REPLY_MARGIN_S past the budget, reported as the budget.
             untangled(exc)
@@ -177,26 +255,89 @@ class NodeCaller:
         raise TaskRejected(reply)
 
     def _train(
-        self, address: Address, task: ShardTask, shard_bytes: bytes, deadline: float
+        self, address: Address, task: ShardTask, work: NodeTask, deadline: float
     ) -> TaskResult | TException:
         """The node's result, or the declared exception it answered with (connection kept)."""
         with self.pool.connection(address, deadline + REPLY_MARGIN_S - time.monotonic()) as conn:
             try:
-                return conn.client.train(task)
+                return self._train_call(conn, address, task, work, deadline)
             except ShardMissing as exc:
                 untangled(exc)
             except DECLARED as exc:
                 return untangled(exc)
             self._counters.add("shard_uploads")
+            self._counters.add("bytes_to_nodes", len(work.shard_bytes))
             digest = task.shard.digest
             try:
                 conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
-                conn.client.put_shard(digest, shard_bytes, task.token or "")
+                conn.client.put_shard(digest, work.shard_bytes, task.token or "")
                 task.timeout_s = max(deadline - time.monotonic(), 0.001)  # what the upload left
                 conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
-                return conn.client.train(task)
+                return self._train_call(conn, address, task, work, deadline)
             except DECLARED as exc:
                 return untangled(exc)
+
+    def _train_call(
+        self, conn: Any, address: Address, task: ShardTask, work: NodeTask, deadline: float
+    ) -> TaskResult:
+        """train(task) on `conn`, the round's weights sent first if the node lacks them.
+
+        Raises the node's declared errors (WeightsMissing never: see the module docstring).
+        """
+        if not work.by_digest():
+            self._counters.add("bytes_to_nodes", _tensor_bytes(task.weights))
+            return conn.client.train(task)
+        digest = task.weights_digest
+        for _ in range(2):
+            upload = self._weights.claim(address, digest, deadline)
+            try:
+                if upload is None:
+                    upload = self._put_weights_then_train(conn, address, task, work.weights)
+                    return conn.client.recv_train()
+                return conn.client.train(task)
+            except WeightsMissing as exc:
+                untangled(exc)
+                if upload is not None:
+                    self._weights.forget(address, digest, upload)
+            conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
+        # Lost again at once (another job's weights displace them there): inline, this once.
+        self._counters.add("weights_inline")
+        self._counters.add("bytes_to_nodes", _tensor_bytes(work.weights))
+        inline = copy.copy(task)
+        inline.weights = work.weights
+        return conn.client.train(inline)
+
+    def _put_weights_then_train(
+        self, conn: Any, address: Address, task: ShardTask, weights: list[Tensor]
+    ) -> int:
+        """Send put_weights then train, pipelined on one connection: one round trip for both.
+
+        Returns the upload's number once the put's answer is in (the train's is next on
+        the connection): that answer releases the other tasks waiting for these weights,
+        before this task's training is over.
+        """
+        client, digest = conn.client, task.weights_digest
+        held = False
+        try:
+            client.send_put_weights(digest, weights, task.token or "")
+            client.send_train(task)
+            try:
+                client.recv_put_weights()
+            except DECLARED as exc:
+                untangled(exc)
+                try:
+                    client.recv_train()  # read it, so the connection stays in step
+                except DECLARED as late:
+                    untangled(late)
+                raise exc from None
+            held = True
+        finally:
+            upload = self._weights.sent(address, digest, held)
+        self._counters.add("weights_uploads")
+        self._counters.add("bytes_to_nodes", _tensor_bytes(weights))
+        log_event("weights_uploaded", node=str(address), weights=digest[:12],
+                  bytes=_tensor_bytes(weights))
+        return upload
 
     def predict(
         self, node: str, request: PredictRequest, model_bytes: bytes, timeout_s: float

@@ -33,6 +33,7 @@ from idl.gen.ttypes import (
     ShardTask,
     TaskRecord,
 )
+from idl.weights import weights_digest
 from runtime.auth import authorize
 from runtime.events import log_event
 from runtime.shard_store import ShardStore
@@ -142,10 +143,15 @@ class CoordinatorService:
             )
 
     def _shard_tasks(self, request: RoundRequest) -> list[NodeTask]:
-        """One task per shard, with its bytes; MissingShards for any the store lacks."""
+        """One task per shard, with its bytes; MissingShards for any the store lacks.
+
+        The tasks name the round's weights by digest, computed here once; the executor's
+        call_node sends the weights themselves to each node once (coordinator.node_calls).
+        """
         missing = self.store.missing([s.digest for s in request.shards])
         if missing:
             raise MissingShards(missing)
+        digest = weights_digest(request.weights)
         work = []
         for i, ref in enumerate(request.shards):
             data = self.store.get(ref.digest)
@@ -161,11 +167,12 @@ class CoordinatorService:
                 round=request.round,
                 shard_index=i,
                 shard=ref,
-                weights=request.weights,  # passed through untouched
+                weights=[],
+                weights_digest=digest,
                 config=request.config,
                 token=self._token or request.token or "",
             )
-            work.append(NodeTask(task, data))
+            work.append(NodeTask(task, data, request.weights))  # passed on untouched
         return work
 
     def status(self) -> ClusterStatus:

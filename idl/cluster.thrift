@@ -64,6 +64,10 @@ struct ShardTask {
   // with DeadlineExceeded; a budget spent before training stops it before its first step.
   8: double timeout_s,
   9: string token = "",       // the cluster's shared secret, as on every call
+  // sha256 of the weights (idl.weights.weights_digest: each tensor's shape and bytes). With
+  // `weights` empty the node trains from the weights it holds under this digest (put_weights
+  // sent them once this round) or answers WeightsMissing; with `weights` given, it is unused.
+  10: string weights_digest = "",
 }
 
 /** A node's answer: the weights delta and what it learnt on the way. */
@@ -196,6 +200,8 @@ exception Unauthorized { 1: string message }
 exception DeadlineExceeded { 1: string message, 2: double budget_s }
 /** The model (by digest) is not held here: put_model it, then call again. */
 exception ModelMissing { 1: string message, 2: string digest }
+/** The node does not hold the round's weights by this digest: put_weights them, then retry. */
+exception WeightsMissing { 1: string message, 2: string digest }
 /** The prediction queue is full: try again after retry_after_s. */
 exception Overloaded { 1: string message, 2: double retry_after_s }
 
@@ -217,7 +223,15 @@ service ComputeNode extends ShardHolder {
       throws (1: InvalidRequest bad, 2: DatasetError dataset, 3: Unauthorized denied),
   TaskResult train(1: ShardTask task)
       throws (1: InvalidRequest bad, 2: NodeBusy busy, 3: ShardMissing missing,
-              4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late),
+              4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late,
+              7: WeightsMissing weights_missing),
+  /**
+   * Hold a round's weights under their digest (checked), so that every task of the round
+   * on this node refers to them by ShardTask.weights_digest instead of carrying them. A node
+   * keeps the latest weights it was given, and older ones while its tasks still use them.
+   */
+  void put_weights(1: string digest, 2: list<Tensor> weights, 3: string token = "")
+      throws (1: InvalidRequest bad, 2: Unauthorized denied),
   /** Which of these model digests the node lacks. */
   list<string> missing_models(1: list<string> digests, 2: string token = "")
       throws (1: Unauthorized denied),

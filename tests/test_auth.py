@@ -39,6 +39,7 @@ from idl.gen.ttypes import (
 )
 from idl.rpc import connect
 from idl.tensors import encode_tensor, encode_tensors
+from idl.weights import weights_digest
 from mlcore.model import Params
 from mlcore.servable import Servable, save_servable
 
@@ -113,6 +114,7 @@ NODE_CALLS: dict[str, Callable[[str], Callable]] = {
     "train": lambda t: lambda c: c.train(shard_task(t)),
     "missing_models": lambda t: lambda c: c.missing_models([MODEL_DIGEST], t),
     "put_model": lambda t: lambda c: c.put_model(MODEL_DIGEST, MODEL, t),
+    "put_weights": lambda t: lambda c: c.put_weights(weights_digest(weights()), weights(), t),
     "predict": lambda t: lambda c: c.predict(predict_request(t)),
     "evaluate": lambda t: lambda c: c.evaluate(evaluate_request(t)),
 }
@@ -198,6 +200,7 @@ def test_every_node_call_works_with_the_right_token(secured):
         call(node, ComputeNode, NODE_CALLS["put_shard"](TOKEN))
         assert call(node, ComputeNode, NODE_CALLS["missing_shards"](TOKEN)) == []
         assert call(node, ComputeNode, NODE_CALLS["train"](TOKEN)).n_samples == 24
+        call(node, ComputeNode, NODE_CALLS["put_weights"](TOKEN))
         call(node, ComputeNode, NODE_CALLS["put_model"](TOKEN))
         assert call(node, ComputeNode, NODE_CALLS["missing_models"](TOKEN)) == []
         assert len(call(node, ComputeNode, NODE_CALLS["predict"](TOKEN)).labels) == 2

@@ -47,6 +47,20 @@ class Iface(idl.gen.ShardHolder.Iface):
         """
         pass
 
+    def put_weights(self, digest, weights, token):
+        """
+        Hold a round's weights under their digest (checked), so that every task of the round
+        on this node refers to them by ShardTask.weights_digest instead of carrying them. A node
+        keeps the latest weights it was given, and older ones while its tasks still use them.
+
+        Parameters:
+         - digest
+         - weights
+         - token
+
+        """
+        pass
+
     def missing_models(self, digests, token):
         """
         Which of these model digests the node lacks.
@@ -213,7 +227,51 @@ class Client(idl.gen.ShardHolder.Client, Iface):
             raise result.denied
         if result.late is not None:
             raise result.late
+        if result.weights_missing is not None:
+            raise result.weights_missing
         raise TApplicationException(TApplicationException.MISSING_RESULT, "train failed: unknown result")
+
+    def put_weights(self, digest, weights, token):
+        """
+        Hold a round's weights under their digest (checked), so that every task of the round
+        on this node refers to them by ShardTask.weights_digest instead of carrying them. A node
+        keeps the latest weights it was given, and older ones while its tasks still use them.
+
+        Parameters:
+         - digest
+         - weights
+         - token
+
+        """
+        self.send_put_weights(digest, weights, token)
+        self.recv_put_weights()
+
+    def send_put_weights(self, digest, weights, token):
+        self._oprot.writeMessageBegin('put_weights', TMessageType.CALL, self._seqid)
+        args = put_weights_args()
+        args.digest = digest
+        args.weights = weights
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_put_weights(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = put_weights_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.bad is not None:
+            raise result.bad
+        if result.denied is not None:
+            raise result.denied
+        return
 
     def missing_models(self, digests, token):
         """
@@ -390,6 +448,7 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         self._processMap["load"] = Processor.process_load
         self._processMap["put_shard"] = Processor.process_put_shard
         self._processMap["train"] = Processor.process_train
+        self._processMap["put_weights"] = Processor.process_put_weights
         self._processMap["missing_models"] = Processor.process_missing_models
         self._processMap["put_model"] = Processor.process_put_model
         self._processMap["predict"] = Processor.process_predict
@@ -502,6 +561,9 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         except DeadlineExceeded as late:
             msg_type = TMessageType.REPLY
             result.late = late
+        except WeightsMissing as weights_missing:
+            msg_type = TMessageType.REPLY
+            result.weights_missing = weights_missing
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -511,6 +573,35 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("train", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_put_weights(self, seqid, iprot, oprot):
+        args = put_weights_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = put_weights_result()
+        try:
+            self._handler.put_weights(args.digest, args.weights, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except InvalidRequest as bad:
+            msg_type = TMessageType.REPLY
+            result.bad = bad
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("put_weights", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -1033,11 +1124,12 @@ class train_result(object):
      - dataset
      - denied
      - late
+     - weights_missing
 
     """
 
 
-    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None, late=None,):
+    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None, late=None, weights_missing=None,):
         self.success = success
         self.bad = bad
         self.busy = busy
@@ -1045,6 +1137,7 @@ class train_result(object):
         self.dataset = dataset
         self.denied = denied
         self.late = late
+        self.weights_missing = weights_missing
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1091,6 +1184,11 @@ class train_result(object):
                     self.late = DeadlineExceeded.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 7:
+                if ftype == TType.STRUCT:
+                    self.weights_missing = WeightsMissing.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1129,6 +1227,10 @@ class train_result(object):
             oprot.writeFieldBegin('late', TType.STRUCT, 6)
             self.late.write(oprot)
             oprot.writeFieldEnd()
+        if self.weights_missing is not None:
+            oprot.writeFieldBegin('weights_missing', TType.STRUCT, 7)
+            self.weights_missing.write(oprot)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1154,6 +1256,176 @@ train_result.thrift_spec = (
     (4, TType.STRUCT, 'dataset', [DatasetError, None], None, ),  # 4
     (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
     (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
+    (7, TType.STRUCT, 'weights_missing', [WeightsMissing, None], None, ),  # 7
+)
+
+
+class put_weights_args(object):
+    """
+    Attributes:
+     - digest
+     - weights
+     - token
+
+    """
+
+
+    def __init__(self, digest=None, weights=None, token="",):
+        self.digest = digest
+        self.weights = weights
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.LIST:
+                    self.weights = []
+                    (_etype131, _size128) = iprot.readListBegin()
+                    for _i132 in range(_size128):
+                        _elem133 = Tensor()
+                        _elem133.read(iprot)
+                        self.weights.append(_elem133)
+                    iprot.readListEnd()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 3:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_weights_args')
+        if self.digest is not None:
+            oprot.writeFieldBegin('digest', TType.STRING, 1)
+            oprot.writeString(self.digest)
+            oprot.writeFieldEnd()
+        if self.weights is not None:
+            oprot.writeFieldBegin('weights', TType.LIST, 2)
+            oprot.writeListBegin(TType.STRUCT, len(self.weights))
+            for iter134 in self.weights:
+                iter134.write(oprot)
+            oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 3)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_weights_args)
+put_weights_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'digest', None, None, ),  # 1
+    (2, TType.LIST, 'weights', (TType.STRUCT, [Tensor, None], False), None, ),  # 2
+    (3, TType.STRING, 'token', None, "", ),  # 3
+)
+
+
+class put_weights_result(object):
+    """
+    Attributes:
+     - bad
+     - denied
+
+    """
+
+
+    def __init__(self, bad=None, denied=None,):
+        self.bad = bad
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRUCT:
+                    self.bad = InvalidRequest.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('put_weights_result')
+        if self.bad is not None:
+            oprot.writeFieldBegin('bad', TType.STRUCT, 1)
+            self.bad.write(oprot)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 2)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(put_weights_result)
+put_weights_result.thrift_spec = (
+    None,  # 0
+    (1, TType.STRUCT, 'bad', [InvalidRequest, None], None, ),  # 1
+    (2, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 2
 )
 
 
@@ -1182,10 +1454,10 @@ class missing_models_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.digests = []
-                    (_etype131, _size128) = iprot.readListBegin()
-                    for _i132 in range(_size128):
-                        _elem133 = iprot.readString()
-                        self.digests.append(_elem133)
+                    (_etype138, _size135) = iprot.readListBegin()
+                    for _i139 in range(_size135):
+                        _elem140 = iprot.readString()
+                        self.digests.append(_elem140)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1207,8 +1479,8 @@ class missing_models_args(object):
         if self.digests is not None:
             oprot.writeFieldBegin('digests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRING, len(self.digests))
-            for iter134 in self.digests:
-                oprot.writeString(iter134)
+            for iter141 in self.digests:
+                oprot.writeString(iter141)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.token is not None:
@@ -1264,10 +1536,10 @@ class missing_models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype138, _size135) = iprot.readListBegin()
-                    for _i139 in range(_size135):
-                        _elem140 = iprot.readString()
-                        self.success.append(_elem140)
+                    (_etype145, _size142) = iprot.readListBegin()
+                    for _i146 in range(_size142):
+                        _elem147 = iprot.readString()
+                        self.success.append(_elem147)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1289,8 +1561,8 @@ class missing_models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRING, len(self.success))
-            for iter141 in self.success:
-                oprot.writeString(iter141)
+            for iter148 in self.success:
+                oprot.writeString(iter148)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.denied is not None:

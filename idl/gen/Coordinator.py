@@ -1656,10 +1656,10 @@ class missing_models_args(object):
             if fid == 1:
                 if ftype == TType.LIST:
                     self.digests = []
-                    (_etype145, _size142) = iprot.readListBegin()
-                    for _i146 in range(_size142):
-                        _elem147 = iprot.readString()
-                        self.digests.append(_elem147)
+                    (_etype152, _size149) = iprot.readListBegin()
+                    for _i153 in range(_size149):
+                        _elem154 = iprot.readString()
+                        self.digests.append(_elem154)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1681,8 +1681,8 @@ class missing_models_args(object):
         if self.digests is not None:
             oprot.writeFieldBegin('digests', TType.LIST, 1)
             oprot.writeListBegin(TType.STRING, len(self.digests))
-            for iter148 in self.digests:
-                oprot.writeString(iter148)
+            for iter155 in self.digests:
+                oprot.writeString(iter155)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.token is not None:
@@ -1738,10 +1738,10 @@ class missing_models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype152, _size149) = iprot.readListBegin()
-                    for _i153 in range(_size149):
-                        _elem154 = iprot.readString()
-                        self.success.append(_elem154)
+                    (_etype159, _size156) = iprot.readListBegin()
+                    for _i160 in range(_size156):
+                        _elem161 = iprot.readString()
+                        self.success.append(_elem161)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1763,8 +1763,8 @@ class missing_models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRING, len(self.success))
-            for iter155 in self.success:
-                oprot.writeString(iter155)
+            for iter162 in self.success:
+                oprot.writeString(iter162)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.denied is not None:
@@ -1881,11 +1881,11 @@ class list_models_result(object):
             if fid == 0:
                 if ftype == TType.LIST:
                     self.success = []
-                    (_etype159, _size156) = iprot.readListBegin()
-                    for _i160 in range(_size156):
-                        _elem161 = ModelInfo()
-                        _elem161.read(iprot)
-                        self.success.append(_elem161)
+                    (_etype166, _size163) = iprot.readListBegin()
+                    for _i167 in range(_size163):
+                        _elem168 = ModelInfo()
+                        _elem168.read(iprot)
+                        self.success.append(_elem168)
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
@@ -1907,8 +1907,8 @@ class list_models_result(object):
         if self.success is not None:
             oprot.writeFieldBegin('success', TType.LIST, 0)
             oprot.writeListBegin(TType.STRUCT, len(self.success))
-            for iter162 in self.success:
-                iter162.write(oprot)
+            for iter169 in self.success:
+                iter169.write(oprot)
             oprot.writeListEnd()
             oprot.writeFieldEnd()
         if self.denied is not None:

@@ -440,11 +440,12 @@ class ShardTask(object):
      - may_decline
      - timeout_s
      - token
+     - weights_digest
 
     """
 
 
-    def __init__(self, job_id=None, round=None, shard_index=None, shard=None, weights=None, config=None, may_decline=None, timeout_s=None, token="",):
+    def __init__(self, job_id=None, round=None, shard_index=None, shard=None, weights=None, config=None, may_decline=None, timeout_s=None, token="", weights_digest="",):
         self.job_id = job_id
         self.round = round
         self.shard_index = shard_index
@@ -454,6 +455,7 @@ class ShardTask(object):
         self.may_decline = may_decline
         self.timeout_s = timeout_s
         self.token = token
+        self.weights_digest = weights_digest
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -517,6 +519,11 @@ class ShardTask(object):
                     self.token = iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 10:
+                if ftype == TType.STRING:
+                    self.weights_digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -565,6 +572,10 @@ class ShardTask(object):
         if self.token is not None:
             oprot.writeFieldBegin('token', TType.STRING, 9)
             oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        if self.weights_digest is not None:
+            oprot.writeFieldBegin('weights_digest', TType.STRING, 10)
+            oprot.writeString(self.weights_digest)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2711,6 +2722,94 @@ class ModelMissing(TException):
         return not (self == other)
 
 
+class WeightsMissing(TException):
+    """
+    The node does not hold the round's weights by this digest: put_weights them, then retry.
+
+    Attributes:
+     - message
+     - digest
+
+    """
+
+
+    def __init__(self, message=None, digest=None,):
+        super(WeightsMissing, self).__setattr__('message', message)
+        super(WeightsMissing, self).__setattr__('digest', digest)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, self.digest, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        digest = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    digest = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+            digest=digest,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('WeightsMissing')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        if self.digest is not None:
+            oprot.writeFieldBegin('digest', TType.STRING, 2)
+            oprot.writeString(self.digest)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class Overloaded(TException):
     """
     The prediction queue is full: try again after retry_after_s.
@@ -2844,6 +2943,7 @@ ShardTask.thrift_spec = (
     (7, TType.BOOL, 'may_decline', None, None, ),  # 7
     (8, TType.DOUBLE, 'timeout_s', None, None, ),  # 8
     (9, TType.STRING, 'token', None, "", ),  # 9
+    (10, TType.STRING, 'weights_digest', None, "", ),  # 10
 )
 all_structs.append(TaskResult)
 TaskResult.thrift_spec = (
@@ -3006,6 +3106,12 @@ DeadlineExceeded.thrift_spec = (
 )
 all_structs.append(ModelMissing)
 ModelMissing.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', None, None, ),  # 1
+    (2, TType.STRING, 'digest', None, None, ),  # 2
+)
+all_structs.append(WeightsMissing)
+WeightsMissing.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'message', None, None, ),  # 1
     (2, TType.STRING, 'digest', None, None, ),  # 2
