@@ -13,7 +13,8 @@ Three parts, each selectable with --part (nodes | data | model | all):
   proof that the second round sends no shard bytes (coordinator's shard_uploads counter and
   the nodes' put_shard log events).
 - model: a ~10M-parameter model through client -> coordinator -> node -> coordinator ->
-  client: tensor bytes moved per second of transfer time, and peak RSS against model size.
+  client: tensor bytes moved per second of transfer time, bytes sent to nodes per round
+  (--model-shards tasks on --model-nodes nodes), and peak RSS against model size.
 
 With --tls the data and model parts run on clusters with mutual TLS on every hop
 (throwaway certificates made with the openssl command); the nodes part's simulated
@@ -322,11 +323,13 @@ def model_shard(rows: int = 4) -> bytes:
 
 
 def run_model_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
-    d, h, k = MODEL_D, MODEL_H, MODEL_K
+    d, h, k = MODEL_D, args.model_h, MODEL_K
     n_params = d * h + h + h * k + k
     model_mb = n_params * 8 / 1e6
+    n_nodes, n_shards = args.model_nodes, args.model_shards
     print(f"\n== model: d={d} h={h:,} k={k}: {n_params:,} parameters = {model_mb:.1f} MB of "
-          "float64, 1 epoch on a 4-row shard, 1 node ==")
+          f"float64, 1 epoch on a 4-row shard, {n_shards} shard task(s) on {n_nodes} node(s), "
+          "round-robin ==")
     rng = np.random.default_rng(1)
     weights = encode_tensors([rng.uniform(-0.01, 0.01, s) for s in ((d, h), (h,), (h, k), (k,))])
     tensor_bytes = sum(len(t.data) for t in weights)
@@ -335,40 +338,56 @@ def run_model_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
                    n_bytes=len(shard))
     rows = []
     with cluster(workdir, args) as local:
-        node = local.add_node(0.0, "--load-delay-s", "0")
+        nodes = [local.add_node(0.0, "--load-delay-s", "0") for _ in range(n_nodes)]
         coord = local.add_coordinator("round-robin")
         conn = coordinator_client(coord, args.pki)
         try:
             conn.client.put_shard(ref.digest, shard, "")
+            sent_before = conn.client.status("").counters.get("bytes_to_nodes")
             for round_no in range(1, args.model_rounds + 1):
+                # New weights each round, as training makes them (b2 differs: a new digest).
+                weights[3] = encode_tensors([np.full(k, 0.01 * round_no)])[0]
                 request = RoundRequest(job_id="wide", round=round_no, weights=weights,
-                                       shards=[ref], config=TrainConfig(epochs=1, eta=1e-3),
-                                       deadline_s=600.0)
+                                       shards=[ref] * n_shards,
+                                       config=TrainConfig(epochs=1, eta=1e-3), deadline_s=600.0)
                 began = time.perf_counter()
                 result = conn.client.run_round(request)
                 wall = time.perf_counter() - began
-                timings = result.results[0].timings
-                delta_bytes = sum(len(t.data) for t in result.results[0].delta)
-                rows.append((wall, timings.compute_s, timings.total_s, delta_bytes))
+                compute = max(r.timings.compute_s for r in result.results)
+                delta_bytes = sum(len(t.data) for r in result.results for t in r.delta)
+                sent_after = conn.client.status("").counters.get("bytes_to_nodes")
+                rows.append((wall, compute, delta_bytes, _bytes_to_nodes(
+                    sent_before, sent_after, result, tensor_bytes)))
+                sent_before = sent_after
         finally:
             conn.close()
-        coord_rss, node_rss = peak_rss_mb(coord.pid), peak_rss_mb(node.pid)
-    header = f"{'round':>5} {'wall s':>7} {'node compute s':>14} {'transfer s':>10} {'MB/s':>7}"
+        coord_rss = peak_rss_mb(coord.pid)
+        node_rss = max(peak_rss_mb(node.pid) for node in nodes)
+    header = (f"{'round':>5} {'wall s':>7} {'node compute s':>14} {'transfer s':>10} {'MB/s':>7} "
+              f"{'MB to nodes':>11}")
     print(header)
     print("-" * len(header))
     rates = []
-    for i, (wall, compute, _total, delta_bytes) in enumerate(rows, 1):
+    for i, (wall, compute, delta_bytes, (sent, _source)) in enumerate(rows, 1):
         moved = tensor_bytes + delta_bytes
         transfer = wall - compute
         rates.append(moved / transfer / 1e6)
-        print(f"{i:>5} {wall:>7.3f} {compute:>14.3f} {transfer:>10.3f} {rates[-1]:>7.0f}")
-    rate = statistics.median(rates[1:] if len(rates) > 1 else rates)
-    print(f"MB/s = (weights sent + delta returned = {(tensor_bytes + rows[0][3]) / 1e6:.0f} MB) / "
-          "(client's round wall time - the node's compute_s); each byte crosses two hops "
-          "(client-coordinator, coordinator-node) each way, so the wire carries twice that.")
+        print(f"{i:>5} {wall:>7.3f} {compute:>14.3f} {transfer:>10.3f} {rates[-1]:>7.0f} "
+              f"{sent / 1e6:>11.1f}")
+    steady = slice(1, None) if len(rows) > 1 else slice(None)
+    rate = statistics.median(rates[steady])
+    wall_s = statistics.median(r[0] for r in rows[steady])
+    sent_mb = statistics.median(r[3][0] for r in rows[steady]) / 1e6
+    print(f"MB/s = (weights sent + deltas returned = {(tensor_bytes + rows[0][2]) / 1e6:.0f} MB) "
+          "/ (client's round wall time - the slowest task's compute_s); each byte crosses two "
+          "hops (client-coordinator, coordinator-node) each way, so the wire carries twice that.")
+    print(f"MB to nodes = tensor and shard bytes the coordinator sent to nodes in the round "
+          f"({rows[-1][3][1]}); the model is {tensor_bytes / 1e6:.0f} MB, so the least a round "
+          f"can send is {min(n_nodes, n_shards) * tensor_bytes / 1e6:.0f} MB.")
+    print(f"median of rounds 2..: round {wall_s:.3f} s, {sent_mb:.0f} MB to nodes")
     print(f"peak RSS: coordinator {coord_rss:.0f} MB = {coord_rss / model_mb:.1f}x the model, "
           f"node {node_rss:.0f} MB = {node_rss / model_mb:.1f}x the model "
-          f"(model {model_mb:.0f} MB)")
+          f"(model {model_mb:.0f} MB; the largest of {n_nodes} node(s))")
     verdict("tensor bytes per second of round trip (median of rounds 2..)", rate, 300, "MB/s",
             at_most=False)
     verdict(f"coordinator peak RSS over {len(rows)} rounds / model", coord_rss / model_mb, 2.5,
@@ -376,7 +395,21 @@ def run_model_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
     verdict(f"node peak RSS over {len(rows)} rounds / model", node_rss / model_mb, 3, "x",
             at_most=True)
     return {"model_mb_per_s": rate, "model_coord_rss_x": coord_rss / model_mb,
-            "model_node_rss_x": node_rss / model_mb}
+            "model_node_rss_x": node_rss / model_mb, "model_round_s": wall_s,
+            "model_mb_to_nodes_per_round": sent_mb}
+
+
+def _bytes_to_nodes(before: int | None, after: int | None, result: object,
+                    tensor_bytes: int) -> tuple[float, str]:
+    """Bytes the coordinator sent to nodes in one round, and where the figure came from.
+
+    Its bytes_to_nodes counter when it keeps one; otherwise (a coordinator from before the
+    counter) every attempt carried the weights, so attempts x the weights' bytes.
+    """
+    if before is not None and after is not None:
+        return after - before, "the coordinator's bytes_to_nodes counter"
+    attempts = sum(r.attempts for r in result.records)  # type: ignore[attr-defined]
+    return attempts * tensor_bytes, "no counter: attempts x the weights' bytes"
 
 
 # ---------------------------------------------------------------------------- main
@@ -403,6 +436,14 @@ def run_model_part(workdir: Path, args: SimpleNamespace) -> dict[str, float]:
 @click.option("--data-epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--data-rounds", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--model-rounds", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--model-nodes", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Model part: nodes in the cluster.")
+@click.option("--model-shards", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Model part: shard tasks per round (the same 4-row shard each time). A "
+              "round's result carries one delta per shard and a message is at most 256 MB: "
+              "3 shards of the default model, 16 of --model-h 1500.")
+@click.option("--model-h", type=click.IntRange(1, 100_000), default=MODEL_H, show_default=True,
+              help="Model part: hidden units (d = 1000, k = 26).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Keep generated letters here between runs.")
 @click.option("--tls", is_flag=True, help="Data and model parts: mutual TLS on every hop.")
