@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from thrift.transport.TTransport import TTransportException
 
+from compute_node.registration import Registrar, resolve_all
 from harness import REPO, ServerProcess, start_node
 from idl.gen import ComputeNode, Coordinator
 from idl.gen.ttypes import (
@@ -546,6 +547,35 @@ def test_node_registers_with_its_coordinators_and_keeps_a_heartbeat(node_factory
 
     assert len(recorder.registered) >= 2
     assert recorder.registered[0] == ("127.0.0.1", proc.address.port, "t")
+
+
+def test_a_name_of_several_coordinators_registers_with_each_of_them():
+    # A headless Service's name resolves to every coordinator replica: each must learn the node.
+    first, second = RecordingCoordinator(), RecordingCoordinator()
+    one = ThriftServer(Coordinator.Processor(first), "127.0.0.1", 0, name="one")
+    two = ThriftServer(Coordinator.Processor(second), "127.0.0.2", one.address.port, name="two")
+    one.start()
+    two.start()
+    name = Address("coordinators.example", one.address.port)
+    registrar = Registrar(
+        [name], Address("127.0.0.1", 9999), "t", 0.05,
+        resolve=lambda a: [Address("127.0.0.1", a.port), Address("127.0.0.2", a.port)],
+    )
+    registrar.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (first.registered and second.registered) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        registrar.stop()
+        one.stop()
+        two.stop()
+    assert first.registered[0] == second.registered[0] == ("127.0.0.1", 9999, "t")
+
+
+def test_resolving_keeps_a_single_address_and_one_family():
+    assert resolve_all(Address("127.0.0.1", 9090)) == [Address("127.0.0.1", 9090)]
+    assert resolve_all(Address("localhost", 9090)) == [Address("localhost", 9090)]
 
 
 # --- process and CLI ------------------------------------------------------------------------

@@ -46,13 +46,15 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == [p.name for p in MANIFESTS]
 
 
-def test_nodes_register_through_the_coordinator_service() -> None:
+def test_nodes_register_with_every_coordinator_replica() -> None:
     resources = all_resources()
-    service = resources["Service/fedcluster-coordinator"]
+    service = resources["Service/fedcluster-coordinator-peers"]
+    assert service["spec"]["clusterIP"] == "None"  # headless: the name resolves to each pod
     port = service["spec"]["ports"][0]["port"]
+    assert resources["Service/fedcluster-coordinator"]["spec"]["ports"][0]["port"] == port
     (node,) = containers(resources["Deployment/fedcluster-node"])
     args = node["args"]
-    assert args[args.index("--coordinator") + 1] == f"fedcluster-coordinator:{port}"
+    assert args[args.index("--coordinator") + 1] == f"fedcluster-coordinator-peers:{port}"
     assert args[args.index("--advertise-host") + 1] == "$(POD_IP)"
     selector = service["spec"]["selector"]
     labels = resources["Deployment/fedcluster-coordinator"]["spec"]["template"]["metadata"]
