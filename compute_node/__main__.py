@@ -9,7 +9,7 @@ import click
 
 from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
-from compute_node.node import ComputeNodeCore
+from compute_node.node import WEIGHTS_WAIT_S, ComputeNodeCore
 from compute_node.registration import Registrar
 from compute_node.serving import NodeServing, model_store
 from compute_node.shards import node_store
@@ -67,6 +67,12 @@ from runtime.events import configure_logging, log_event
     "--workers", type=click.IntRange(min=1), default=1, show_default=True,
     help="Tasks trained at once; the rest queue.",
 )
+@click.option(
+    "--weights-wait-s", type=FiniteRange(min=0.0, max=600), default=WEIGHTS_WAIT_S,
+    show_default=True,
+    help="Seconds a task naming weights not yet here waits for them (at most half its "
+         "budget) before answering WeightsMissing.",
+)
 @server_options(token="every call but ping must carry it.", cache="parsed shards kept in memory",
                 work="tasks whose", models="parsed models kept in memory")
 def cli(
@@ -87,6 +93,7 @@ def cli(
     max_model_cache_bytes: int,
     max_predict_work: int,
     workers: int,
+    weights_wait_s: float,
     metrics_port: int | None,
     limits: ServerLimits,
     tls: TlsContexts,
@@ -98,7 +105,7 @@ def cli(
                       secrets.randbits(32) if seed is None else seed)
     store = node_store(max_shard_cache_bytes, data_dir)
     core = ComputeNodeCore(store, LoadSimulator(load), workers=workers, token=token,
-                           max_task_work=max_task_work)
+                           max_task_work=max_task_work, weights_wait_s=weights_wait_s)
     serving = NodeServing(model_store(max_model_cache_bytes), store, max_predict_work)
     handler, metrics = _handler(core, serving, metered=metrics_port is not None)
     server = listen_or_fail(ComputeNode.Processor(handler), host, port, "compute_node", tls,
@@ -109,7 +116,8 @@ def cli(
         load_delay_s=load_delay_s, seed=load.seed, workers=workers, data_dir=data_dir or "",
         shards_indexed=store.n_indexed, crash_probability=crash_probability,
         extra_latency_s=extra_latency_s, tls=tls.mode, auth="token" if token else "off",
-        max_task_work=max_task_work, max_predict_work=max_predict_work,
+        max_task_work=max_task_work, weights_wait_s=weights_wait_s,
+        max_predict_work=max_predict_work,
         max_model_cache_bytes=max_model_cache_bytes,
     )
     if metrics and metrics_port is not None:

@@ -6,6 +6,13 @@ then delay), then training on one of `workers` slots. Requests that are wrong fa
 before the node spends any time on them; the load draws happen only for tasks that
 could run. A task's timeout bounds all of it, from receipt: queueing, the load delay
 and training, which stops between steps once the budget is spent (OutOfTime).
+
+A task that names its weights by digest may arrive before them: the coordinator sends a
+node's other tasks of a round as soon as it has sent the weights (put_weights) on another
+connection, not once they are answered, so a small train can overtake a large upload.
+Such a task waits for the digest to appear, at most `weights_wait_s` and half its own
+budget (the rest is left for the coordinator's recovery), then answers MissingWeights:
+a node that really lacks them (restarted, given other weights since) still says so.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from idl.gen.constants import DEFAULT_MAX_TASK_WORK
 from runtime.auth import authorize
 from runtime.events import log_event
 from runtime.shard_store import ShardStore, check_digest
+
+WEIGHTS_WAIT_S = 2.0  # default wait of a task for weights named by digest (module docstring)
 
 
 class Busy(RuntimeError):
@@ -102,6 +111,7 @@ class ComputeNodeCore:
         token: str = "",
         max_task_work: int = DEFAULT_MAX_TASK_WORK,
         crash: Callable[[], None] | None = None,
+        weights_wait_s: float = WEIGHTS_WAIT_S,
     ) -> None:
         self.store = store
         self.load = load
@@ -111,6 +121,7 @@ class ComputeNodeCore:
         self._token = token
         self._crash = crash or _exit_abruptly
         self.weights = WeightsCache()
+        self.weights_wait_s = weights_wait_s
 
     def authorize(self, token: str | None) -> None:
         """runtime.auth.Denied unless the node has no token or `token` matches it."""
@@ -163,13 +174,26 @@ class ComputeNodeCore:
             self.stats.finished(total_s)
 
     def _weights_of(self, task: Task) -> Sequence[np.ndarray]:
-        """The task's own weights, or those held under its weights_digest (MissingWeights)."""
+        """The task's own weights, or those held under its weights_digest, waited for if
+        still on their way (module docstring); MissingWeights when they do not come."""
         if task.weights or not task.weights_digest:
             return task.weights  # none at all: params_from_arrays names what is missing
         check_digest(task.weights_digest)
         held = self.weights.get(task.weights_digest)
+        if held is not None:
+            return held
+        wait_s = self.weights_wait_s
+        if task.timeout_s > 0:
+            wait_s = min(wait_s, task.timeout_s / 2)
+        started = time.perf_counter()
+        held = self.weights.wait_for(task.weights_digest, wait_s)
+        waited_s = time.perf_counter() - started
         if held is None:
+            log_event("weights_missing", shard=task.shard_name,
+                      weights=task.weights_digest[:12], waited_s=waited_s)
             raise MissingWeights(task.weights_digest)
+        log_event("weights_waited", shard=task.shard_name, weights=task.weights_digest[:12],
+                  waited_s=waited_s)
         return held
 
     def _run_accepted(self, task, params, shard, received: float) -> TaskReport:

@@ -12,6 +12,7 @@ it answers WeightsMissing and the coordinator sends them again.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ class WeightsCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._stored = threading.Condition(self._lock)
         self._latest: RoundWeights | None = None
         self._by_digest: weakref.WeakValueDictionary[str, RoundWeights] = (
             weakref.WeakValueDictionary()
@@ -40,12 +42,24 @@ class WeightsCache:
                 held = RoundWeights(arrays)
                 self._by_digest[digest] = held
             self._latest = held  # the previous latest now lives only as long as its tasks
+            self._stored.notify_all()
             return held
 
     def get(self, digest: str) -> RoundWeights | None:
         """The weights under `digest`, or None when the node does not hold them."""
         with self._lock:
             return self._by_digest.get(digest)
+
+    def wait_for(self, digest: str, timeout_s: float) -> RoundWeights | None:
+        """The weights under `digest`, waiting up to `timeout_s` for them to be put; else None."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                held = self._by_digest.get(digest)
+                left = deadline - time.monotonic()
+                if held is not None or left <= 0:
+                    return held
+                self._stored.wait(left)
 
     def __len__(self) -> int:
         with self._lock:

@@ -11,11 +11,15 @@ Weights once per node and round: a round's tasks carry no weights, only their di
 (ShardTask.weights_digest). The first task of the round to reach a node sends them with
 put_weights on its own connection, pipelined: put_weights and train leave back to back
 and their answers come back in order, so the upload costs no round trip of its own. The
-round's other tasks for that node wait for that put_weights answer (the node holds the
-weights from then on), then send only their digest: no race, and the weights cross to each
-node once. A node that lost them (restarted, or given another job's weights since)
-answers WeightsMissing: they are sent once more, and if it has lost them again by the
-time the task arrives, that one task carries them inline, which always works.
+round's other tasks for that node wait only until that put_weights request is sent, then
+send their train by digest at once: one round trip each too, and the weights cross to
+each node once. Such a train may reach the node before the weights (another connection,
+a smaller message); the node waits for them a short while (compute_node.node). A node
+that lost them (restarted, or given another job's weights since) answers WeightsMissing:
+they are sent once more, and if it has lost them again by the time the task arrives,
+that one task carries them inline, which always works. A WeightsMissing to a train sent
+before the put_weights was answered means the upload was slow, not lost: the task waits
+for that answer and names the weights again.
 
 The node gets the attempt's budget as ShardTask.timeout_s and stops there with
 DeadlineExceeded; the connection waits REPLY_MARGIN_S longer, so that declared answer
@@ -88,55 +92,77 @@ class NodeTask:
         return bool(self.task.weights_digest) and not self.task.weights
 
 
-class HeldWeights:
-    """Which round weights each node holds, as far as this coordinator knows (thread-safe).
+@dataclass(eq=False)
+class Upload:
+    """One put_weights of some weights to one node, announced once its request was sent."""
 
-    A node keeps the latest weights it was given, so one digest per node, with the number
-    of the upload that sent them: a WeightsMissing answer forgets only the upload the
-    failed task relied on, never a newer one another task made meanwhile. While one
-    thread sends a node some weights, others wanting the same ones wait for it.
+    number: int
+    digest: str
+    answered: threading.Event = field(default_factory=threading.Event)  # or its call failed
+
+
+class HeldWeights:
+    """Which round weights each node holds or is being sent, as far as this coordinator
+    knows (thread-safe).
+
+    A node keeps the latest weights it was given, so one upload per node: a WeightsMissing
+    answer forgets only the upload the failed task relied on, never a newer one another
+    task made meanwhile. While one thread writes a node's put_weights request, others
+    wanting the same weights wait for it to be sent (not answered: the node waits for
+    weights that a task names before they arrive).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: dict[Address, tuple[str, int]] = {}
-        self._sending: dict[tuple[Address, str], threading.Event] = {}
+        self._latest: dict[Address, Upload] = {}
+        self._writing: dict[tuple[Address, str], threading.Event] = {}
         self._n_uploads = 0
 
-    def claim(self, address: Address, digest: str, deadline: float) -> int | None:
-        """None: the caller sends them (then calls sent()); else the upload that sent them.
+    def claim(self, address: Address, digest: str, deadline: float) -> Upload | None:
+        """None: the caller sends them (then announce() or abandon()); else their upload.
 
-        Waits while another thread sends them; TimeoutError past `deadline`.
+        Waits while another thread writes their request; TimeoutError past `deadline`.
         """
         while True:
             with self._lock:
-                held = self._held.get(address)
-                if held is not None and held[0] == digest:
-                    return held[1]
-                sending = self._sending.get((address, digest))
-                if sending is None:
-                    self._sending[(address, digest)] = threading.Event()
+                upload = self._latest.get(address)
+                if upload is not None and upload.digest == digest:
+                    return upload
+                writing = self._writing.get((address, digest))
+                if writing is None:
+                    self._writing[(address, digest)] = threading.Event()
                     return None
-            if not sending.wait(max(deadline - time.monotonic(), 0.0)):
-                raise TimeoutError("waited for another task's upload of the round's weights")
+            if not writing.wait(max(deadline - time.monotonic(), 0.0)):
+                raise TimeoutError("waited for another task to send the round's weights")
 
-    def sent(self, address: Address, digest: str, held: bool) -> int:
-        """The claimed upload ended: the node holds the weights (`held`) or not; its number."""
+    def announce(self, address: Address, digest: str) -> Upload:
+        """The claimed put_weights request is sent: tasks may name the weights from now on."""
         with self._lock:
             self._n_uploads += 1
-            if held:
-                self._held[address] = (digest, self._n_uploads)
-            sending = self._sending.pop((address, digest), None)
-            upload = self._n_uploads
-        if sending is not None:
-            sending.set()
+            upload = self._latest[address] = Upload(self._n_uploads, digest)
+            writing = self._writing.pop((address, digest), None)
+        if writing is not None:
+            writing.set()
         return upload
 
-    def forget(self, address: Address, digest: str, upload: int) -> None:
+    def abandon(self, address: Address, digest: str) -> None:
+        """The claimed request could not be sent: the next task to claim them sends them."""
+        with self._lock:
+            writing = self._writing.pop((address, digest), None)
+        if writing is not None:
+            writing.set()
+
+    def answered(self, address: Address, upload: Upload, held: bool) -> None:
+        """The node answered `upload` (`held`: it took the weights), or its call failed."""
+        if not held:
+            self.forget(address, upload)
+        upload.answered.set()
+
+    def forget(self, address: Address, upload: Upload) -> None:
         """The node said it lacks the weights that `upload` sent."""
         with self._lock:
-            if self._held.get(address) == (digest, upload):
-                del self._held[address]
+            if self._latest.get(address) is upload:
+                del self._latest[address]
 
 
 @dataclass
@@ -280,7 +306,7 @@ class NodeCaller:
     def _train_call(
         self, conn: Any, address: Address, task: ShardTask, work: NodeTask, deadline: float
     ) -> TaskResult:
-        """train(task) on `conn`, the round's weights sent first if the node lacks them.
+        """train(task) on `conn`, the round's weights sent first unless another task has.
 
         Raises the node's declared errors (WeightsMissing never: see the module docstring).
         """
@@ -288,17 +314,28 @@ class NodeCaller:
             self._counters.add("bytes_to_nodes", _tensor_bytes(task.weights))
             return conn.client.train(task)
         digest = task.weights_digest
-        for _ in range(2):
+        losses = 0
+        for _ in range(4):  # two losses, and a train that overtook its weights, at most
+            if losses == 2:
+                break
             upload = self._weights.claim(address, digest, deadline)
+            confirmed = True  # a pipelined train reaches the node after its put_weights
             try:
                 if upload is None:
                     upload = self._put_weights_then_train(conn, address, task, work.weights)
                     return conn.client.recv_train()
+                confirmed = upload.answered.is_set()
                 return conn.client.train(task)
             except WeightsMissing as exc:
                 untangled(exc)
-                if upload is not None:
-                    self._weights.forget(address, digest, upload)
+                if upload is None:
+                    raise
+                if confirmed:  # the node held them, and has lost them since
+                    self._weights.forget(address, upload)
+                    losses += 1
+                elif not upload.answered.wait(max(deadline - time.monotonic(), 0.0)):
+                    # this train overtook a slow upload and the node's wait ran out
+                    raise TimeoutError("waited for the node to take the round's weights") from None
             conn.set_timeout(deadline + REPLY_MARGIN_S - time.monotonic())
         # Lost again at once (another job's weights displace them there): inline, this once.
         self._counters.add("weights_inline")
@@ -309,17 +346,23 @@ class NodeCaller:
 
     def _put_weights_then_train(
         self, conn: Any, address: Address, task: ShardTask, weights: list[Tensor]
-    ) -> int:
+    ) -> Upload:
         """Send put_weights then train, pipelined on one connection: one round trip for both.
 
-        Returns the upload's number once the put's answer is in (the train's is next on
-        the connection): that answer releases the other tasks waiting for these weights,
-        before this task's training is over.
+        Once put_weights is sent, the round's other tasks for this node send their trains
+        by digest (the node waits for weights named before they arrive), so theirs cost
+        one round trip too. Returns the upload once the put's answer is in (the train's is
+        next on the connection).
         """
         client, digest = conn.client, task.weights_digest
-        held = False
         try:
             client.send_put_weights(digest, weights, task.token or "")
+        except BaseException:
+            self._weights.abandon(address, digest)
+            raise
+        upload = self._weights.announce(address, digest)
+        held = False
+        try:
             client.send_train(task)
             try:
                 client.recv_put_weights()
@@ -332,7 +375,7 @@ class NodeCaller:
                 raise exc from None
             held = True
         finally:
-            upload = self._weights.sent(address, digest, held)
+            self._weights.answered(address, upload, held)
         self._counters.add("weights_uploads")
         self._counters.add("bytes_to_nodes", _tensor_bytes(weights))
         log_event("weights_uploaded", node=str(address), weights=digest[:12],

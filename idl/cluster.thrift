@@ -66,7 +66,8 @@ struct ShardTask {
   9: string token = "",       // the cluster's shared secret, as on every call
   // sha256 of the weights (idl.weights.weights_digest: each tensor's shape and bytes). With
   // `weights` empty the node trains from the weights it holds under this digest (put_weights
-  // sent them once this round) or answers WeightsMissing; with `weights` given, it is unused.
+  // sent them once this round; if they are still on their way, it waits a short while, at
+  // most half of timeout_s) or answers WeightsMissing; with `weights` given, it is unused.
   10: string weights_digest = "",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import threading
@@ -10,6 +11,10 @@ import time
 import numpy as np
 import pytest
 
+from compute_node.load import LoadConfig, LoadSimulator
+from compute_node.node import ComputeNodeCore, MissingWeights, Task
+from compute_node.shards import node_store
+from compute_node.trainer import TrainSettings
 from compute_node.weights_cache import WeightsCache
 from coordinator.node_calls import HeldWeights, NodeCaller, NodeTask
 from idl.gen import ComputeNode, Coordinator
@@ -162,20 +167,126 @@ def test_the_node_keeps_the_latest_weights_and_older_ones_only_while_in_use():
 def test_concurrent_tasks_for_one_node_send_the_weights_once():
     held = HeldWeights()
     node = Address("127.0.0.1", 1)
-    claims: list[bool] = []
+    claims: list = []
     first = held.claim(node, "d" * 64, time.monotonic() + 5)
     threads = [threading.Thread(target=lambda: claims.append(
         held.claim(node, "d" * 64, time.monotonic() + 5))) for _ in range(4)]
     for t in threads:
         t.start()
     time.sleep(0.05)
-    assert claims == []  # they wait for the upload under way
-    held.sent(node, "d" * 64, True)
+    assert claims == []  # they wait while the put_weights request is being written
+    upload = held.announce(node, "d" * 64)  # written, not yet answered
     for t in threads:
         t.join(5)
 
     assert first is None  # this one sends them
-    assert len(claims) == 4 and len(set(claims)) == 1 and claims[0] is not None
+    assert claims == [upload] * 4 and not upload.answered.is_set()
+
+
+def core_task(data: bytes, digest: str, timeout_s: float = 30.0) -> Task:
+    return Task(digest=hashlib.sha256(data).hexdigest(), shard_name="t", weights=[],
+                settings=TrainSettings(epochs=2, eta=1e-3), timeout_s=timeout_s,
+                weights_digest=digest)
+
+
+def test_a_task_that_overtakes_its_weights_waits_for_them():
+    # Prepare: the shard is here, the weights arrive 0.2 s after the task naming them
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(0.0, 0.0, seed=1)))
+    (_, data), = make_shards(1)
+    core.put_shard(hashlib.sha256(data).hexdigest(), data)
+    weights = weights_for(1)
+    digest = weights_digest(weights)
+    arrays = decode_tensors(weights, writable=False)
+    late = threading.Timer(0.2, core.put_weights, (digest, digest, arrays))
+    late.start()
+    try:
+        # Execute
+        by_digest = core.train(core_task(data, digest))
+    finally:
+        late.cancel()
+    inline = core.train(dataclasses.replace(core_task(data, ""), weights=arrays))
+
+    # Assert: trained on those weights, bitwise as with them inline
+    assert [d.tobytes() for d in by_digest.output.delta] == [
+        d.tobytes() for d in inline.output.delta]
+
+
+@pytest.mark.parametrize(("wait_s", "timeout_s", "waited_s"), [(0.3, 30.0, 0.3), (5.0, 0.4, 0.2)])
+def test_weights_that_do_not_come_are_missing_after_the_wait(wait_s, timeout_s, waited_s):
+    # Prepare: a node that never gets them (restarted, or given others since)
+    core = ComputeNodeCore(node_store(1 << 20), LoadSimulator(LoadConfig(0.0, 0.0, seed=1)),
+                           weights_wait_s=wait_s)
+    (_, data), = make_shards(1)
+    core.put_shard(hashlib.sha256(data).hexdigest(), data)
+
+    # Execute
+    started = time.monotonic()
+    with pytest.raises(MissingWeights):
+        core.train(core_task(data, "e" * 64, timeout_s))
+    elapsed = time.monotonic() - started
+
+    # Assert: the window, or half the task's budget when that is shorter
+    assert waited_s <= elapsed < waited_s + 1.0
+
+
+class _SlowToAnswerNode:
+    """Answers put_weights only once the round's other tasks' trains have arrived (or 5 s)."""
+
+    def __init__(self, n_others: int) -> None:
+        self.puts = 0
+        self._n_others = n_others
+        self._others_here = threading.Event()
+        self.answered_after_others: list[bool] = []
+        self._lock = threading.Lock()
+        self._by_digest = 0
+
+    def put_weights(self, digest, weights, token="") -> None:
+        self.puts += 1
+        self.answered_after_others.append(self._others_here.wait(5.0))
+
+    def train(self, task: ShardTask) -> TaskResult:
+        if not task.weights:
+            with self._lock:
+                self._by_digest += 1
+                if self._by_digest == self._n_others:  # the pipelined one comes after the answer
+                    self._others_here.set()
+        return TaskResult(delta=[], n_samples=1, node="slow")
+
+    def ping(self) -> bool:
+        return True
+
+
+def test_other_tasks_for_a_node_do_not_wait_for_the_weights_answer():
+    # Prepare: a node that answers put_weights only after the other tasks' trains arrive;
+    # were they to wait for that answer (a second round trip), it would take 5 s
+    handler = _SlowToAnswerNode(n_others=3)
+    server = ThriftServer(ComputeNode.Processor(handler), name="slow-to-answer")
+    server.start()
+    caller = NodeCaller()
+    weights = weights_for(1)
+    (ref, data), = make_shards(1)
+    task = ShardTask(job_id="once", round=1, shard=ref, weights=[],
+                     weights_digest=weights_digest(weights), config=TrainConfig(epochs=1, eta=1))
+    results: list = []
+    try:
+        # Execute: four tasks for one node at once
+        started = time.monotonic()
+        threads = [threading.Thread(target=lambda: results.append(caller(
+            str(server.address), NodeTask(task, data, weights), 10.0, False)))
+            for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        elapsed = time.monotonic() - started
+    finally:
+        caller.close()
+        server.stop()
+
+    # Assert: one upload, answered after the other trains had arrived
+    assert [r.n_samples for r in results] == [1] * 4
+    assert handler.puts == 1 and handler.answered_after_others == [True]
+    assert elapsed < 4.0
 
 
 class _ForgetfulNode:
