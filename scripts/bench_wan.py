@@ -12,8 +12,9 @@ workload's round on the same hosts with no delay and unshaped links (protocol co
 zero latency included), rescaled by the nodes' training seconds of the run against the
 base's (the machine is shared: training slowed by other load is no network cost), and
 bytes are the most any one link carried in one direction during a round, counted on the
-link itself. Beside them, the coordinator's own counts of a steady round: bytes sent to
-nodes (bytes_to_nodes: weights and shards) and weights uploads (weights_uploads). A
+link itself. Beside them, the coordinator's own counts over the run's rounds (round 1
+sends the shards too): bytes sent to nodes (bytes_to_nodes) and weights uploads
+(weights_uploads: one per node and round when each node gets them once). A
 setting meets the goal when its median steady round (the first round, which uploads the
 shards, left out) is within --goal times its ideal.
 
@@ -59,8 +60,8 @@ class Measured:
     round_s: float  # median steady round
     link_bytes: float  # most bytes one link carried one way in a steady round (median)
     node_compute_s: float  # the nodes' training seconds in a steady round, summed (median)
-    bytes_to_nodes: float  # the coordinator's bytes_to_nodes counter in a steady round (median)
-    weights_uploads: float  # its weights_uploads counter in a steady round (median)
+    bytes_to_nodes: int  # the coordinator's bytes_to_nodes counter over the run's rounds
+    weights_uploads: int  # its weights_uploads counter over the run's rounds
 
 
 def cpu_model() -> str:
@@ -118,7 +119,6 @@ def run_setting(workdir: Path, data: Path, n_nodes: int, rounds: int, hidden: in
             for line in client.stdout:
                 if line.startswith("round "):
                     snapshots.append([b for h in hosts for b in net.link_bytes(h)])
-                    counters.append(coordinator_counters(coordinator.address))
             err = client.stderr.read() if client.stderr else ""
             code = client.wait()
         finally:
@@ -129,6 +129,8 @@ def run_setting(workdir: Path, data: Path, n_nodes: int, rounds: int, hidden: in
         if code != 0:
             raise click.ClickException(f"the client failed (h={hidden}, rtt={rtt_s}s): "
                                        f"{' '.join(err.split())[-500:]}")
+        # read once the client is done: a read at a round's end races the next round's start
+        counters.append(coordinator_counters(coordinator.address))
     rows = read_timing(timing)[1]
     round_s = [float(r["round_s"]) for r in rows if r["kind"] == "round"]
     per_round = [max(b - a for a, b in zip(before, after, strict=True))
@@ -137,14 +139,12 @@ def run_setting(workdir: Path, data: Path, n_nodes: int, rounds: int, hidden: in
     compute = [sum(float(r["compute_s"]) for r in rows
                    if r["kind"] == "task" and r["round"] == str(k + 1))
                for k in range(len(round_s))]
-    sent = {key: [after.get(key, 0) - before.get(key, 0)
-                  for before, after in zip(counters, counters[1:], strict=False)]
+    sent = {key: counters[-1].get(key, 0) - counters[0].get(key, 0)
             for key in ("bytes_to_nodes", "weights_uploads")}
     return Measured(hidden, rtt_s, rate_bit_s, statistics.median(round_s[steady]),
                     statistics.median(per_round[steady] or per_round),
                     statistics.median(compute[steady]),
-                    statistics.median(sent["bytes_to_nodes"][steady] or [0]),
-                    statistics.median(sent["weights_uploads"][steady] or [0]))
+                    sent["bytes_to_nodes"], sent["weights_uploads"])
 
 
 def compute_s(m: Measured, base: Measured) -> float:
@@ -219,8 +219,8 @@ def cli(data: Path | None, n_nodes: int, rounds: int, hiddens: list[int], rtts_m
           f"coordinator and client hosts; {rounds} rounds of 16 shards x 75 epochs; out {out}")
     results: list[tuple[Measured, float]] = []
     header = (f"{'h':>4} {'rtt ms':>6} {'Mbit/s':>7} {'round s':>8} {'compute s':>9} "
-              f"{'KB/round':>9} {'ideal s':>8} {'ratio':>6} {'KB to nodes':>11} "
-              f"{'uploads':>7}  verdict")
+              f"{'KB/round':>9} {'ideal s':>8} {'ratio':>6} {'KB to nodes/run':>15} "
+              f"{'uploads/run':>11}  verdict")
     for hidden in hiddens:
         base = run_setting(out / f"h{hidden}-base", data, n_nodes, rounds, hidden, 0.0, None)
         print(f"\nh = {hidden}: compute (no delay, unshaped) {base.round_s:.3f} s a round, "
@@ -237,19 +237,19 @@ def cli(data: Path | None, n_nodes: int, rounds: int, hiddens: list[int], rtts_m
                 verdict = "ok" if ratio <= goal else f"MISSED by {ratio / goal:.2f}x"
                 print(f"{hidden:>4} {rtt_ms:>6g} {rate:>7g} {m.round_s:>8.3f} "
                       f"{compute_s(m, base):>9.3f} {m.link_bytes / 1e3:>9.0f} {ideal:>8.3f} "
-                      f"{ratio:>6.2f} {m.bytes_to_nodes / 1e3:>11.0f} "
-                      f"{m.weights_uploads:>7g}  {verdict}", flush=True)
+                      f"{ratio:>6.2f} {m.bytes_to_nodes / 1e3:>15.0f} "
+                      f"{m.weights_uploads:>11}  {verdict}", flush=True)
     table = out / "wan.csv"
     with open(table, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["hidden", "rtt_ms", "rate_mbit", "round_s", "link_bytes_per_round",
-                         "ideal_s", "ratio", "within_goal", "bytes_to_nodes_per_round",
-                         "weights_uploads_per_round"])
+                         "ideal_s", "ratio", "within_goal", "bytes_to_nodes_run",
+                         "weights_uploads_run"])
         for m, ideal in results:
             writer.writerow([m.hidden, f"{m.rtt_s * 1000:g}", f"{(m.rate_bit_s or 0) / 1e6:g}",
                              f"{m.round_s:.4f}", f"{m.link_bytes:.0f}", f"{ideal:.4f}",
                              f"{m.round_s / ideal:.3f}", m.round_s / ideal <= goal,
-                             f"{m.bytes_to_nodes:.0f}", f"{m.weights_uploads:g}"])
+                             m.bytes_to_nodes, m.weights_uploads])
     plot(results, out / "wan.png")
     ratios = [m.round_s / ideal for m, ideal in results]
     worst = max(range(len(results)), key=lambda i: ratios[i])
