@@ -18,10 +18,15 @@ _NAMES = ("w1", "b1", "w2", "b2")
 
 def save_model(path: str | os.PathLike[str], params: Params, meta: dict[str, Any]) -> None:
     """Write params and JSON-serialisable meta to path; a crash never leaves a partial file."""
+    write_npz(path, meta, dict(zip(_NAMES, params.tensors(), strict=True)))
+
+
+def write_npz(
+    path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, Any]
+) -> None:
+    """Arrays and a JSON metadata string as .npz, atomically (fsync, then rename)."""
     target = Path(path)
     meta_json = json.dumps(meta, sort_keys=True)  # TypeError here, before touching the disk
-    # Any: numpy's stub would match a dict of arrays against savez's allow_pickle: bool
-    arrays: dict[str, Any] = dict(zip(_NAMES, params.tensors(), strict=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -12,16 +12,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mlcore import model
+from mlcore.checkpoint import write_npz
 from mlcore.model import Params
 from mlcore.standardize import Standardization
 
@@ -146,7 +145,6 @@ def shard_models(params: Params, deltas: Sequence[Params]) -> tuple[Params, ...]
 
 def save_servable(path: str | os.PathLike[str], servable: Servable) -> None:
     """Write the model file (atomically: a crash never leaves a partial file)."""
-    target = Path(path)
     meta = dict(servable.meta)
     meta["members"] = len(servable.members)
     meta["class_names"] = list(servable.class_names)
@@ -157,17 +155,7 @@ def save_servable(path: str | os.PathLike[str], servable: Servable) -> None:
     for i, member in enumerate(servable.members):
         prefix = "" if len(servable.members) == 1 else f"m{i}_"
         arrays.update({prefix + n: t for n, t in zip(_NAMES, member.tensors(), strict=True)})
-    meta_json = json.dumps(meta, sort_keys=True)  # TypeError here, before touching the disk
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, meta=np.array(meta_json), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz(path, meta, arrays)
 
 
 def load_servable(source: bytes | str | os.PathLike[str], name: str = "") -> Servable:
