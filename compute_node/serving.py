@@ -18,7 +18,7 @@ import numpy as np
 
 from compute_node.node import MissingShard
 from compute_node.shards import Shard
-from compute_node.trainer import ShardMismatch
+from compute_node.trainer import check_shard_fits
 from mlcore.servable import Scores, Servable, load_servable
 from runtime.events import log_event
 from runtime.serving_limits import (
@@ -137,15 +137,4 @@ class NodeServing:
 
 def _check_fit(servable: Servable, shard: Shard, label: str) -> None:
     """ShardMismatch (a dataset error) when the shard's width or labels do not fit the model."""
-    if shard.n_rows and shard.n_features != servable.n_features:
-        raise ShardMismatch(
-            f"{label}: rows have {shard.n_features} features but the model takes "
-            f"{servable.n_features}"
-        )
-    too_big = np.flatnonzero(shard.y >= servable.n_classes)
-    if too_big.size:
-        i = int(too_big[0])
-        raise ShardMismatch(
-            f"{label} line {i + 1}: label {int(shard.y[i])} out of range for a model with "
-            f"{servable.n_classes} classes"
-        )
+    check_shard_fits(shard, servable.n_features, servable.n_classes, label)

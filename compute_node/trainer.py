@@ -97,20 +97,24 @@ def check_settings(settings: TrainSettings, d: int | None = None) -> None:
             raise InvalidTask(f"config.{exc}") from None
 
 
-def check_fit(params: Params, shard: Shard, shard_name: str) -> None:
-    """The shard must have d features and labels < k; the work must fit in memory."""
-    if shard.n_features != params.d:
+def check_shard_fits(shard: Shard, d: int, k: int, shard_name: str) -> None:
+    """ShardMismatch (a dataset error) unless the rows have d features and labels below k."""
+    if shard.n_rows and shard.n_features != d:
         raise ShardMismatch(
-            f"{shard_name}: rows have {shard.n_features} features but the model expects "
-            f"d = {params.d} (w1 has shape [{params.d}, {params.h}])"
+            f"{shard_name}: rows have {shard.n_features} features but the model expects d = {d}"
         )
-    too_big = np.flatnonzero(shard.y >= params.k)
+    too_big = np.flatnonzero(shard.y >= k)
     if too_big.size:
         i = int(too_big[0])
         raise ShardMismatch(
             f"{shard_name} line {i + 1}: label {int(shard.y[i])} out of range for a model "
-            f"with k = {params.k} classes"
+            f"with k = {k} classes"
         )
+
+
+def check_fit(params: Params, shard: Shard, shard_name: str) -> None:
+    """The shard must have d features and labels < k; the work must fit in memory."""
+    check_shard_fits(shard, params.d, params.k, shard_name)
     work = shard.n_rows * (params.h + params.k)
     if work > MAX_ACTIVATION_VALUES:
         raise InvalidTask(
