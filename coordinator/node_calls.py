@@ -267,18 +267,9 @@ class NodeCaller:
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
         if isinstance(reply, TaskResult):
             return reply
-        if isinstance(reply, NodeBusy):
-            raise NodeBusyError(reply.message or "busy", reply.retry_after_s or 0.0)
         if isinstance(reply, ShardMissing):
             raise NodeFailure("lost the shard right after it was uploaded")
-        if isinstance(reply, Unauthorized):
-            raise ConfigurationError(
-                f"node {node} refused the coordinator's token: {reply.message} (give the "
-                "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
-            )
-        if isinstance(reply, DeadlineExceeded):
-            raise OutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
-        raise TaskRejected(reply)
+        raise declared_failure(reply, node, timeout_s)
 
     def _train(
         self, address: Address, task: ShardTask, work: NodeTask, deadline: float
@@ -404,18 +395,9 @@ class NodeCaller:
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
         if isinstance(reply, Prediction | Evaluation):
             return reply
-        if isinstance(reply, NodeBusy):
-            raise NodeBusyError(reply.message or "busy", reply.retry_after_s or 0.0)
         if isinstance(reply, ModelMissing | ShardMissing):
             raise NodeFailure(f"lost what it was sent right after the upload: {reply.message}")
-        if isinstance(reply, Unauthorized):
-            raise ConfigurationError(
-                f"node {node} refused the coordinator's token: {reply.message} (give the "
-                "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
-            )
-        if isinstance(reply, DeadlineExceeded):
-            raise OutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
-        raise TaskRejected(reply)
+        raise declared_failure(reply, node, timeout_s)
 
     def _serve_call(
         self, address: Address, method: str, request: Any, model_bytes: bytes,
@@ -480,3 +462,17 @@ class NodeCaller:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def declared_failure(reply: TException, node: str, timeout_s: float) -> Exception:
+    """What a node's declared answer (busy, refused token, out of time, invalid) means here."""
+    if isinstance(reply, NodeBusy):
+        return NodeBusyError(reply.message or "busy", reply.retry_after_s or 0.0)
+    if isinstance(reply, Unauthorized):
+        return ConfigurationError(
+            f"node {node} refused the coordinator's token: {reply.message} (give the "
+            "coordinator and every node the same --token-file or FEDCLUSTER_TOKEN)"
+        )
+    if isinstance(reply, DeadlineExceeded):
+        return OutOfTime(f"{node}: {reply.message}", reply.budget_s or timeout_s)
+    return TaskRejected(reply)
