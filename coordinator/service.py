@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from coordinator.executor import (
@@ -30,6 +30,7 @@ from idl.gen.ttypes import (
     NodeStatus,
     RoundRequest,
     RoundResult,
+    ShardRef,
     ShardTask,
     TaskRecord,
 )
@@ -142,18 +143,13 @@ class CoordinatorService:
                 policy=policy.name,
             )
 
-    def _shard_tasks(self, request: RoundRequest) -> list[NodeTask]:
-        """One task per shard, with its bytes; MissingShards for any the store lacks.
-
-        The tasks name the round's weights by digest, computed here once; the executor's
-        call_node sends the weights themselves to each node once (coordinator.node_calls).
-        """
-        missing = self.store.missing([s.digest for s in request.shards])
+    def held_shards(self, refs: Sequence[ShardRef]) -> list[bytes]:
+        """Each shard's bytes, checked against its ref; MissingShards for any not held."""
+        missing = self.store.missing([r.digest or "" for r in refs])
         if missing:
             raise MissingShards(missing)
-        digest = weights_digest(request.weights)
-        work = []
-        for i, ref in enumerate(request.shards):
+        held = []
+        for i, ref in enumerate(refs):
             data = self.store.get(ref.digest)
             if data is None:  # evicted since the check just above
                 raise MissingShards([ref.digest])
@@ -162,6 +158,19 @@ class CoordinatorService:
                     f"shards[{i}] ({ref.name}): n_bytes says {ref.n_bytes}, "
                     f"the uploaded shard has {len(data)}"
                 )
+            held.append(data)
+        return held
+
+    def _shard_tasks(self, request: RoundRequest) -> list[NodeTask]:
+        """One task per shard, with its bytes; MissingShards for any the store lacks.
+
+        The tasks name the round's weights by digest, computed here once; the executor's
+        call_node sends the weights themselves to each node once (coordinator.node_calls).
+        """
+        held = self.held_shards(request.shards)
+        digest = weights_digest(request.weights)
+        work = []
+        for i, (ref, data) in enumerate(zip(request.shards, held, strict=True)):
             task = ShardTask(
                 job_id=request.job_id or "",
                 round=request.round,

@@ -22,7 +22,7 @@ from coordinator.models import HeldModel, ModelShelf
 from coordinator.node_calls import EvalTask, NodeCaller
 from coordinator.placement import Placer
 from coordinator.policies import make_policy
-from coordinator.service import CoordinatorService, MissingShards
+from coordinator.service import CoordinatorService
 from coordinator.validation import RequestError
 from idl.gen.ttypes import (
     EvaluateRequest,
@@ -170,20 +170,8 @@ class Serving:
         self, digest: str, refs: Sequence, held: HeldModel, deadline_s: float
     ) -> list[EvalTask]:
         """One task per shard with its bytes; MissingShards for any the store lacks."""
-        store = self._service.store
-        missing = store.missing([r.digest or "" for r in refs])
-        if missing:
-            raise MissingShards(missing)
         tasks = []
-        for i, ref in enumerate(refs):
-            data = store.get(ref.digest)
-            if data is None:  # evicted since the check just above
-                raise MissingShards([ref.digest])
-            if ref.n_bytes and ref.n_bytes != len(data):
-                raise RequestError(
-                    f"shards[{i}] ({ref.name}): n_bytes says {ref.n_bytes}, "
-                    f"the uploaded shard has {len(data)}"
-                )
+        for ref, data in zip(refs, self._service.held_shards(refs), strict=True):
             check_work(max(ref.n_rows or 0, 0), held.n_parameters, self.max_work,
                        "the coordinator")
             one = EvaluateRequest(model=digest, shards=[ref], deadline_s=deadline_s,
