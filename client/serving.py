@@ -25,21 +25,13 @@ from thrift.Thrift import TApplicationException
 from thrift.transport.TTransport import TTransportException
 
 from client.coordinator_link import RoundFailed, upload_missing_shards
-from idl.gen import Coordinator
+from idl.gen import Coordinator, ttypes
 from idl.gen.ttypes import (
-    DatasetError,
-    DeadlineExceeded,
     EvaluateRequest,
     Evaluation,
-    InvalidRequest,
-    ModelMissing,
-    NoNodesAvailable,
-    Overloaded,
     Prediction,
     PredictRequest,
-    ShardMissing,
     ShardRef,
-    Unauthorized,
 )
 from idl.rpc import Address, ConnectionPool
 from idl.tensors import TensorError, decode_tensor, encode_tensor
@@ -47,6 +39,9 @@ from mlcore.servable import Scores, Servable, load_servable
 from runtime.events import log_event
 
 T = TypeVar("T")
+# What the coordinator answers when the request itself cannot be served: said, not retried.
+REFUSALS = (ttypes.InvalidRequest, ttypes.NoNodesAvailable, ttypes.DeadlineExceeded,
+            ttypes.Unauthorized)
 SHORT_CALL_S = 30.0
 CALL_MARGIN_S = 10.0  # beyond a request's own deadline, for the reply to arrive
 MAX_MODEL_BYTES = 200 * 1024 * 1024  # below the servers' default 256 MiB frame
@@ -184,10 +179,10 @@ class ServingLink:
                                 lambda c: c.put_model(model.data, model.name, token))
                 log_event("model_uploaded", coordinator=str(address), digest=model.digest[:12],
                           bytes=len(model.data), seconds=time.perf_counter() - started)
-        except Unauthorized as exc:
+        except ttypes.Unauthorized as exc:
             raise ServingFailed(f"coordinator {address} refused the client: "
                                 f"{exc.message}") from None
-        except InvalidRequest as exc:
+        except ttypes.InvalidRequest as exc:
             raise ServingFailed(f"coordinator {address} refused the model {model.path}: "
                                 f"{exc.message}") from None
         self._held.add((address, model.digest))
@@ -201,20 +196,20 @@ class ServingLink:
             try:
                 return self._pool.call(address, self._deadline_s + CALL_MARGIN_S,
                                        lambda c: c.predict(request))
-            except ModelMissing:
+            except ttypes.ModelMissing:
                 if reloaded:  # uploaded a moment ago and gone again: the cache cannot hold it
                     raise ServingFailed(f"coordinator {address} keeps losing model "
                                         f"{model.digest[:12]} ({model.name})") from None
                 self._ensure_model(address, model, force=True)
                 reloaded = True
-            except Overloaded as exc:
+            except ttypes.Overloaded as exc:
                 wait_s = min(max(exc.retry_after_s or 0.0, 0.001), give_up - time.monotonic())
                 if wait_s <= 0:
                     raise ServingFailed(f"coordinator {address} stayed overloaded for the "
                                         f"deadline ({self._deadline_s:g} s): {exc.message}; try "
                                         "again later or with a longer --deadline-s") from None
                 time.sleep(wait_s)
-            except (InvalidRequest, NoNodesAvailable, DeadlineExceeded, Unauthorized) as exc:
+            except REFUSALS as exc:
                 raise ServingFailed(_refusal(address, "the prediction", exc)) from None
 
     def _evaluate_on(self, address: Address, model: ModelFile, request: EvaluateRequest,
@@ -229,29 +224,28 @@ class ServingLink:
             try:
                 return self._pool.call(address, self._deadline_s + CALL_MARGIN_S,
                                        lambda c: c.evaluate(request))
-            except (ShardMissing, ModelMissing) as exc:
+            except (ttypes.ShardMissing, ttypes.ModelMissing) as exc:
                 if retried:
                     raise ServingFailed(f"coordinator {address} keeps missing "
                                         f"{exc.digest[:12]}: {exc.message}") from None
                 retried = True
-                if isinstance(exc, ModelMissing):
+                if isinstance(exc, ttypes.ModelMissing):
                     self._ensure_model(address, model, force=True)
                 else:
                     try:
                         upload_missing_shards(self._pool, address, paths, self._token)
                     except RoundFailed as failed:
                         raise ServingFailed(str(failed)) from None
-            except (InvalidRequest, NoNodesAvailable, DeadlineExceeded, DatasetError,
-                    Unauthorized) as exc:
+            except (*REFUSALS, ttypes.DatasetError) as exc:
                 raise ServingFailed(_refusal(address, "the evaluation", exc)) from None
 
 
 def _refusal(address: Address, what: str, exc: BaseException) -> str:
     message = getattr(exc, "message", None) or type(exc).__name__
-    if isinstance(exc, DeadlineExceeded):
+    if isinstance(exc, ttypes.DeadlineExceeded):
         return f"{what} ran out of time at coordinator {address}: {message}; try a longer " \
                "--deadline-s"
-    if isinstance(exc, NoNodesAvailable):
+    if isinstance(exc, ttypes.NoNodesAvailable):
         return f"{message} (coordinator {address})"
     return f"coordinator {address} refused {what}: {message}"
 
