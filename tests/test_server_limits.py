@@ -236,9 +236,11 @@ def test_a_new_connection_evicts_the_longest_idle_never_used_one_first(make_serv
     server = make_server(max_connections=4)
     used = connect(ComputeNode.Client, server.address, timeout_s=2.0)  # pooled, proven
     assert used.client.ping()
-    silent = [_open(server.address) for _ in range(3)]
-    sockets += silent
-    assert _wait_for(lambda: server.n_idle_connections == 4)
+    silent = []
+    for n in range(3):  # one at a time, so their ages are in the order they were opened
+        silent.append(_open(server.address))
+        sockets.append(silent[-1])
+        assert _wait_for(lambda n=n: server.n_idle_connections == 2 + n)
 
     sockets.append(_open(server.address))  # full: one idle connection must give way
 
@@ -253,9 +255,11 @@ def test_a_peer_at_its_cap_gives_way_only_with_its_own_connections(make_server, 
     server = make_server(max_connections=100, max_connections_per_peer=3, frame_timeout_s=5.0)
     other = connect(ComputeNode.Client, server.address, timeout_s=2.0)
     assert other.client.ping()
-    mine = [_open(server.address, source="127.0.0.2") for _ in range(3)]
-    sockets += mine
-    assert _wait_for(lambda: server.n_idle_connections == 4)
+    mine = []
+    for n in range(3):  # one at a time, so their ages are in the order they were opened
+        mine.append(_open(server.address, source="127.0.0.2"))
+        sockets.append(mine[-1])
+        assert _wait_for(lambda n=n: server.n_idle_connections == 2 + n)
 
     # Execute / Assert: a 4th from 127.0.0.2 evicts 127.0.0.2's oldest, nobody else's.
     sockets.append(_busy(_open(server.address, source="127.0.0.2")))
@@ -352,8 +356,9 @@ def test_tls_handshakes_fail_or_stall_alone(make_server, sockets, tls_pair):
 def test_a_silent_tls_connection_is_idle_and_gives_way(make_server, sockets, tls_pair):
     server_ctx, client_ctx = tls_pair
     server = make_server(tls=server_ctx, max_connections=2)
-    sockets += [_open(server.address) for _ in range(2)]
-    assert _wait_for(lambda: server.n_idle_connections == 2)
+    for n in range(2):  # one at a time, so sockets[0] is the oldest
+        sockets.append(_open(server.address))
+        assert _wait_for(lambda n=n: server.n_idle_connections == n + 1)
 
     conn = connect(ComputeNode.Client, server.address, timeout_s=2.0, tls=client_ctx)
 
