@@ -43,6 +43,9 @@ import click  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 from mlcore import _kernels, reference  # noqa: E402
 from mlcore.model import Params, init_params, predict, predict_proba  # noqa: E402
 from mlcore.servable import Servable  # noqa: E402
@@ -246,16 +249,6 @@ def blas_description() -> str:
         if i.get("user_api") == "blas"
     ]
     return "; ".join(parts) or "no BLAS found"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _kernel_epoch(p: Params, x: np.ndarray, y: np.ndarray, eta: float, path: str) -> None:

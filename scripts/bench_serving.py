@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
 import numpy as np  # noqa: E402
-from compare_ensemble import cpu_model  # noqa: E402
 from local_cluster import REPO, LocalCluster  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from client.serving import ServingFailed, ServingLink, read_model_file  # noqa: E402
 from idl.gen import Coordinator  # noqa: E402

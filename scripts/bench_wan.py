@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import click  # noqa: E402
 from hosts import Network, Shape, why_not  # noqa: E402
 from local_cluster import REPO  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from client.timing import read_timing  # noqa: E402
 from idl.gen import Coordinator  # noqa: E402
@@ -62,16 +63,6 @@ class Measured:
     node_compute_s: float  # the nodes' training seconds in a steady round, summed (median)
     bytes_to_nodes: int  # the coordinator's bytes_to_nodes counter over the run's rounds
     weights_uploads: int  # its weights_uploads counter over the run's rounds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def commit() -> str:

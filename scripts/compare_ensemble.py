@@ -19,7 +19,6 @@ Usage (the real UCI letters, converted once; the default data is the built-in le
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_time_to_accuracy import BEST  # noqa: E402
+from bench_time_to_accuracy import training_options  # noqa: E402
 from local_cluster import POLICY_CHOICE, REPO, LocalCluster  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from client.dataset import UnknownDataDir, resolve_data_dir  # noqa: E402
 from client.serving import ServingFailed, ServingLink, read_model_file  # noqa: E402
 from mlcore.data import DataError, read_data_dir  # noqa: E402
-from mlcore.model import INIT_SCHEMES  # noqa: E402
 from mlcore.servable import Servable  # noqa: E402
 from runtime.cli import FiniteRange, run_cli  # noqa: E402
 
@@ -57,18 +56,6 @@ class Measured:
     mean_loss: float
     inproc_rows_s: float
     cluster_rows_s: float | None
-
-
-def cpu_model() -> str:
-    """The CPU's model name as lscpu prints it (from /proc/cpuinfo), else the platform's."""
-    try:
-        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10)
-        for line in done.stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_rate(n_rows: int, repeats: int, work) -> float:
@@ -180,18 +167,7 @@ def key_values(rows: list[Measured]) -> str:
 @click.option("--nodes", type=click.IntRange(min=1), default=2, show_default=True,
               help="Compute nodes.")
 @click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True)
-@click.option("--rounds", type=click.IntRange(min=1), default=BEST["rounds"], show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=BEST["epochs"], show_default=True)
-@click.option("--hidden", type=click.IntRange(min=1), default=BEST["hidden"], show_default=True)
-@click.option("--eta", type=FiniteRange(min=0, min_open=True), default=BEST["eta"],
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=0), default=BEST["batch_size"],
-              show_default=True)
-@click.option("--momentum", type=FiniteRange(0, 1, max_open=True), default=BEST["momentum"],
-              show_default=True)
-@click.option("--init", type=click.Choice(INIT_SCHEMES), default=BEST["init"], show_default=True)
-@click.option("--standardize/--no-standardize", default=BEST["standardize"], show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@training_options
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed runs per cost figure (the best counts).")
 @click.option("--cluster/--no-cluster", "through_cluster", default=True, show_default=True,

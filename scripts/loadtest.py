@@ -44,6 +44,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_cluster import POLICY_CHOICE, LocalCluster  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from timing_analysis import percentile  # noqa: E402
 
 from client.coordinator_link import CoordinatorLink  # noqa: E402
@@ -314,14 +315,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def environment(address: Address, token: str = "") -> dict[str, object]:
     """The machine, the software and the cluster this run measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     memory = "unknown"
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

@@ -58,7 +58,7 @@ MALFORMED: dict[str, list[str]] = {
     "sim_nodes.py": ["--delay-s", "nan"],
 }
 # Modules other scripts import; they have no command line.
-LIBRARIES = {"hosts.py", "timing_analysis.py"}
+LIBRARIES = {"hosts.py", "machine.py", "timing_analysis.py"}
 
 
 def script_names() -> list[str]:
