@@ -27,9 +27,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -56,6 +58,33 @@ BEST = {
     "init": "he",
     "standardize": True,
 }
+
+
+def training_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The client's training settings as options defaulting to BEST (also compare_ensemble's)."""
+    options = [
+        click.option("--rounds", type=click.IntRange(min=1), default=BEST["rounds"],
+                     show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1), default=BEST["epochs"],
+                     show_default=True, help="Epochs per round."),
+        click.option("--hidden", type=click.IntRange(min=1), default=BEST["hidden"],
+                     show_default=True, help="Hidden units H."),
+        click.option("--eta", type=FiniteRange(min=0, min_open=True), default=BEST["eta"],
+                     show_default=True,
+                     help="Learning rate (step = eta * gradient summed over the batch)."),
+        click.option("--batch-size", type=click.IntRange(min=0), default=BEST["batch_size"],
+                     show_default=True),
+        click.option("--momentum", type=FiniteRange(0, 1, max_open=True),
+                     default=BEST["momentum"], show_default=True),
+        click.option("--init", type=click.Choice(INIT_SCHEMES), default=BEST["init"],
+                     show_default=True),
+        click.option("--standardize/--no-standardize", default=BEST["standardize"],
+                     show_default=True),
+        click.option("--seed", type=int, default=1, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @dataclass
@@ -88,21 +117,7 @@ def _required_data() -> click.UsageError:
               help="Compute nodes.")
 @click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True,
               help="Scheduling policy.")
-@click.option("--rounds", type=click.IntRange(min=1), default=BEST["rounds"], show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=BEST["epochs"], show_default=True,
-              help="Epochs per round.")
-@click.option("--hidden", type=click.IntRange(min=1), default=BEST["hidden"], show_default=True,
-              help="Hidden units H.")
-@click.option("--eta", type=FiniteRange(min=0, min_open=True), default=BEST["eta"],
-              show_default=True,
-              help="Learning rate (step = eta * gradient summed over the batch).")
-@click.option("--batch-size", type=click.IntRange(min=0), default=BEST["batch_size"],
-              show_default=True)
-@click.option("--momentum", type=FiniteRange(0, 1, max_open=True), default=BEST["momentum"],
-              show_default=True)
-@click.option("--init", type=click.Choice(INIT_SCHEMES), default=BEST["init"], show_default=True)
-@click.option("--standardize/--no-standardize", default=BEST["standardize"], show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@training_options
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to save the error-against-seconds plot [time_to_accuracy.png in "
                    "--workdir, else in a new temporary directory].")
