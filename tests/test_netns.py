@@ -13,7 +13,6 @@ The namespace and the veth pair are always deleted afterwards.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import require
+from hosts import why_not
 from test_faults import (  # noqa: F401 - `reference` is a fixture
     ClientRun,
     node_in_flight,
@@ -43,17 +43,6 @@ READY_TIMEOUT_S = 60.0
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
-
-
-def _why_not() -> str | None:
-    """Why this machine cannot run the test, or None when it can."""
-    if not sys.platform.startswith("linux"):
-        return f"network namespaces need Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return "creating network namespaces needs root"
-    if shutil.which("ip") is None:
-        return "the `ip` command (iproute2) is not installed"
-    return None
 
 
 class Netns:
@@ -91,7 +80,7 @@ class Netns:
 
 @pytest.fixture
 def netns() -> Iterator[Netns]:
-    reason = _why_not()
+    reason = why_not()  # the emulated hosts' prerequisites: Linux, root, iproute2
     require(reason is None, reason or "")
     ns = Netns()
     try:
