@@ -30,7 +30,7 @@ from idl.gen.ttypes import (
 from idl.tensors import WIRE_DTYPE, TensorError, decode_tensors, encode_tensor
 from idl.weights import weights_digest
 from mlcore.data import DataError
-from runtime.declared_errors import DENIED, Declared, EdgeHandler
+from runtime.declared_errors import DENIED, Declared, EdgeHandler, required
 from runtime.serving_limits import ServingRequestError, check_deadline, check_rows
 from runtime.shard_store import ShardError
 
@@ -92,8 +92,7 @@ class ComputeNodeHandler(EdgeHandler):
             self._core.put_weights(digest or "", weights_digest(tensors), arrays)
 
     def train(self, task: ShardTask) -> TaskResult:
-        if task is None:  # a message with the struct cut off; thrift passes None
-            raise InvalidRequest(message="train: the task argument is missing")
+        task = required(task, "train", "task")
         try:
             with self.declared("train"):
                 self._core.authorize(task.token or "")
@@ -130,8 +129,7 @@ class ComputeNodeHandler(EdgeHandler):
             self._serving.put_model(digest or "", data or b"")
 
     def predict(self, request: PredictRequest) -> Prediction:
-        if request is None:
-            raise InvalidRequest(message="predict: the request argument is missing")
+        request = required(request, "predict", "request")
         with self.declared("predict"):
             self._core.authorize(request.token or "")
             check_deadline(request.deadline_s, 10.0)
@@ -147,8 +145,7 @@ class ComputeNodeHandler(EdgeHandler):
         )
 
     def evaluate(self, request: EvaluateRequest) -> Evaluation:
-        if request is None:
-            raise InvalidRequest(message="evaluate: the request argument is missing")
+        request = required(request, "evaluate", "request")
         with self.declared("evaluate"):
             self._core.authorize(request.token or "")
             check_deadline(request.deadline_s, 60.0)

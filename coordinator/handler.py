@@ -23,7 +23,7 @@ from idl.gen.ttypes import (
     RoundResult,
 )
 from runtime.budget import OutOfTime
-from runtime.declared_errors import DENIED, Declared, EdgeHandler
+from runtime.declared_errors import DENIED, Declared, EdgeHandler, required
 from runtime.serving_limits import ServingRequestError
 from runtime.shard_store import ShardError
 
@@ -72,8 +72,7 @@ class CoordinatorHandler(EdgeHandler):
             self._service.put_shard(digest or "", data or b"", token or "")
 
     def run_round(self, request: RoundRequest) -> RoundResult:
-        if request is None:  # a message with the struct cut off; thrift passes None
-            raise ttypes.InvalidRequest(message="run_round: the request argument is missing")
+        request = required(request, "run_round", "request")
         try:
             with self.declared("run_round"):
                 return self._service.run_round(request)
@@ -98,14 +97,12 @@ class CoordinatorHandler(EdgeHandler):
             return self.serving.list_models(token or "")
 
     def predict(self, request: PredictRequest) -> Prediction:
-        if request is None:
-            raise ttypes.InvalidRequest(message="predict: the request argument is missing")
+        request = required(request, "predict", "request")
         with self.declared("predict"):
             return self.serving.predict(request)
 
     def evaluate(self, request: EvaluateRequest) -> Evaluation:
-        if request is None:
-            raise ttypes.InvalidRequest(message="evaluate: the request argument is missing")
+        request = required(request, "evaluate", "request")
         with self.declared("evaluate"):
             return self.serving.evaluate(request)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
-from idl.gen.ttypes import Unauthorized
+from idl.gen.ttypes import InvalidRequest, Unauthorized
 from runtime.auth import Denied
 from runtime.events import log_event
+
+T = TypeVar("T")
 
 
 class Declared(NamedTuple):
@@ -70,3 +72,10 @@ class EdgeHandler:
     def missing_shards(self, digests: list[str], token: str = "") -> list[str]:
         self.check_token("missing_shards", token)
         return self._store.missing(list(digests or []))
+
+
+def required(argument: T | None, call: str, name: str) -> T:
+    """A struct argument the message cut off (thrift passes None) is an invalid request."""
+    if argument is None:
+        raise InvalidRequest(message=f"{call}: the {name} argument is missing")
+    return argument
