@@ -8,11 +8,12 @@ directory, which holds code, not shards.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mlcore.data import DataDir
+from mlcore.data import DataDir, read_data_dir
 
 # name -> module whose default_data_dir() gives the installed shards
 BUILTIN_DATASETS = {"letters": "letters"}
@@ -48,12 +49,32 @@ def resolve_data_dir(given: Path) -> tuple[Path, str | None]:
     return given, None  # read_data_dir says what is missing
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    """What a person choosing data wants to know, without the rows themselves."""
+
+    shards: int
+    rows: int
+    attributes: int
+    classes: int
+    validation_rows: int
+
+
+def summarize(data: DataDir) -> DataSummary:
+    return DataSummary(len(data.train), sum(dataset.n_rows for _, dataset in data.train),
+                       data.n_features, data.n_classes, data.validate.n_rows)
+
+
+def read_summary(path: Path) -> DataSummary:
+    """Read a data directory to summarise it; DataError (a ValueError) if it is not one."""
+    return summarize(read_data_dir(path))
+
+
 def describe(data: DataDir, path: Path) -> str:
     """One line: shards, rows, attributes, classes, validation rows."""
-    rows = sum(dataset.n_rows for _, dataset in data.train)
-    return (f"data: {len(data.train)} training shards, {rows} rows, {data.n_features} "
-            f"attributes, {data.n_classes} classes; {data.validate.n_rows} validation rows "
-            f"({path})")
+    s = summarize(data)
+    return (f"data: {s.shards} training shards, {s.rows} rows, {s.attributes} "
+            f"attributes, {s.classes} classes; {s.validation_rows} validation rows ({path})")
 
 
 def empty_classes(data: DataDir) -> list[int]:

@@ -142,6 +142,15 @@ class ServingLink:
                                 lambda a: self._evaluate_on(a, model, request, paths))
         return _checked_scores(answer, model, sum(s.n_rows for s in shards))
 
+    def register(self, model: ModelFile) -> Address:
+        """Put the model in the cluster now, on the first coordinator that takes it.
+
+        Predictions would upload it on demand; registering at once moves that cost (and any
+        refusal) to when the model is made, not to its first user.
+        """
+        self._failover("register the model", lambda a: self._ensure_model(a, model))
+        return self.active
+
     def _failover(self, what: str, call: Callable[[Address], T]) -> T:
         reasons: list[str] = []
         for _ in range(len(self._coordinators)):

@@ -259,12 +259,15 @@ def run_rounds(
             seconds = time.perf_counter() - started
             report = _report(round_no, config.rounds, result, val_error, seconds)
             _write_round(timing, round_no, result, report)
+            summary.reports.append(report)
+            # Reported first, checkpointed second: whatever saw a round (a terminal, the
+            # gateway's registry) is at most one round ahead of the checkpoint, and a resumed
+            # run redoes that round bit for bit; never a checkpointed round nobody saw.
+            on_round(report)
             if config.checkpoint_path is not None:
                 save_model(config.checkpoint_path, params,
                            {"round": round_no, "identity": identity, "job": job_id,
                             **model_meta})
-            summary.reports.append(report)
-            on_round(report)
     except KeyboardInterrupt:
         completed = summary.reports[-1].round if summary.reports else done
         raise Interrupted(completed, config.rounds, config.checkpoint_path) from None

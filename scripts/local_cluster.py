@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,13 @@ class ServerProcess:
 
 
 def start_server(
-    module: str, args: list[str], log_path: Path, client_cls: type, tls: TlsFiles | None = None
+    module: str, args: list[str], log_path: Path, client_cls: type | None,
+    tls: TlsFiles | None = None,
 ) -> ServerProcess:
     """Run `python -m module args...`, wait for its ready line and a successful ping.
 
     With `tls`, the server gets the files as options and the ping goes over TLS with them.
+    `client_cls` None: the server speaks HTTP (the gateway), and GET /v1/health is its ping.
     """
     tls = tls or TlsFiles()
     argv = [sys.executable, "-m", module, *args, *tls.args()]
@@ -98,6 +101,9 @@ def start_server(
         proc = ServerProcess(popen, address, log_path, argv)
 
         def ping() -> None:
+            if client_cls is None:
+                with urllib.request.urlopen(f"http://{address}/v1/health", timeout=2.0):
+                    return
             conn = connect(client_cls, address, 2.0, context)
             try:
                 conn.client.ping()
@@ -166,6 +172,27 @@ def start_coordinator(
         ["0", policy, "--host", "127.0.0.1", "--nodes", str(nodes_file), *extra],
         workdir / f"coordinator-{index}.log",
         Coordinator.Client,
+        tls,
+    )
+
+
+def start_gateway(
+    workdir: Path, coordinators: list[Address], *extra: str, db: Path | None = None,
+    data_root: Path | None = None, tls: TlsFiles | None = None,
+) -> ServerProcess:
+    """A real gateway on a free loopback port: plain HTTP for people; the cluster's TLS files
+    (if any) for its own calls to the coordinators. A start with the same `db` continues
+    where the last one stopped."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_root = data_root or workdir / "datasets"
+    data_root.mkdir(parents=True, exist_ok=True)
+    index = len(list(workdir.glob("gateway-*.log")))
+    return start_server(
+        "gateway",
+        ["0", "--host", "127.0.0.1", "--coordinators", ",".join(map(str, coordinators)),
+         "--db", str(db or workdir / "gateway.db"), "--data-root", str(data_root), *extra],
+        workdir / f"gateway-{index}.log",
+        None,
         tls,
     )
 

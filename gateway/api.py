@@ -1,0 +1,414 @@
+"""The HTTP/JSON API: thin handlers over the registry, the scheduler and the client's links.
+
+Every answer is JSON; every error is {"detail": "<what to do>"} with a fitting status,
+including bodies that fail validation (422, one readable line instead of pydantic's list)
+and anything unexpected (500 with a reference to the log line, never a traceback).
+`Authorization: Bearer TOKEN` is needed on every call but registration, login, /v1/health
+and the OpenAPI pages.
+"""
+
+
+import logging
+import math
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from thrift.Thrift import TException
+
+from client.serving import ModelFile, ServingFailed, ServingLink, read_model_file
+from client.status import fetch_status
+from gateway.accounts import PASSWORD_MAX, PASSWORD_MIN, USERNAME, Accounts, Principal
+from gateway.datasets import NAME, BadDatasetName, Catalogue, UnknownDataset
+from gateway.jobs import DEFAULTS, Cluster, job_files
+from gateway.limits import RateLimiter
+from gateway.scheduler import Scheduler
+from gateway.store import STATES, Job, Registry
+
+log = logging.getLogger("fedcluster.gateway.api")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; each is a --max-... option of the gateway."""
+
+    max_rounds: int = 1000
+    max_epochs: int = 10_000
+    max_hidden: int = 4096
+    max_queued_per_user: int = 20
+    max_predict_rows: int = 10_000
+    max_list: int = 1000
+
+
+@dataclass
+class Gateway:
+    """Everything the handlers need, made once by `python -m gateway`."""
+
+    registry: Registry
+    accounts: Accounts
+    catalogue: Catalogue
+    scheduler: Scheduler
+    cluster: Cluster
+    jobs_dir: Path
+    limits: Limits
+    user_rate: RateLimiter
+    login_rate: RateLimiter
+    closed_registration: bool = False
+    target_error: float = 0.3
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=3, max_length=32, pattern=USERNAME.pattern)
+    password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
+
+
+class JobRequest(BaseModel):
+    """The settings `python -m client` takes, by the names of its arguments and options."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, max_length=64)
+    rounds: int = Field(ge=1, strict=True)
+    epochs: int = Field(ge=1, strict=True)
+    h: int = Field(ge=1, strict=True)
+    eta: float = Field(gt=0, le=1e6, allow_inf_nan=False)
+    seed: int = Field(default=DEFAULTS["seed"], ge=-(2**63), lt=2**63, strict=True)
+    batch_size: int = Field(default=DEFAULTS["batch_size"], ge=0, le=10_000_000, strict=True)
+    momentum: float = Field(default=DEFAULTS["momentum"], ge=0, lt=1, allow_inf_nan=False)
+    standardize: bool = Field(default=DEFAULTS["standardize"], strict=True)
+    init: Literal["uniform", "he", "glorot"] = DEFAULTS["init"]
+    policy: Literal["", "random", "load-aware", "round-robin"] = DEFAULTS["policy"]
+
+
+class PredictBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: list[list[float]] = Field(min_length=1)
+    probabilities: bool = False
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    app = FastAPI(title="fedcluster gateway", version="1",
+                  description="Accounts, a queue of training jobs, the run registry and a "
+                              "leaderboard for a fedcluster cluster.")
+    _install_error_handlers(app)
+    models: OrderedDict[int, ModelFile] = OrderedDict()  # a few parsed model files, by job
+
+    def caller_ip(request: Request) -> str:
+        return request.client.host if request.client else "?"
+
+    def login_rate(request: Request) -> None:
+        _rate_or_429(gw.login_rate, caller_ip(request))
+
+    def principal(request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        who = gw.accounts.principal(token.strip()) if scheme.lower() == "bearer" else None
+        if who is None:
+            _rate_or_429(gw.login_rate, caller_ip(request))  # guessing costs like logging in
+            raise HTTPException(401, "missing, unknown or expired token: log in with "
+                                     "POST /v1/tokens and send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        _rate_or_429(gw.user_rate, who.token_digest)
+        return who
+
+    Caller = Annotated[Principal, Depends(principal)]
+
+    def own_job(job_id: int, who: Principal) -> Job:
+        job = gw.registry.job(job_id)
+        if job is None or not (who.admin or job.user == who.username):
+            raise HTTPException(404, f"no job {job_id} of yours: GET /v1/jobs lists them")
+        return job
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict:
+        """Liveness for probes and scripts: no token, nothing about users or jobs."""
+        return {"status": "ok"}
+
+    @app.post("/v1/users", status_code=201, tags=["accounts"],
+              dependencies=[Depends(login_rate)])
+    def register(body: Credentials, request: Request) -> dict:
+        if gw.closed_registration:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            who = gw.accounts.principal(token.strip()) if scheme.lower() == "bearer" else None
+            if who is None or not who.admin:
+                raise HTTPException(403, "registration is closed on this gateway: ask its "
+                                         "operator for an account")
+        if not gw.accounts.register(body.username, body.password):
+            raise HTTPException(409, f"the username {body.username!r} is taken: choose another")
+        return {"username": body.username}
+
+    @app.post("/v1/tokens", tags=["accounts"], dependencies=[Depends(login_rate)])
+    def log_in(body: Credentials) -> dict:
+        got = gw.accounts.log_in(body.username, body.password)
+        if got is None:
+            raise HTTPException(401, "wrong username or password",
+                                headers={"WWW-Authenticate": "Bearer"})
+        token, expires_at = got
+        return {"token": token, "expires_at": _iso(expires_at), "token_type": "bearer"}
+
+    @app.get("/v1/datasets", tags=["data"])
+    def datasets(who: Caller) -> list[dict]:
+        return [{"name": d.name, "shards": d.shards, "rows": d.rows,
+                 "attributes": d.attributes, "classes": d.classes,
+                 "validation_rows": d.validation_rows} for d in gw.catalogue.list()]
+
+    @app.post("/v1/jobs", status_code=201, tags=["jobs"])
+    def submit(body: JobRequest, who: Caller) -> dict:
+        limits = gw.limits
+        for name, value, most, option in (
+            ("rounds", body.rounds, limits.max_rounds, "--max-rounds"),
+            ("epochs", body.epochs, limits.max_epochs, "--max-epochs"),
+            ("h", body.h, limits.max_hidden, "--max-hidden"),
+        ):
+            if value > most:
+                raise HTTPException(422, f"{name}: {value} is more than this gateway allows "
+                                         f"({most}, its {option})")
+        try:
+            info = gw.catalogue.describe(body.dataset)
+        except (BadDatasetName, UnknownDataset) as exc:
+            raise HTTPException(400, str(exc)) from None
+        if info is None:
+            raise HTTPException(400, f"dataset {body.dataset!r} cannot be read: ask the "
+                                     "gateway's operator")
+        settings = body.model_dump(exclude={"dataset"})
+        job = gw.registry.add_job(who.username, body.dataset, settings,
+                                  limits.max_queued_per_user)
+        if job is None:
+            raise HTTPException(429, f"you have {limits.max_queued_per_user} jobs queued, "
+                                     "the most this gateway holds per user: wait for some "
+                                     "to start, or cancel some")
+        gw.scheduler.wake()
+        return {"id": job.id, "state": job.state}
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    def list_jobs(who: Caller,
+                  state: Annotated[Literal[STATES] | None, Query()] = None,  # type: ignore[valid-type]
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                  before: Annotated[int | None, Query(ge=1)] = None) -> list[dict]:
+        """Your jobs, newest first (an admin sees everyone's); `before` pages back by id."""
+        states = (state,) if state else STATES
+        jobs = gw.registry.jobs(None if who.admin else who.username, states,
+                                min(limit, gw.limits.max_list), before)
+        return [job_view(j) for j in jobs]
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: int, who: Caller) -> dict:
+        return job_view(own_job(job_id, who))
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    def cancel_job(job_id: int, who: Caller) -> dict:
+        """A queued job is cancelled at once; a running one stops at its next round."""
+        job = own_job(job_id, who)
+        if job.state in ("done", "failed", "cancelled"):
+            raise HTTPException(409, f"job {job_id} is already {job.state}")
+        state = gw.scheduler.cancel(job_id)
+        return {"id": job_id, "state": state, "cancel_requested": True}
+
+    @app.get("/v1/jobs/{job_id}/timing", tags=["jobs"])
+    def job_timing(job_id: int, who: Caller) -> FileResponse:
+        """The job's timing.txt, as `python -m client --timing` writes it."""
+        own_job(job_id, who)
+        path = job_files(gw.jobs_dir, job_id)["timing"]
+        if not path.exists():
+            raise HTTPException(404, f"job {job_id} has no timing yet: it has not started")
+        return FileResponse(path, media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/jobs/{job_id}/model", tags=["jobs"])
+    def job_model(job_id: int, who: Caller) -> FileResponse:
+        """The finished job's model file (.npz), usable with `python -m client predict`."""
+        job = own_job(job_id, who)
+        path = job_files(gw.jobs_dir, job_id)["model"]
+        if job.state != "done" or not path.exists():
+            raise HTTPException(409, f"job {job_id} is {job.state}: its model comes when it "
+                                     "is done")
+        return FileResponse(path, media_type="application/octet-stream",
+                            filename=f"job-{job_id}-model.npz")
+
+    @app.post("/v1/jobs/{job_id}/predict", tags=["jobs"])
+    def predict(job_id: int, body: PredictBody, who: Caller) -> dict:
+        """Label rows of raw attributes with the job's model, served by the cluster."""
+        job = own_job(job_id, who)
+        if job.state != "done":
+            raise HTTPException(409, f"job {job_id} is {job.state}: predictions come once it "
+                                     "is done")
+        if len(body.rows) > gw.limits.max_predict_rows:
+            raise HTTPException(422, f"rows: {len(body.rows)} rows, more than one request may "
+                                     f"carry ({gw.limits.max_predict_rows})")
+        model = _model(models, job_id, job_files(gw.jobs_dir, job_id)["model"])
+        width = model.servable.n_features
+        for i, row in enumerate(body.rows):
+            if len(row) != width:
+                raise HTTPException(422, f"rows[{i}]: {len(row)} values; the model takes "
+                                         f"{width} attributes per row")
+            if not all(math.isfinite(v) for v in row):
+                raise HTTPException(422, f"rows[{i}]: every value must be a finite number")
+        link = ServingLink(gw.cluster.coordinators, gw.cluster.token, gw.cluster.tls)
+        try:
+            answer = link.predict(model, np.asarray(body.rows, dtype=np.float64),
+                                  probabilities=body.probabilities)
+        except ServingFailed as exc:
+            raise HTTPException(503, f"the cluster could not predict: {exc}") from None
+        finally:
+            link.close()
+        names = model.servable.class_names
+        out: dict[str, Any] = {"labels": [names[int(i)] for i in answer.labels],
+                               "classes": [int(i) for i in answer.labels]}
+        if answer.probabilities is not None:
+            out["probabilities"] = answer.probabilities.tolist()
+            out["class_names"] = list(names)
+        return out
+
+    @app.get("/v1/leaderboard", tags=["jobs"])
+    def leaderboard(who: Caller, dataset: Annotated[str, Query(min_length=1, max_length=64)],
+                    target: Annotated[float | None, Query(gt=0, le=1)] = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+        """Finished jobs on a dataset, best final validation error first (ties: less time)."""
+        if not NAME.fullmatch(dataset):
+            raise HTTPException(400, f"dataset {dataset[:80]!r} is not a dataset name")
+        goal = target if target is not None else gw.target_error
+        board = []
+        for rank, job in enumerate(gw.registry.leaderboard(dataset, limit), start=1):
+            train_s = sum(r.round_s for r in job.rounds)
+            board.append({
+                "rank": rank, "job": job.id, "user": job.user, "dataset": job.dataset,
+                "validation_error": job.final_validation_error, "settings": job.settings,
+                "rounds": len(job.rounds), "train_s": train_s,
+                "target_error": goal, "time_to_target_s": time_to_target(job, goal),
+                "finished_at": _iso(job.finished_at),
+            })
+        return board
+
+    @app.get("/v1/status", tags=["service"])
+    def status(who: Caller) -> dict:
+        """The cluster as the first coordinator that answers sees it, and the job queue."""
+        reasons = []
+        for address in gw.cluster.coordinators:
+            try:
+                got = fetch_status(address, 5.0, gw.cluster.tls, gw.cluster.token)
+            except (TException, OSError, EOFError) as exc:
+                reasons.append(f"{address}: {getattr(exc, 'message', None) or exc}")
+                continue
+            return {
+                "coordinator": str(address), "policy": got.policy,
+                "nodes": [{"address": n.address, "alive": n.alive,
+                           "load_probability": n.load_probability,
+                           "tasks_in_flight": n.tasks_in_flight, "tasks_done": n.tasks_done,
+                           "failures": n.failures,
+                           "last_seen_s_ago": None if n.last_seen_s_ago < 0
+                           else n.last_seen_s_ago,
+                           "recent_service_s": n.recent_service_s} for n in got.nodes],
+                "counters": dict(got.counters or {}),
+                "jobs": gw.registry.counts(),
+            }
+        raise HTTPException(503, "no coordinator answered (" + "; ".join(reasons) + ")")
+
+    return app
+
+
+def job_view(job: Job) -> dict:
+    rounds = [{"round": r.round, "validation_error": r.validation_error,
+               "train_loss": r.train_loss, "round_s": r.round_s, "retries": r.retries,
+               "declined": r.declined} for r in job.rounds]
+    train_s = sum(r.round_s for r in job.rounds)
+    return {
+        "id": job.id, "user": job.user, "dataset": job.dataset, "state": job.state,
+        "settings": job.settings, "rounds": rounds,
+        "final_validation_error": job.final_validation_error,
+        "timing": {"rounds_done": len(rounds), "train_s": train_s,
+                   "mean_round_s": train_s / len(rounds) if rounds else None,
+                   "retries": sum(r.retries for r in job.rounds),
+                   "declined": sum(r.declined for r in job.rounds),
+                   "starts": job.starts},
+        "submitted_at": _iso(job.submitted_at), "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at), "cancel_requested": job.cancel_requested,
+        "error": job.error,
+    }
+
+
+def time_to_target(job: Job, target: float) -> float | None:
+    """Training seconds until the validation error first reached `target`; None if never."""
+    elapsed = 0.0
+    for r in job.rounds:
+        elapsed += r.round_s
+        if r.validation_error <= target:
+            return elapsed
+    return None
+
+
+def _model(cache: OrderedDict[int, ModelFile], job_id: int, path: Path) -> ModelFile:
+    model = cache.pop(job_id, None)
+    if model is None:
+        try:
+            model = read_model_file(path)
+        except ValueError as exc:
+            raise HTTPException(500, f"job {job_id}'s model cannot be read: {exc}") from None
+    cache[job_id] = model
+    while len(cache) > 8:
+        cache.popitem(last=False)
+    return model
+
+
+def _rate_or_429(limiter: RateLimiter, key: str) -> None:
+    wait_s = limiter.wait_s(key)
+    if wait_s > 0:
+        raise HTTPException(429, f"too many requests: try again in {wait_s:.1f} s",
+                            headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_message(exc.errors())}, 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        reference = secrets.token_hex(4)
+        log.error("error %s on %s %s", reference, request.method, request.url.path,
+                  exc_info=exc)
+        return JSONResponse({"detail": f"the gateway failed on this request (reference "
+                                       f"{reference} in its log); try again, or tell its "
+                                       "operator"}, 500)
+
+
+def validation_message(errors: Any) -> str:
+    """pydantic's error list as one line a person can act on: `field: what is wrong`."""
+    parts = []
+    for error in list(errors)[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
+        kind = error.get("type", "")
+        if kind == "json_invalid":
+            parts.append("the body is not valid JSON")
+            continue
+        if kind in ("model_attributes_type", "dict_type") and not where:
+            parts.append("the body must be a JSON object (and sent as "
+                         "Content-Type: application/json)")
+            continue
+        if kind == "missing" and not where:
+            parts.append("a JSON body is required")
+            continue
+        if kind == "extra_forbidden":
+            parts.append(f"{where}: not a field this call takes")
+            continue
+        message = str(error.get("msg", "invalid"))
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts) or "invalid request"

@@ -1,0 +1,147 @@
+"""One job, run by the client's own round driver: settings in, rounds recorded, model out.
+
+Each job owns a directory (checkpoint.npz, timing.txt, model.npz). The checkpoint is what
+makes the registry's promise good: a job interrupted by a gateway crash is taken up with
+--resume semantics and ends with bitwise the weights of an uninterrupted run, because
+run_rounds is the same code `python -m client` runs and a round's result depends only on
+the weights it starts from.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.serving import ServingFailed, ServingLink, read_model_file
+from client.training import RoundReport, RunConfig, run_rounds
+from gateway.datasets import Catalogue
+from gateway.scheduler import JobControl
+from gateway.store import Job, Registry, RoundRecord
+from idl.rpc import Address
+from runtime.events import log_event
+
+# What a job may set, with the client's defaults: the names of `python -m client`'s options.
+DEFAULTS: dict[str, Any] = {"seed": 1, "batch_size": 0, "momentum": 0.0, "standardize": False,
+                            "init": "uniform", "policy": ""}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where jobs run and how the gateway reaches it."""
+
+    coordinators: list[Address]
+    token: str = field(default="", repr=False)
+    tls: ssl.SSLContext | None = None
+    round_deadline_s: float = 600.0
+
+
+class JobCancelled(Exception):
+    """DELETE /v1/jobs/{id} reached a running job: it stops at the round boundary."""
+
+
+class GatewayStopping(Exception):
+    """The gateway is shutting down: the job stays `running`, to resume at the next start."""
+
+
+def job_files(jobs_dir: Path, job_id: int) -> dict[str, Path]:
+    folder = jobs_dir / str(job_id)
+    return {"dir": folder, "checkpoint": folder / "checkpoint.npz",
+            "timing": folder / "timing.txt", "model": folder / "model.npz"}
+
+
+def run_config(job: Job, data_dir: Path, files: dict[str, Path], cluster: Cluster) -> RunConfig:
+    """The RunConfig `python -m client` would build from the same settings."""
+    s = {**DEFAULTS, **job.settings}
+    return RunConfig(
+        data_dir=data_dir, rounds=s["rounds"], epochs=s["epochs"], hidden=s["h"],
+        eta=s["eta"], seed=s["seed"], batch_size=s["batch_size"], momentum=s["momentum"],
+        standardize=s["standardize"], init=s["init"], policy=s["policy"],
+        round_deadline_s=cluster.round_deadline_s, token=cluster.token,
+        timing_path=files["timing"], checkpoint_path=files["checkpoint"],
+        model_out=files["model"], resume=files["checkpoint"].exists(),
+    )
+
+
+class JobRunner:
+    """Runs a job to its end and records every step in the registry."""
+
+    def __init__(self, registry: Registry, catalogue: Catalogue, cluster: Cluster,
+                 jobs_dir: Path) -> None:
+        self._registry = registry
+        self._catalogue = catalogue
+        self._cluster = cluster
+        self._jobs_dir = jobs_dir
+
+    def __call__(self, job: Job, control: JobControl) -> None:
+        files = job_files(self._jobs_dir, job.id)
+        try:
+            files["dir"].mkdir(parents=True, exist_ok=True)
+            config = run_config(job, self._catalogue.path(job.dataset), files, self._cluster)
+            if config.resume:
+                log_event("job_resumed", job=job.id, checkpoint=files["checkpoint"])
+
+            def on_round(report: RoundReport) -> None:
+                self._registry.add_round(job.id, RoundRecord(
+                    report.round, report.validation_error, report.train_loss, report.seconds,
+                    report.failed, report.declined))
+                if control.cancelled.is_set() or self._registry.cancel_requested(job.id):
+                    raise JobCancelled
+                if control.stopping.is_set():
+                    raise GatewayStopping
+
+            if control.cancelled.is_set():
+                raise JobCancelled
+            def link(paths: dict[str, Path]) -> CoordinatorLink:
+                return CoordinatorLink(self._cluster.coordinators, paths, self._cluster.tls)
+
+            summary = run_rounds(config, link, on_round=on_round,
+                                 on_note=lambda line: log_event("job_note", job=job.id, note=line),
+                                 on_warning=lambda line: log_event(
+                                     "job_warning", level=logging.WARNING, job=job.id, note=line))
+        except JobCancelled:
+            self._registry.finish(job.id, "cancelled")
+            log_event("job_cancelled", job=job.id)
+            return
+        except GatewayStopping:
+            log_event("job_left_running", job=job.id, why="the gateway is stopping")
+            return
+        except (RoundFailed, ValueError, LookupError, OSError) as exc:
+            # RoundFailed: the cluster; ValueError: data, checkpoint or settings; LookupError:
+            # the dataset is gone; OSError: the job's directory. The message says which.
+            message = _one_line(exc)
+            self._registry.finish(job.id, "failed", error=message)
+            log_event("job_failed", level=logging.WARNING, job=job.id, error=message)
+            return
+        digest = self._register_model(job, files["model"])
+        self._registry.finish(job.id, "done", final_validation_error=summary.validation_error,
+                              model_digest=digest)
+        log_event("job_done", job=job.id, validation_error=summary.validation_error)
+
+    def _register_model(self, job: Job, path: Path) -> str | None:
+        """Put the model in the cluster at once; its digest either way (None if unreadable)."""
+        try:
+            model = read_model_file(path)
+        except ValueError as exc:
+            log_event("model_unreadable", level=logging.WARNING, job=job.id, error=exc)
+            return None
+        link = ServingLink(self._cluster.coordinators, self._cluster.token, self._cluster.tls)
+        started = time.perf_counter()
+        try:
+            where = link.register(model)
+            log_event("model_registered", job=job.id, digest=model.digest[:12],
+                      coordinator=where, seconds=time.perf_counter() - started)
+        except ServingFailed as exc:  # predictions upload it on demand
+            log_event("model_not_registered", level=logging.WARNING, job=job.id, error=exc)
+        finally:
+            link.close()
+        return model.digest
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())[:2000]
