@@ -4,22 +4,39 @@
         --out loadtest --label nodes2
     .venv/bin/python scripts/loadtest.py --coordinator 127.0.0.1:9090 --duration 10 ...
     .venv/bin/python scripts/loadtest.py --out loadtest --compare nodes1,nodes2,nodes4
+    .venv/bin/python scripts/loadtest.py --local 2 --workload http --concurrency 1,4,16 \\
+        --duration-s 5 --out loadtest
+    .venv/bin/python scripts/loadtest.py --gateway http://127.0.0.1:8080 --workload http ...
 
 A virtual client is a thread with its own connections. Each of its requests is, with
 probability --status-share, a status() call, and otherwise what --workload says: `train`,
 a small training round (RoundRequest over Thrift: tiny weights, --shards shards of
 --shard-rows rows); `predict`, a predict() of --predict-rows letters rows with a model of
 h = --hidden (random weights, uploaded once with put_model: serving costs the same for any
-weights); `mix`, either of the two with even odds. A level runs
---concurrency clients until --requests requests were issued or --duration seconds
-passed (both bound every level; --max-requests caps duration runs). Everything goes
-to --out DIR/LABEL/: raw.csv (every request), summary.csv (per level and kind),
-throughput.png, latency_p95.png, error_rate.png, run.json and report.md.
---compare reads earlier runs' summary.csv and run.json and writes one report for all.
+weights); `mix`, either of the two with even odds.
+
+`http` loads the gateway (`python -m gateway`) instead: started over --local N nodes or over
+--coordinator, or a running one given with --gateway URL. Every virtual client is a user of
+its own, registered and logged in once before the first level; its requests are then, by
+the weights of --http-mix, job submissions (POST /v1/jobs: --dataset, --rounds, --epochs,
+h = --hidden, eta 1e-4), reads of one of its jobs (GET /v1/jobs/{id}) and leaderboard reads
+(GET /v1/leaderboard?dataset=...), and its status calls are GET /v1/status. A gateway the
+script starts gets its per-user limits raised (--rate-per-s, --max-queued-per-user, the
+login rate, --max-connections), so the run measures throughput rather than the limiter;
+answers 429 (declined) are errors of their own status all the same.
+
+A level runs --concurrency clients until --requests requests were issued or --duration
+seconds passed (both bound every level; --max-requests caps duration runs). Everything
+goes to --out DIR/LABEL/: raw.csv (every request), summary.csv (per level and kind),
+errors.csv (failed requests per level, kind and status), throughput.png, latency_p95.png,
+error_rate.png, run.json and report.md. --compare reads earlier runs' summary.csv and
+run.json and writes one report for all. Every process the script starts is stopped by
+PID when it ends, also on an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import functools
@@ -29,21 +46,30 @@ import logging
 import os
 import platform
 import random
+import secrets
+import signal
+import ssl
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
+if TYPE_CHECKING:
+    import httpx
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_cluster import POLICY_CHOICE, LocalCluster  # noqa: E402
+from local_cluster import POLICY_CHOICE, LocalCluster, ServerProcess, start_gateway  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from timing_analysis import percentile  # noqa: E402
 
@@ -55,6 +81,7 @@ from idl.tensors import encode_tensor, encode_tensors  # noqa: E402
 from runtime.cli import (  # noqa: E402
     AddressType,
     FiniteRange,
+    ListType,
     RenamedOption,
     require_module,
     run_cli,
@@ -65,10 +92,15 @@ RAW_COLUMNS = ("level", "client", "seq", "kind", "start_s", "end_s", "latency_s"
 SUMMARY_COLUMNS = ("level", "kind", "requests", "ok", "errors", "error_rate", "wall_s",
                    "throughput_rps", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms",
                    "latency_p99_ms")
-KINDS = ("all", "train", "predict", "status")
-WORKLOADS = ("train", "predict", "mix")
-PACKAGES = ("fedcluster", "numpy", "thrift", "click", "matplotlib", "prometheus-client", "tqdm")
+ERROR_COLUMNS = ("level", "kind", "status", "count")
+KINDS = ("all", "train", "predict", "submit", "job", "leaderboard", "status")
+HTTP_KINDS = ("submit", "job", "leaderboard")  # what --http-mix weighs, in its order
+WORKLOADS = ("train", "predict", "mix", "http")
+PACKAGES = ("fedcluster", "numpy", "thrift", "click", "matplotlib", "prometheus-client", "tqdm",
+            "fastapi", "uvicorn", "httpx")
 STATUS_TIMEOUT_S = 30.0
+SETUP_TIMEOUT_S = 120.0  # registering and logging in every user, or cancelling leftover jobs
+RECENT_JOBS = 20  # a job read names one of the user's last this many jobs
 
 
 @dataclass(frozen=True)
@@ -83,15 +115,20 @@ class Workload:
     status_share: float = 0.2
     deadline_s: float = 30.0
     seed: int = 1
-    kind: str = "train"  # train, predict or mix (see WORKLOADS)
+    kind: str = "train"  # train, predict, mix or http (see WORKLOADS)
     predict_rows: int = 1
+    http_mix: tuple[float, ...] = (1.0, 2.0, 1.0)  # weights of HTTP_KINDS
+    dataset: str = "letters"  # http: the jobs' dataset, and the leaderboard read
+    rounds: int = 1  # http: rounds per submitted job
 
     def draw(self, rng: random.Random) -> str:
-        """The kind of the next request: status, train or predict."""
+        """The kind of the next request: status, train, predict, submit, job or leaderboard."""
         if rng.random() < self.status_share:
             return "status"
         if self.kind == "mix":
             return "train" if rng.random() < 0.5 else "predict"
+        if self.kind == "http":
+            return rng.choices(HTTP_KINDS, weights=self.http_mix)[0]
         return self.kind
 
 
@@ -244,18 +281,18 @@ def run_client(level: Level, client: int, address: Address, workload: Workload,
         pool.close()
 
 
-def run_level(concurrency: int, requests: int, duration_s: float | None, address: Address,
-              workload: Workload, refs: list[ShardRef], paths: dict[str, Path],
-              model: ServedModel | None, t0: float, token: str,
-              level_timeout_s: float) -> list[Record]:
+ClientLoop = Callable[[Level, int, list[Record]], None]  # (level, client, records)
+
+
+def run_level(concurrency: int, requests: int, duration_s: float | None, client: ClientLoop,
+              workload: Workload, level_timeout_s: float) -> list[Record]:
     """Run one level to its bound (count, or time); clients still busy past the level's
     timeout plus one request deadline are abandoned, and their requests go unrecorded."""
     limit_s = min(duration_s, level_timeout_s) if duration_s else level_timeout_s
     level = Level(concurrency, requests, time.perf_counter() + limit_s)
     records: list[Record] = []
-    threads = [threading.Thread(target=run_client, daemon=True, name=f"client-{i}",
-                                args=(level, i, address, workload, refs, paths, model, t0,
-                                      token, records))
+    threads = [threading.Thread(target=client, daemon=True, name=f"client-{i}",
+                                args=(level, i, records))
                for i in range(concurrency)]
     for t in threads:
         t.start()
@@ -263,6 +300,220 @@ def run_level(concurrency: int, requests: int, duration_s: float | None, address
     for t in threads:
         t.join(timeout=max(join_by - time.perf_counter(), 0.1))
     return sorted(records, key=lambda r: (r.start_s, r.client))
+
+
+# -------------------------------------------------------------------------- http workload
+
+
+class SetupFailed(Exception):
+    """The gateway answered a setup call (register, log in, ...) with an unexpected status."""
+
+
+@dataclass
+class HttpUser:
+    """One virtual client's account on the gateway: logged in once; the jobs it submitted."""
+
+    username: str
+    token: str = field(repr=False)
+    jobs: list[int] = field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """One context for every client: making one per client costs ~15 ms of CPU each (the
+    CA bundle is parsed again), which 64 clients would spend at the start of their level."""
+    return ssl.create_default_context()
+
+
+def http_client(base_url: str, workload: Workload, token: str = "") -> httpx.Client:
+    """One keep-alive connection to the gateway, every wait bounded; proxies never used."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(
+        base_url=base_url, headers=headers, trust_env=False, verify=_tls_context(),
+        timeout=httpx.Timeout(workload.deadline_s, connect=min(workload.deadline_s, 10.0)),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+    )
+
+
+def http_error(response: httpx.Response) -> str:
+    """`HTTP <status>: <the gateway's detail>`."""
+    try:
+        detail = response.json().get("detail", "")
+    except (ValueError, AttributeError):
+        detail = response.text
+    return f"HTTP {response.status_code}: {detail}"
+
+
+def job_body(workload: Workload) -> dict[str, object]:
+    """A tiny job, so that the cluster behind the gateway is not what is measured."""
+    return {"dataset": workload.dataset, "rounds": workload.rounds, "epochs": workload.epochs,
+            "h": workload.hidden, "eta": workload.eta, "seed": workload.seed}
+
+
+def http_request(http: httpx.Client, kind: str, user: HttpUser, workload: Workload,
+                 rng: random.Random) -> str:
+    """Send one request of `kind`; "" when the answer is the one it should be, else what was
+    wrong. A job read needs a job: the caller makes it a submission while there is none."""
+    if kind == "submit":
+        response = http.post("/v1/jobs", json=job_body(workload))
+        if response.status_code != 201:
+            return http_error(response)
+        user.jobs.append(int(response.json()["id"]))
+        return ""
+    if kind == "job":
+        job_id = rng.choice(user.jobs[-RECENT_JOBS:])
+        response = http.get(f"/v1/jobs/{job_id}")
+        if response.status_code == 200 and response.json().get("id") != job_id:
+            return f"BadAnswer: GET /v1/jobs/{job_id} answered another job"
+    elif kind == "leaderboard":
+        response = http.get("/v1/leaderboard", params={"dataset": workload.dataset})
+        if response.status_code == 200 and not isinstance(response.json(), list):
+            return "BadAnswer: the leaderboard is not a list"
+    else:
+        response = http.get("/v1/status")
+        if response.status_code == 200 and "nodes" not in response.json():
+            return "BadAnswer: the status has no nodes"
+    return "" if response.status_code == 200 else http_error(response)
+
+
+def run_http_client(level: Level, client: int, base_url: str, user: HttpUser,
+                    workload: Workload, t0: float, out: list[Record]) -> None:
+    """One virtual client of the gateway: the user's requests until the level says stop."""
+    rng = random.Random(workload.seed * 1000 + level.concurrency * 100 + client)
+    with http_client(base_url, workload, user.token) as http:
+        while (seq := level.take()) is not None:
+            kind = workload.draw(rng)
+            if kind == "job" and not user.jobs:
+                kind = "submit"
+            began = time.perf_counter()
+            try:
+                error = http_request(http, kind, user, workload, rng)
+            except Exception as exc:  # every failure is data here, never a crash
+                error = f"{type(exc).__name__}: {exc}"
+            ended = time.perf_counter()
+            out.append(Record(level.concurrency, client, seq, kind, round(began - t0, 6),
+                              round(ended - t0, 6), round(ended - began, 6), int(not error),
+                              error.replace("\n", " ")[:200]))
+
+
+def patient(http: httpx.Client, method: str, path: str, expect: tuple[int, ...],
+            deadline: float, **kwargs: object) -> httpx.Response:
+    """A setup call: waits out a 429 as its Retry-After says (until `deadline`, monotonic);
+    SetupFailed on any other unexpected status."""
+    while True:
+        response = http.request(method, path, **kwargs)
+        if response.status_code == 429:
+            wait_s = float(response.headers.get("retry-after", "1") or 1)
+            if time.monotonic() + wait_s < deadline:
+                time.sleep(wait_s)
+                continue
+        if response.status_code not in expect:
+            raise SetupFailed(f"{method} {path}: {http_error(response)}")
+        return response
+
+
+def sign_up(base_url: str, n_users: int, workload: Workload, deadline: float) -> list[HttpUser]:
+    """Register and log in one user per virtual client (fresh names, random passwords)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    run_id = secrets.token_hex(4)
+
+    def one(i: int) -> HttpUser:
+        credentials = {"username": f"lt-{run_id}-{i}", "password": secrets.token_urlsafe(18)}
+        with http_client(base_url, workload) as http:
+            patient(http, "POST", "/v1/users", (201,), deadline, json=credentials)
+            answer = patient(http, "POST", "/v1/tokens", (200,), deadline, json=credentials)
+        return HttpUser(credentials["username"], answer.json()["token"])
+
+    with ThreadPoolExecutor(max_workers=min(8, n_users), thread_name_prefix="sign-up") as pool:
+        return list(pool.map(one, range(n_users)))
+
+
+def http_environment(base_url: str, user: HttpUser, workload: Workload,
+                     gateway_options: str) -> dict[str, object]:
+    """The machine, the software, the gateway, and the cluster as the gateway sees it; ends
+    the run early when the gateway does not offer the workload's dataset."""
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    with http_client(base_url, workload, user.token) as http:
+        offered = patient(http, "GET", "/v1/datasets", (200,), deadline).json()
+        names = [d["name"] for d in offered]
+        if workload.dataset not in names:
+            raise SetupFailed(f"it offers no dataset {workload.dataset!r} (it has: "
+                              f"{', '.join(names) or 'none'}); see --dataset")
+        status = patient(http, "GET", "/v1/status", (200, 503), deadline)
+    env: dict[str, object] = {**machine_environment(), "gateway": base_url,
+                              "gateway_options": gateway_options}
+    if status.status_code != 200:
+        return {**env, "coordinator": f"none answered ({http_error(status)})",
+                "policy": "unknown", "nodes": 0, "nodes_alive": 0}
+    cluster = status.json()
+    nodes = cluster.get("nodes") or []
+    return {**env, "coordinator": cluster.get("coordinator", "?"),
+            "policy": cluster.get("policy", "?"), "nodes": len(nodes),
+            "nodes_alive": sum(1 for n in nodes if n.get("alive"))}
+
+
+def cancel_queued(base_url: str, users: list[HttpUser], workload: Workload) -> tuple[int, int]:
+    """Cancel the run's jobs still queued on a gateway it did not start (bounded in time):
+    (cancelled, left)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+
+    def one(user: HttpUser) -> tuple[int, int]:
+        cancelled, left = 0, 0
+        with http_client(base_url, workload, user.token) as http:
+            try:
+                queued = [j["id"] for j in patient(
+                    http, "GET", "/v1/jobs", (200,), deadline,
+                    params={"state": "queued", "limit": 1000}).json()]
+            except Exception:  # a leftover is reported, never fatal
+                return 0, len(user.jobs)
+            for job_id in queued:
+                try:
+                    patient(http, "DELETE", f"/v1/jobs/{job_id}", (200, 409), deadline)
+                    cancelled += 1
+                except Exception:
+                    left += 1
+        return cancelled, left
+
+    with ThreadPoolExecutor(max_workers=min(8, max(len(users), 1))) as pool:
+        done = list(pool.map(one, users))
+    return sum(c for c, _ in done), sum(n for _, n in done)
+
+
+def drive_http(base_url: str, levels: list[int], requests: int, duration_s: float | None,
+               workload: Workload, level_timeout_s: float, gateway_options: str,
+               cancel_leftovers: bool) -> tuple[list[Record], dict]:
+    """Sign up one user per client of the largest level, then run every level; records and
+    environment. With `cancel_leftovers` (a gateway the script did not start) the jobs the
+    run left queued are cancelled afterwards, also when it fails or is interrupted."""
+    import httpx
+
+    users: list[HttpUser] = []
+    try:
+        try:
+            users = sign_up(base_url, max(levels), workload,
+                            time.monotonic() + SETUP_TIMEOUT_S)
+            env = http_environment(base_url, users[0], workload, gateway_options)
+        except (httpx.HTTPError, SetupFailed, ValueError, KeyError, TypeError) as exc:
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise click.ClickException(f"cannot use the gateway at {base_url}: "
+                                       f"{message}") from None
+        t0 = time.perf_counter()
+
+        def client(level: Level, i: int, out: list[Record]) -> None:
+            run_http_client(level, i, base_url, users[i], workload, t0, out)
+
+        return run_levels(levels, requests, duration_s, client, workload, level_timeout_s), env
+    finally:
+        if cancel_leftovers and any(u.jobs for u in users):
+            click.echo("cancelling the run's queued jobs on the gateway", err=True)
+            cancelled, left = cancel_queued(base_url, users, workload)
+            click.echo(f"cancelled {cancelled} queued jobs" +
+                       (f"; {left} could not be cancelled" if left else ""), err=True)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -298,6 +549,26 @@ def summarise(records: list[Record]) -> list[dict[str, str]]:
     return rows
 
 
+def error_status(error: str) -> str:
+    """What failed, without the details: `HTTP 429` for an HTTP answer, else the exception's
+    name (the error column's text before its first colon)."""
+    return error.split(":", 1)[0].strip() or "unknown"
+
+
+def error_counts(records: list[Record]) -> list[dict[str, str]]:
+    """Failed requests per level, kind and status (all kinds together as kind `all`), most
+    frequent status first within each level and kind."""
+    rows = []
+    for level in sorted({r.level for r in records}):
+        failed = [r for r in records if r.level == level and not r.ok]
+        kinds = [k for k in KINDS if k == "all" or any(r.kind == k for r in failed)]
+        for kind in kinds if failed else []:
+            counts = Counter(error_status(r.error) for r in failed if kind in ("all", r.kind))
+            rows += [{"level": str(level), "kind": kind, "status": status, "count": str(n)}
+                     for status, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return rows
+
+
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -313,8 +584,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------- environment
 
 
-def environment(address: Address, token: str = "") -> dict[str, object]:
-    """The machine, the software and the cluster this run measured."""
+def machine_environment() -> dict[str, object]:
+    """The machine and the software this run measured on."""
     cpu = cpu_model()
     memory = "unknown"
     try:
@@ -329,14 +600,19 @@ def environment(address: Address, token: str = "") -> dict[str, object]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": memory, "os": platform.platform(),
+            "python": platform.python_version(), "packages": versions}
+
+
+def environment(address: Address, token: str = "") -> dict[str, object]:
+    """The machine, the software and the cluster this run measured."""
     pool = ConnectionPool(Coordinator.Client, max_idle=1)
     try:
         status = pool.call(address, STATUS_TIMEOUT_S, lambda c: c.status(token))
     finally:
         pool.close()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory": memory, "os": platform.platform(),
-        "python": platform.python_version(), "packages": versions,
+        **machine_environment(),
         "coordinator": str(address), "policy": status.policy,
         "nodes": len(status.nodes or []), "nodes_alive": sum(1 for n in status.nodes if n.alive),
     }
@@ -404,11 +680,13 @@ def results_table(rows: list[dict[str, str]], label_column: str | None = None) -
 
 def environment_lines(env: dict) -> list[str]:
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    gateway = ([f"| gateway | {env['gateway']} ({env['gateway_options']}) |"]
+               if "gateway" in env else [])
     return [
         "| item | value |", "|---|---|",
         f"| CPU | {env['cpu']} |", f"| cores | {env['cores']} |",
         f"| memory | {env['memory']} |", f"| OS | {env['os']} |",
-        f"| Python | {env['python']} |", f"| packages | {packages} |",
+        f"| Python | {env['python']} |", f"| packages | {packages} |", *gateway,
         f"| coordinator | {env['coordinator']} (policy {env['policy']}) |",
         f"| compute nodes | {env['nodes']} ({env['nodes_alive']} alive at start) |",
     ]
@@ -424,18 +702,49 @@ def workload_lines(run: dict) -> list[str]:
     predict = (f"one `predict()` of {w.get('predict_rows', 1)} letters row(s) with a "
                f"16 -> {w['hidden']} -> 26 model")
     kind = w.get("kind", "train")
+    levels = f"- concurrency levels: {', '.join(map(str, run['levels']))} virtual clients; {bound}"
+    timing = ("- latency: client-side wall time of one call; percentiles over successful "
+              "requests; throughput: successful requests / level wall time (first start to "
+              "last end)")
+    if kind == "http":
+        mix = ":".join(f"{x:g}" for x in w["http_mix"])
+        return [
+            levels,
+            "- each virtual client is a user of its own, registered and logged in once before "
+            "the first level; it sends its requests over one keep-alive HTTP connection",
+            f"- each request (workload `http`): with probability {w['status_share']:g} a "
+            f"`GET /v1/status`, otherwise, with weights {mix}, a job submission (`POST "
+            f"/v1/jobs`: dataset {w['dataset']}, {w['rounds']} round(s) of {w['epochs']} "
+            f"epoch(s), h = {w['hidden']}, eta {w['eta']:g}), a job read (`GET /v1/jobs/ID` "
+            f"of one of the user's last {RECENT_JOBS} jobs; a submission while it has none) "
+            f"or a leaderboard read (`GET /v1/leaderboard?dataset={w['dataset']}`); "
+            f"timeout {w['deadline_s']:g} s",
+            timing,
+        ]
     other = {"train": train, "predict": predict,
              "mix": f"with even odds {train}, or {predict}"}[kind]
     return [
-        f"- concurrency levels: {', '.join(map(str, run['levels']))} virtual clients; {bound}",
+        levels,
         f"- each request (workload `{kind}`): with probability {w['status_share']:g} a "
         f"`status()` call, otherwise {other}; deadline {w['deadline_s']:g} s",
-        "- latency: client-side wall time of one call; percentiles over successful requests; "
-        "throughput: successful requests / level wall time (first start to last end)",
+        timing,
     ]
 
 
-def write_report(out_dir: Path, run: dict, summary: list[dict[str, str]]) -> None:
+def errors_lines(errors: list[dict[str, str]]) -> list[str]:
+    """The failed requests by status as a markdown table, cells exactly as in errors.csv."""
+    if not errors:
+        return ["No request failed."]
+    lines = ["| " + " | ".join(ERROR_COLUMNS) + " |", "|" + "---|" * len(ERROR_COLUMNS)]
+    lines += ["| " + " | ".join(r[c] for c in ERROR_COLUMNS) + " |" for r in errors]
+    return lines
+
+
+def write_report(out_dir: Path, run: dict, summary: list[dict[str, str]],
+                 errors: list[dict[str, str]]) -> None:
+    declined = ("`HTTP 429` is the gateway declining (its rate limit or its cap on queued "
+                "jobs); every other status is a failure. " if run["workload"]["kind"] == "http"
+                else "")
     lines = [f"# Load test: {run['label']}", "",
              f"Run {run['started']} (UTC). Command: `{run['command']}`", "",
              "## Environment", "", *environment_lines(run["environment"]), "",
@@ -443,7 +752,10 @@ def write_report(out_dir: Path, run: dict, summary: list[dict[str, str]]) -> Non
              "## Results", "", *results_table(summary), "",
              "![throughput](throughput.png)", "", "![p95 latency](latency_p95.png)", "",
              "![error rate](error_rate.png)", "",
-             "Raw requests: `raw.csv`; this table: `summary.csv`.", ""]
+             "## Errors by status", "",
+             f"{declined}Status: the HTTP status, or the exception a call ended with.", "",
+             *errors_lines(errors), "",
+             "Raw requests: `raw.csv`; the tables: `summary.csv`, `errors.csv`.", ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -474,6 +786,26 @@ def _levels(ctx: click.Context, param: click.Parameter, value: str) -> list[int]
     return sorted(set(levels))
 
 
+def _http_mix(ctx: click.Context, param: click.Parameter,
+              value: list[float]) -> tuple[float, ...]:
+    if len(value) != len(HTTP_KINDS) or sum(value) <= 0:
+        raise click.BadParameter("expected three weights SUBMIT,JOB,LEADERBOARD, not all 0")
+    return tuple(value)
+
+
+def _gateway_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """http(s)://HOST:PORT (a bare HOST:PORT means http), without a trailing slash."""
+    if value is None:
+        return None
+    url = value if "://" in value else f"http://{value}"
+    scheme, _, rest = url.partition("://")
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if scheme not in ("http", "https") or not host or "/" in rest.rstrip("/") \
+            or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected http://HOST:PORT, got {value!r}")
+    return url.rstrip("/")
+
+
 def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
     """One report and plots for earlier runs DIR/<label>/; returns the report's path."""
     runs, summaries = {}, {}
@@ -494,9 +826,14 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
                                  "max_content_width": 100})
 @click.option("--coordinator", type=AddressType(), default=None,
-              help="A running coordinator to load.")
+              help="A running coordinator to load (--workload http: to start the gateway "
+                   "over).")
 @click.option("--local", "local_nodes", type=click.IntRange(1, 32), default=None,
-              help="Start a local cluster with this many nodes on loopback instead.")
+              help="Start a local cluster with this many nodes on loopback instead "
+                   "(--workload http: and a gateway over it).")
+@click.option("--gateway", "gateway_url", default=None, callback=_gateway_url,
+              metavar="URL", help="A running gateway to load with --workload http "
+                                  "(http://HOST:PORT), instead of starting one.")
 @click.option("--concurrency", "levels", default="1,2,4,8", show_default=True,
               callback=_levels, help="Concurrency levels (virtual clients), comma-separated.")
 @click.option("--requests", type=click.IntRange(1, 1_000_000), default=None,
@@ -511,40 +848,64 @@ def compare(out_dir: Path, labels: list[str], kind: str) -> Path:
               default=300.0, show_default=True, help="Longest a level may run.")
 @click.option("--workload", "workload_kind", type=click.Choice(WORKLOADS), default="train",
               show_default=True,
-              help="What the non-status requests are: training rounds, predictions, or both.")
+              help="What the non-status requests are: training rounds, predictions, both, "
+                   "or the gateway's HTTP API (see --http-mix).")
 @click.option("--predict-rows", type=click.IntRange(1, 100_000), default=1, show_default=True,
               help="Rows per predict request.")
 @click.option("--status-share", type=FiniteRange(0, 1), default=0.2, show_default=True,
-              help="Share of requests that are status() calls.")
+              help="Share of requests that are status() calls (http: GET /v1/status).")
+@click.option("--http-mix", type=ListType(FiniteRange(0, 1e6), "SUBMIT,JOB,LEADERBOARD"),
+              default="1,2,1", show_default=True, callback=_http_mix,
+              help="--workload http: relative weights of job submissions, job reads and "
+                   "leaderboard reads.")
+@click.option("--dataset", default="letters", show_default=True,
+              help="--workload http: the dataset jobs train on and the leaderboard reads name.")
+@click.option("--rounds", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="--workload http: rounds per submitted job.")
+@click.option("--gateway-arg", "gateway_args", multiple=True, metavar="ARG",
+              help="An option for the gateway the script starts, after its raised limits "
+                   "(repeatable; e.g. --gateway-arg=--rate-per-s=20 measures with the "
+                   "limiter on).")
 @click.option("--shards", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Shards per training round.")
 @click.option("--shard-rows", type=click.IntRange(1, 1000), default=50, show_default=True,
               help="Rows per shard.")
-@click.option("--hidden", type=click.IntRange(1, 1024), default=4, show_default=True)
-@click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="Hidden units h: of the training rounds, the served model, the http jobs.")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Epochs per training round (http: per round of a submitted job).")
 @click.option("--deadline-s", "--deadline", "deadline_s", cls=RenamedOption,
               type=FiniteRange(0.1, 3600), default=30.0,
-              show_default=True, help="Deadline of each training round, seconds.")
+              show_default=True, help="Deadline of each training round (http: timeout of "
+                                      "each request), seconds.")
 @click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True,
               help="Policy of the --local coordinator.")
-@click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--token", default="", envvar="FEDCLUSTER_TOKEN", help="Cluster token, if any.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the weights, the rows and every client's choices.")
+@click.option("--token", default="", envvar="FEDCLUSTER_TOKEN",
+              help="Cluster token, if any (http: given to the gateway the script starts).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               required=True, help="Results go to OUT/LABEL/ (comparisons to OUT/compare_*).")
-@click.option("--label", default=None, help="Name of this run [nodesN with --local, else run].")
+@click.option("--label", default=None,
+              help="Name of this run [nodesN with --local, else run; http-... for http].")
 @click.option("--compare", "compare_labels", default=None,
               help="Only compare earlier runs OUT/label1,OUT/label2,... in one report.")
 @click.option("--compare-kind", type=click.Choice(KINDS), default="train", show_default=True,
               help="Request kind plotted in a comparison.")
-def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
-        requests: int | None, duration_s: float | None, max_requests: int,
+def cli(coordinator: Address | None, local_nodes: int | None, gateway_url: str | None,
+        levels: list[int], requests: int | None, duration_s: float | None, max_requests: int,
         level_timeout_s: float, workload_kind: str, predict_rows: int, status_share: float,
+        http_mix: tuple[float, ...], dataset: str, rounds: int, gateway_args: tuple[str, ...],
         shards: int, shard_rows: int,
         hidden: int, epochs: int, deadline_s: float, policy: str, seed: int, token: str,
         out_dir: Path, label: str | None, compare_labels: str | None,
         compare_kind: str) -> None:
-    """Drive a cluster with concurrent clients; write raw and summary CSV, plots, a report."""
+    """Drive a cluster (or its gateway) with concurrent clients; write raw and summary CSV,
+    plots, a report."""
     require_module("matplotlib")  # before the load, not after it
+    http = workload_kind == "http"
+    if http:
+        require_module("httpx", "test")
     configure_logging("WARNING", component="loadtest")
     logging.getLogger("thrift").setLevel(logging.CRITICAL)  # failures are recorded as data
     if compare_labels:
@@ -552,23 +913,45 @@ def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
         report = compare(out_dir, labels, compare_kind)
         click.echo(f"comparison of {', '.join(labels)}: {report}")
         return
-    if (coordinator is None) == (local_nodes is None):
+    if gateway_url is not None and not http:
+        raise click.UsageError("--gateway is for --workload http")
+    if gateway_args and (not http or gateway_url is not None):
+        raise click.UsageError("--gateway-arg is for a gateway the script starts "
+                               "(--workload http with --local or --coordinator)")
+    if http and sum(x is not None for x in (coordinator, local_nodes, gateway_url)) != 1:
+        raise click.UsageError("give exactly one of --coordinator HOST:PORT, --local N or "
+                               "--gateway URL")
+    if not http and (coordinator is None) == (local_nodes is None):
         raise click.UsageError("give exactly one of --coordinator HOST:PORT or --local N")
-    label = label or (f"nodes{local_nodes}" if local_nodes else "run")
+    label = label or ("http-" if http else "") + (f"nodes{local_nodes}" if local_nodes
+                                                  else "run")
     if not label.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise click.BadParameter("use letters, digits, - _ . only", param_hint="--label")
     bound = requests or (max_requests if duration_s else 20)
     workload = Workload(shards, shard_rows, hidden, epochs, status_share=status_share,
                         deadline_s=deadline_s, seed=seed, kind=workload_kind,
-                        predict_rows=predict_rows)
+                        predict_rows=predict_rows, http_mix=http_mix, dataset=dataset,
+                        rounds=rounds)
     run_dir = out_dir / label
     run_dir.mkdir(parents=True, exist_ok=True)
-    with ClusterUnderTest(coordinator, local_nodes, policy, run_dir) as address:
-        records, env = drive(address, levels, bound, duration_s, workload, run_dir, token,
-                             level_timeout_s)
+    if http:
+        cluster = (None if gateway_url else
+                   ClusterUnderTest(coordinator, local_nodes, policy, run_dir))
+        gateway = GatewayUnderTest(gateway_url, cluster, run_dir, token,
+                                   raised_limits(max(levels)) + list(gateway_args))
+        with gateway as base_url:
+            records, env = drive_http(base_url, levels, bound, duration_s, workload,
+                                      level_timeout_s, gateway.options(),
+                                      cancel_leftovers=gateway_url is not None)
+    else:
+        with ClusterUnderTest(coordinator, local_nodes, policy, run_dir) as address:
+            records, env = drive(address, levels, bound, duration_s, workload, run_dir, token,
+                                 level_timeout_s)
     summary = summarise(records)
+    errors = error_counts(records)
     write_csv(run_dir / "raw.csv", RAW_COLUMNS, [asdict(r) for r in records])
     write_csv(run_dir / "summary.csv", SUMMARY_COLUMNS, summary)
+    write_csv(run_dir / "errors.csv", ERROR_COLUMNS, errors)
     run = {"label": label, "started": dt.datetime.now(dt.timezone.utc).strftime(
                "%Y-%m-%d %H:%M:%S"),
            "command": " ".join(["python scripts/loadtest.py", *sys.argv[1:]]),
@@ -576,10 +959,12 @@ def cli(coordinator: Address | None, local_nodes: int | None, levels: list[int],
            "workload": asdict(workload), "environment": env}
     (run_dir / "run.json").write_text(json.dumps(run, indent=2), encoding="utf-8")
     plot_run(summary, run_dir)
-    write_report(run_dir, run, summary)
+    write_report(run_dir, run, summary, errors)
     click.echo("\n".join(results_table(summary)))
-    click.echo(f"\nwrote {run_dir}/: raw.csv summary.csv throughput.png latency_p95.png "
-               "error_rate.png run.json report.md")
+    if errors:
+        click.echo("\n" + "\n".join(errors_lines(errors)))
+    click.echo(f"\nwrote {run_dir}/: raw.csv summary.csv errors.csv throughput.png "
+               "latency_p95.png error_rate.png run.json report.md")
 
 
 class ClusterUnderTest:
@@ -601,10 +986,69 @@ class ClusterUnderTest:
         except (RuntimeError, TimeoutError) as exc:
             self._local.stop()
             raise click.ClickException(f"could not start the local cluster: {exc}") from None
+        except BaseException:  # Ctrl-C while starting: what did start stops too
+            self._local.stop()
+            raise
 
     def __exit__(self, *exc_info: object) -> None:
         if self._local is not None:
             self._local.stop()
+
+
+def raised_limits(max_clients: int) -> list[str]:
+    """Options for a gateway the script starts: no per-user limit in the way of the load,
+    and room for every client's connection; the rest as `python -m gateway` defaults them."""
+    return ["--rate-per-s", "1000000", "--login-rate-per-s", "1000000",
+            "--max-queued-per-user", "100000",
+            "--max-connections", str(max(256, 2 * max_clients + 16))]
+
+
+class GatewayUnderTest:
+    """The gateway to load: the one given (--gateway URL), or one started (by PID, stopped
+    afterwards, also on failure) over the cluster under test; its base URL."""
+
+    def __init__(self, url: str | None, cluster: ClusterUnderTest | None, run_dir: Path,
+                 token: str, args: list[str]) -> None:
+        self._url, self._cluster, self._run_dir = url, cluster, run_dir
+        self._token, self._args = token, args
+        self._process: ServerProcess | None = None
+        self._stack = contextlib.ExitStack()
+
+    def options(self) -> str:
+        """How the gateway was started, for the report."""
+        if self._url is not None:
+            return "running before the load test; its options unknown"
+        return "started by the load test: " + " ".join(self._args)
+
+    def __enter__(self) -> str:
+        if self._url is not None:
+            return self._url
+        assert self._cluster is not None
+        try:
+            address = self._stack.enter_context(self._cluster)
+            workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=self._run_dir))
+            args = list(self._args)
+            if self._token:
+                token_file = workdir / "cluster-token"
+                token_file.touch(mode=0o600)
+                token_file.write_text(self._token + "\n", encoding="utf-8")
+                args += ["--token-file", str(token_file)]
+            self._process = start_gateway(workdir, [address], *args)
+            return f"http://{self._process.address}"
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            self._stack.close()
+            raise click.ClickException("could not start the gateway: " +
+                                       " ".join(str(exc).split())[-1000:]) from None
+        except BaseException:  # a ClickException from the cluster, or Ctrl-C
+            self._stack.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._process is not None:
+                self._process.stop(timeout_s=15.0)  # its running jobs reach a round boundary
+        finally:
+            self._stack.close()
 
 
 def drive(address: Address, levels: list[int], requests: int, duration_s: float | None,
@@ -625,14 +1069,23 @@ def drive(address: Address, levels: list[int], requests: int, duration_s: float 
     finally:
         link.close()
     t0 = time.perf_counter()
+
+    def client(level: Level, i: int, out: list[Record]) -> None:
+        run_client(level, i, address, workload, refs, paths, model, t0, token, out)
+
+    return run_levels(levels, requests, duration_s, client, workload, level_timeout_s), env
+
+
+def run_levels(levels: list[int], requests: int, duration_s: float | None, client: ClientLoop,
+               workload: Workload, level_timeout_s: float) -> list[Record]:
+    """Every level in turn, a line on stderr after each."""
     records: list[Record] = []
     for n in levels:
-        level_records = run_level(n, requests, duration_s, address, workload, refs, paths,
-                                  model, t0, token, level_timeout_s)
+        level_records = run_level(n, requests, duration_s, client, workload, level_timeout_s)
         n_ok = sum(r.ok for r in level_records)
         click.echo(f"level {n:>4}: {len(level_records)} requests, {n_ok} ok", err=True)
         records += level_records
-    return records, env
+    return records
 
 
 def upload_model(address: Address, model: ServedModel, token: str) -> None:
@@ -648,8 +1101,17 @@ def upload_model(address: Address, model: ServedModel, token: str) -> None:
         pool.close()
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the run as Ctrl-C does: what it started stops
+
+
 def main(argv: list[str] | None = None) -> None:
-    run_cli(cli, "loadtest.py", argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        run_cli(cli, "loadtest.py", argv)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,12 @@ MALFORMED: dict[str, list[str]] = {
     "local_cluster.py": ["--loads", "0.1,x"],
     "sim_nodes.py": ["--delay-s", "nan"],
 }
+# More malformed values for a script's other options: name -> (script, arguments).
+MALFORMED_MORE: dict[str, tuple[str, list[str]]] = {
+    "loadtest.py --gateway": ("loadtest.py", ["--gateway", "ftp://host:1", "--out", MISSING]),
+    "loadtest.py --http-mix": ("loadtest.py", ["--http-mix", "1,2", "--out", MISSING]),
+    "loadtest.py --rounds": ("loadtest.py", ["--rounds", "0", "--out", MISSING]),
+}
 # Modules other scripts import; they have no command line.
 LIBRARIES = {"hosts.py", "machine.py", "timing_analysis.py"}
 
@@ -70,6 +76,8 @@ def invocations() -> dict[str, tuple[list[str], list[str]]]:
     every = dict(COMMANDS)
     for name, args in MALFORMED.items():
         every[f"scripts/{name}"] = ([str(SCRIPTS / name)], args)
+    for name, (script, args) in MALFORMED_MORE.items():
+        every[f"scripts/{name}"] = ([str(SCRIPTS / script)], args)
     return every
 
 
@@ -94,6 +102,7 @@ def test_every_script_is_covered() -> None:
     names = set(script_names())
 
     assert names == set(MALFORMED) | LIBRARIES, "add the new script to MALFORMED"
+    assert {script for script, _ in MALFORMED_MORE.values()} <= set(MALFORMED)
     for name in LIBRARIES:
         assert '__name__ == "__main__"' not in (SCRIPTS / name).read_text()
 

@@ -152,6 +152,13 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
         (("--local", "1", "--concurrency", "0,2", "--out", str(tmp_path)), "between 1 and"),
         (("--coordinator", "127.0.0.1:1", "--out", str(tmp_path)), "cannot use the coordinator"),
         (("--out", str(tmp_path), "--compare", "missing"), "no summary.csv"),
+        (("--gateway", "http://127.0.0.1:1", "--workload", "http", "--out", str(tmp_path)),
+         "cannot use the gateway at http://127.0.0.1:1"),
+        (("--gateway", "127.0.0.1:1", "--out", str(tmp_path)), "--gateway is for --workload http"),
+        (("--local", "1", "--gateway", "127.0.0.1:1", "--workload", "http", "--out",
+          str(tmp_path)), "exactly one of --coordinator HOST:PORT, --local N or --gateway URL"),
+        (("--local", "1", "--gateway-arg=--rate-per-s=1", "--out", str(tmp_path)),
+         "--gateway-arg is for a gateway the script starts"),
     ]
     for args, fragment in cases:
         done = loadtest(*args, timeout_s=60)
@@ -182,3 +189,77 @@ def test_predict_workload_records_predictions_in_csvs_and_report(tmp_path: Path)
     assert "workload `predict`" in report and "`predict()` of 3 letters row(s)" in report
     for name in FIGURES:
         png_size(run_dir / name)
+
+
+@pytest.mark.slow
+def test_http_workload_loads_a_gateway_it_starts(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    done = loadtest("--local", "1", "--workload", "http", "--concurrency", "1,3",
+                    "--duration-s", "1", "--out", str(out), "--label", "gw", timeout_s=120)
+
+    assert done.returncode == 0, done.stderr
+    run_dir = out / "gw"
+    raw = read_csv(run_dir / "raw.csv")
+    summary = read_csv(run_dir / "summary.csv")
+    assert {r["level"] for r in raw} == {"1", "3"}
+    assert {r["kind"] for r in raw} == {"submit", "job", "leaderboard", "status"}
+    assert not [r["error"] for r in raw if r["error"].startswith("HTTP 5")]
+    assert all(r["ok"] == "1" for r in raw), [r["error"] for r in raw if r["ok"] != "1"][:3]
+    assert {r["client"] for r in raw if r["level"] == "3"} == {"0", "1", "2"}
+    # a client's first request submits (there is no job of its to read yet)
+    firsts = {}
+    for r in raw:
+        firsts.setdefault(r["client"], r)
+    assert {r["kind"] for r in firsts.values()} <= {"submit", "leaderboard", "status"}
+    assert [(r["level"], r["kind"]) for r in summary] == [
+        (lv, k) for lv in ("1", "3") for k in ("all", "submit", "job", "leaderboard", "status")]
+    for row in summary:
+        assert int(row["requests"]) > 0 and float(row["throughput_rps"]) > 0, row
+        assert 0 < float(row["latency_p50_ms"]) <= float(row["latency_p99_ms"]) < 30_000, row
+    check_summary_against_raw(summary, raw)
+    assert read_csv(run_dir / "errors.csv") == []
+    report = (run_dir / "report.md").read_text()
+    assert report_table(report) == summary
+    assert "workload `http`" in report and "No request failed." in report
+    assert "| gateway | http://127.0.0.1:" in report and "--max-queued-per-user 100000" in report
+    assert "| compute nodes | 1 (1 alive at start) |" in report
+    for name in FIGURES:
+        png_size(run_dir / name)
+
+
+@pytest.mark.slow
+def test_http_workload_against_a_running_gateway_counts_429_as_declined(
+        make_cluster, tmp_path: Path) -> None:
+    import sqlite3
+
+    from harness import start_gateway
+
+    cluster = make_cluster(nodes=1)
+    db = tmp_path / "gw" / "gateway.db"
+    gateway = start_gateway(tmp_path / "gw", [cluster.coordinator.address], "--rate-per-s", "3",
+                            "--max-running", "1", db=db)
+    try:
+        done = loadtest("--gateway", f"http://{gateway.address}", "--workload", "http",
+                        "--concurrency", "2", "--requests", "30", "--status-share", "0",
+                        "--http-mix", "1,1,0", "--out", str(tmp_path / "out"), "--label", "limited",
+                        timeout_s=120)
+        queued = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+    finally:
+        gateway.stop()
+
+    assert done.returncode == 0, done.stderr
+    run_dir = tmp_path / "out" / "limited"
+    raw = read_csv(run_dir / "raw.csv")
+    assert len(raw) == 30 and {r["kind"] for r in raw} <= {"submit", "job"}
+    assert 0 < sum(r["ok"] == "1" for r in raw) < 30
+    assert {r["error"].split(":")[0] for r in raw if r["ok"] != "1"} == {"HTTP 429"}
+    errors = read_csv(run_dir / "errors.csv")
+    declined = sum(r["ok"] != "1" for r in raw)
+    assert {"level": "2", "kind": "all", "status": "HTTP 429", "count": str(declined)} in errors
+    report = (run_dir / "report.md").read_text()
+    assert report_table(report, "level | kind | status") == errors
+    assert "`HTTP 429` is the gateway declining" in report
+    assert "running before the load test" in report
+    assert queued == 0, done.stderr  # the run's jobs still waiting were cancelled
