@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,12 @@ from gateway.scheduler import Scheduler
 from gateway.store import STATES, Job, Registry
 
 log = logging.getLogger("fedcluster.gateway.api")
+
+
+# A job id as SQLite stores it (a signed 64-bit integer): a larger one would fail the query
+# with OverflowError, a 500 instead of a 404 or a 422.
+ID_MAX = 2**63 - 1
+JobId = Annotated[int, PathParam(ge=1, le=ID_MAX)]
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class Gateway:
 
 class Credentials(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=3, max_length=32, pattern=USERNAME.pattern)
+    # pydantic searches for a pattern anywhere in the string: anchored, it is the whole name
+    username: str = Field(min_length=3, max_length=32, pattern=f"^{USERNAME.pattern}$")
     password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
 
@@ -192,7 +200,7 @@ def create_app(gw: Gateway) -> FastAPI:
     def list_jobs(who: Caller,
                   state: Annotated[Literal[STATES] | None, Query()] = None,  # type: ignore[valid-type]
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                  before: Annotated[int | None, Query(ge=1)] = None) -> list[dict]:
+                  before: Annotated[int | None, Query(ge=1, le=ID_MAX)] = None) -> list[dict]:
         """Your jobs, newest first (an admin sees everyone's); `before` pages back by id."""
         states = (state,) if state else STATES
         jobs = gw.registry.jobs(None if who.admin else who.username, states,
@@ -200,11 +208,11 @@ def create_app(gw: Gateway) -> FastAPI:
         return [job_view(j) for j in jobs]
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
-    def get_job(job_id: int, who: Caller) -> dict:
+    def get_job(job_id: JobId, who: Caller) -> dict:
         return job_view(own_job(job_id, who))
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
-    def cancel_job(job_id: int, who: Caller) -> dict:
+    def cancel_job(job_id: JobId, who: Caller) -> dict:
         """A queued job is cancelled at once; a running one stops at its next round."""
         job = own_job(job_id, who)
         if job.state in ("done", "failed", "cancelled"):
@@ -213,7 +221,7 @@ def create_app(gw: Gateway) -> FastAPI:
         return {"id": job_id, "state": state, "cancel_requested": True}
 
     @app.get("/v1/jobs/{job_id}/timing", tags=["jobs"])
-    def job_timing(job_id: int, who: Caller) -> FileResponse:
+    def job_timing(job_id: JobId, who: Caller) -> FileResponse:
         """The job's timing.txt, as `python -m client --timing` writes it."""
         own_job(job_id, who)
         path = job_files(gw.jobs_dir, job_id)["timing"]
@@ -222,7 +230,7 @@ def create_app(gw: Gateway) -> FastAPI:
         return FileResponse(path, media_type="text/plain; charset=utf-8")
 
     @app.get("/v1/jobs/{job_id}/model", tags=["jobs"])
-    def job_model(job_id: int, who: Caller) -> FileResponse:
+    def job_model(job_id: JobId, who: Caller) -> FileResponse:
         """The finished job's model file (.npz), usable with `python -m client predict`."""
         job = own_job(job_id, who)
         path = job_files(gw.jobs_dir, job_id)["model"]
@@ -233,7 +241,7 @@ def create_app(gw: Gateway) -> FastAPI:
                             filename=f"job-{job_id}-model.npz")
 
     @app.post("/v1/jobs/{job_id}/predict", tags=["jobs"])
-    def predict(job_id: int, body: PredictBody, who: Caller) -> dict:
+    def predict(job_id: JobId, body: PredictBody, who: Caller) -> dict:
         """Label rows of raw attributes with the job's model, served by the cluster."""
         job = own_job(job_id, who)
         if job.state != "done":
@@ -394,7 +402,7 @@ def validation_message(errors: Any) -> str:
     """pydantic's error list as one line a person can act on: `field: what is wrong`."""
     parts = []
     for error in list(errors)[:5]:
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query"))
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
         kind = error.get("type", "")
         if kind == "json_invalid":
             parts.append("the body is not valid JSON")
