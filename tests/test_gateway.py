@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -215,22 +213,6 @@ def assert_same_model(served: bytes, by_hand: Path) -> None:
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gateway_importable() -> Iterator[None]:
-    """`python -m gateway` runs in a log directory, not the repository: an editable install
-    made before gateway/ existed does not map the package, so the repository goes first on
-    PYTHONPATH for the processes this module starts (the same sources either way)."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 @pytest.fixture(scope="module")
@@ -775,8 +757,7 @@ def test_sigkill_and_sigterm_restarts_lose_no_job_and_resume_to_the_same_bits(
                      "a round of Q")
         board = api.leaderboard(kim)
         api.gateway.terminate()
-        # uvicorn ends by re-raising the signal it handled: a clean stop exits by SIGTERM
-        assert api.gateway.popen.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert api.gateway.popen.wait(timeout=30) == 0  # a clean stop, not death by signal
         assert "event=gateway_stopped" in api.gateway.log(), api.gateway.log()[-3000:]
 
         api = gateways.start(workdir, *options)
