@@ -24,6 +24,7 @@ from gateway.jobs import Cluster, JobRunner
 from gateway.limits import BodyLimit, RateLimiter
 from gateway.scheduler import Scheduler
 from gateway.store import Registry, StoreError
+from gateway.watch import ClusterWatch
 from idl.rpc import Address
 from idl.tls import TlsContexts
 from runtime.cli import (
@@ -88,6 +89,12 @@ STOP_WAIT_S = 5.0  # how long a stop waits for running jobs to reach a round bou
 @click.option("--target-error", type=FiniteRange(0, 1, min_open=True), default=0.3,
               show_default=True, help="Validation error the leaderboard's time-to-target "
                                       "counts to, unless a request names its own.")
+@click.option("--public-dashboard", is_flag=True,
+              help="The dashboard (/ and GET /v1/dashboard) read-only for anyone who can "
+                   "reach the gateway, without logging in.")
+@click.option("--watch-interval-s", type=FiniteRange(min=0.1, max=60), default=1.0,
+              show_default=True, help="How often the gateway asks the coordinator for the "
+                                      "cluster's status (the dashboard's nodes and events).")
 @click.option("--deadline-s", "round_deadline_s", type=FiniteRange(min=0, min_open=True,
               max=86400), default=600.0, show_default=True,
               help="Seconds a job's round may take before it fails.")
@@ -99,8 +106,9 @@ def cli(port: int, host: str, coordinators: list[Address], db: Path, data_root: 
         closed_registration: bool, admin_token_file: Path | None, token_ttl_h: float,
         rate_per_s: float, login_rate_per_s: float, max_body_kb: int, body_timeout_s: float,
         max_rounds: int, max_epochs: int, max_hidden: int, max_predict_rows: int,
-        max_connections: int, target_error: float, round_deadline_s: float, token: str,
-        tls: TlsContexts, log_level: str) -> None:
+        max_connections: int, target_error: float, public_dashboard: bool,
+        watch_interval_s: float, round_deadline_s: float, token: str, tls: TlsContexts,
+        log_level: str) -> None:
     """Serve the gateway on PORT (0: any free port)."""
     import uvicorn  # the server's own import, after the options are checked
 
@@ -123,6 +131,8 @@ def cli(port: int, host: str, coordinators: list[Address], db: Path, data_root: 
     cluster = Cluster(list(coordinators), token, tls.client, round_deadline_s)
     scheduler = Scheduler(registry, JobRunner(registry, catalogue, cluster, jobs_dir),
                           max_running)
+    watch = ClusterWatch(cluster.coordinators, token, tls.client, registry.add_event,
+                         watch_interval_s)
     gateway = Gateway(
         registry=registry, accounts=Accounts(registry, token_ttl_h * 3600, admin_token),
         catalogue=catalogue, scheduler=scheduler, cluster=cluster, jobs_dir=jobs_dir,
@@ -131,6 +141,7 @@ def cli(port: int, host: str, coordinators: list[Address], db: Path, data_root: 
         user_rate=RateLimiter(rate_per_s, max(1, int(2 * rate_per_s))),
         login_rate=RateLimiter(login_rate_per_s, max(1, int(2 * login_rate_per_s))),
         closed_registration=closed_registration, target_error=target_error,
+        watch=watch, public_dashboard=public_dashboard,
     )
     try:
         sock = socket.create_server((host, port), backlog=1024)
@@ -147,10 +158,12 @@ def cli(port: int, host: str, coordinators: list[Address], db: Path, data_root: 
     @contextlib.asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
         scheduler.start()
+        watch.start()
         log_event("gateway_started", address=str(bound), db=str(db), jobs_dir=str(jobs_dir))
         click.echo(f"listening on {bound}")
         sys.stdout.flush()
         yield
+        watch.stop()
         scheduler.stop(STOP_WAIT_S)
         log_event("gateway_stopped", running=len(scheduler.running()))
 

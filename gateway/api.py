@@ -13,7 +13,6 @@ import math
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from thrift.Thrift import TException
@@ -29,14 +29,20 @@ from thrift.Thrift import TException
 from client.serving import ModelFile, ServingFailed, ServingLink, read_model_file
 from client.status import fetch_status
 from gateway.accounts import PASSWORD_MAX, PASSWORD_MIN, USERNAME, Accounts, Principal
+from gateway.dashboard import STATIC, dashboard_view
 from gateway.datasets import NAME, BadDatasetName, Catalogue, UnknownDataset
 from gateway.jobs import DEFAULTS, Cluster, job_files
 from gateway.limits import RateLimiter
 from gateway.scheduler import Scheduler
 from gateway.store import STATES, Job, Registry
+from gateway.views import iso, job_view, leaderboard_entry
+from gateway.watch import ClusterWatch, node_view
 
 log = logging.getLogger("fedcluster.gateway.api")
 
+
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 # A job id as SQLite stores it (a signed 64-bit integer): a larger one would fail the query
 # with OverflowError, a 500 instead of a 404 or a 422.
@@ -71,6 +77,8 @@ class Gateway:
     login_rate: RateLimiter
     closed_registration: bool = False
     target_error: float = 0.3
+    watch: ClusterWatch | None = None  # the dashboard's view of the cluster
+    public_dashboard: bool = False
 
 
 class Credentials(BaseModel):
@@ -160,7 +168,7 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(401, "wrong username or password",
                                 headers={"WWW-Authenticate": "Bearer"})
         token, expires_at = got
-        return {"token": token, "expires_at": _iso(expires_at), "token_type": "bearer"}
+        return {"token": token, "expires_at": iso(expires_at), "token_type": "bearer"}
 
     @app.get("/v1/datasets", tags=["data"])
     def datasets(who: Caller) -> list[dict]:
@@ -193,6 +201,9 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(429, f"you have {limits.max_queued_per_user} jobs queued, "
                                      "the most this gateway holds per user: wait for some "
                                      "to start, or cancel some")
+        gw.registry.add_event("job_queued", f"job {job.id} queued by {who.username}",
+                              f"{body.dataset}: {body.rounds} rounds of {body.epochs} "
+                              f"epochs, h {body.h}")
         gw.scheduler.wake()
         return {"id": job.id, "state": job.state}
 
@@ -218,6 +229,13 @@ def create_app(gw: Gateway) -> FastAPI:
         if job.state in ("done", "failed", "cancelled"):
             raise HTTPException(409, f"job {job_id} is already {job.state}")
         state = gw.scheduler.cancel(job_id)
+        if state == "cancelled":
+            gw.registry.add_event("job_cancelled", f"job {job_id} cancelled",
+                                  f"by {who.username}, while it waited")
+        else:
+            gw.registry.add_event("job_cancel_requested",
+                                  f"job {job_id} stops at its next round",
+                                  f"cancelled by {who.username} while running")
         return {"id": job_id, "state": state, "cancel_requested": True}
 
     @app.get("/v1/jobs/{job_id}/timing", tags=["jobs"])
@@ -282,16 +300,8 @@ def create_app(gw: Gateway) -> FastAPI:
         if not NAME.fullmatch(dataset):
             raise HTTPException(400, f"dataset {dataset[:80]!r} is not a dataset name")
         goal = target if target is not None else gw.target_error
-        board = []
-        for rank, job in enumerate(gw.registry.leaderboard(dataset, limit), start=1):
-            train_s = sum(r.round_s for r in job.rounds)
-            board.append({
-                "rank": rank, "job": job.id, "user": job.user, "dataset": job.dataset,
-                "validation_error": job.final_validation_error, "settings": job.settings,
-                "rounds": len(job.rounds), "train_s": train_s,
-                "target_error": goal, "time_to_target_s": time_to_target(job, goal),
-                "finished_at": _iso(job.finished_at),
-            })
+        board = [leaderboard_entry(rank, job, goal) for rank, job in
+                 enumerate(gw.registry.leaderboard(dataset, limit), start=1)]
         return board
 
     @app.get("/v1/status", tags=["service"])
@@ -304,51 +314,37 @@ def create_app(gw: Gateway) -> FastAPI:
             except (TException, OSError, EOFError) as exc:
                 reasons.append(f"{address}: {getattr(exc, 'message', None) or exc}")
                 continue
-            return {
-                "coordinator": str(address), "policy": got.policy,
-                "nodes": [{"address": n.address, "alive": n.alive,
-                           "load_probability": n.load_probability,
-                           "tasks_in_flight": n.tasks_in_flight, "tasks_done": n.tasks_done,
-                           "failures": n.failures,
-                           "last_seen_s_ago": None if n.last_seen_s_ago < 0
-                           else n.last_seen_s_ago,
-                           "recent_service_s": n.recent_service_s} for n in got.nodes],
-                "counters": dict(got.counters or {}),
-                "jobs": gw.registry.counts(),
-            }
+            return {"coordinator": str(address), "policy": got.policy,
+                    "nodes": [node_view(n) for n in got.nodes or []],
+                    "counters": dict(got.counters or {}), "jobs": gw.registry.counts()}
         raise HTTPException(503, "no coordinator answered (" + "; ".join(reasons) + ")")
 
+    def viewer(request: Request) -> Principal | None:
+        """Anyone under --public-dashboard (rate-limited by address); else a token."""
+        if gw.public_dashboard:
+            _rate_or_429(gw.user_rate, f"ip:{caller_ip(request)}")
+            return None
+        return principal(request)
+
+    @app.get("/v1/dashboard", tags=["dashboard"])
+    def dashboard(who: Annotated[Principal | None, Depends(viewer)]) -> dict:
+        """Everything the dashboard page shows, in one answer: nodes, counters, the queue and
+        running jobs with their curves, leaderboards, recent events. Read-only."""
+        return dashboard_view(gw.registry, gw.watch.snapshot() if gw.watch else None,
+                              public=gw.public_dashboard, target_error=gw.target_error)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The dashboard: its own files only (the policy forbids anything else), never
+        framed by another site."""
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8",
+                            headers={"Content-Security-Policy": PAGE_POLICY,
+                                     "X-Content-Type-Options": "nosniff",
+                                     "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     return app
-
-
-def job_view(job: Job) -> dict:
-    rounds = [{"round": r.round, "validation_error": r.validation_error,
-               "train_loss": r.train_loss, "round_s": r.round_s, "retries": r.retries,
-               "declined": r.declined} for r in job.rounds]
-    train_s = sum(r.round_s for r in job.rounds)
-    return {
-        "id": job.id, "user": job.user, "dataset": job.dataset, "state": job.state,
-        "settings": job.settings, "rounds": rounds,
-        "final_validation_error": job.final_validation_error,
-        "timing": {"rounds_done": len(rounds), "train_s": train_s,
-                   "mean_round_s": train_s / len(rounds) if rounds else None,
-                   "retries": sum(r.retries for r in job.rounds),
-                   "declined": sum(r.declined for r in job.rounds),
-                   "starts": job.starts},
-        "submitted_at": _iso(job.submitted_at), "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at), "cancel_requested": job.cancel_requested,
-        "error": job.error,
-    }
-
-
-def time_to_target(job: Job, target: float) -> float | None:
-    """Training seconds until the validation error first reached `target`; None if never."""
-    elapsed = 0.0
-    for r in job.rounds:
-        elapsed += r.round_s
-        if r.validation_error <= target:
-            return elapsed
-    return None
 
 
 def _model(cache: OrderedDict[int, ModelFile], job_id: int, path: Path) -> ModelFile:
@@ -369,13 +365,6 @@ def _rate_or_429(limiter: RateLimiter, key: str) -> None:
     if wait_s > 0:
         raise HTTPException(429, f"too many requests: try again in {wait_s:.1f} s",
                             headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
-
-
-def _iso(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="seconds") \
-        .replace("+00:00", "Z")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

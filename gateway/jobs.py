@@ -89,6 +89,10 @@ class JobRunner:
                 self._registry.add_round(job.id, RoundRecord(
                     report.round, report.validation_error, report.train_loss, report.seconds,
                     report.failed, report.declined))
+                self._registry.add_event(
+                    "round_done", f"job {job.id}: round {report.round}/{report.rounds}, "
+                    f"validation error {report.validation_error:.2%}",
+                    f"{report.failed} task(s) retried" if report.failed else "")
                 if control.cancelled.is_set() or self._registry.cancel_requested(job.id):
                     raise JobCancelled
                 if control.stopping.is_set():
@@ -105,6 +109,8 @@ class JobRunner:
                                      "job_warning", level=logging.WARNING, job=job.id, note=line))
         except JobCancelled:
             self._registry.finish(job.id, "cancelled")
+            self._registry.add_event("job_cancelled", f"job {job.id} cancelled",
+                                     "stopped at a round boundary, as asked")
             log_event("job_cancelled", job=job.id)
             return
         except GatewayStopping:
@@ -115,11 +121,15 @@ class JobRunner:
             # the dataset is gone; OSError: the job's directory. The message says which.
             message = _one_line(exc)
             self._registry.finish(job.id, "failed", error=message)
+            self._registry.add_event("job_failed", f"job {job.id} failed", message)
             log_event("job_failed", level=logging.WARNING, job=job.id, error=message)
             return
         digest = self._register_model(job, files["model"])
         self._registry.finish(job.id, "done", final_validation_error=summary.validation_error,
                               model_digest=digest)
+        self._registry.add_event("job_done", f"job {job.id} done: validation error "
+                                             f"{summary.validation_error:.2%}",
+                                 f"{config.rounds} rounds finished")
         log_event("job_done", job=job.id, validation_error=summary.validation_error)
 
     def _register_model(self, job: Job, path: Path) -> str | None:

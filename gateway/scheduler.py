@@ -98,9 +98,11 @@ class Scheduler:
         for job in running:
             if job.cancel_requested:
                 self._registry.finish(job.id, "cancelled")
+                self._registry.add_event("job_cancelled", f"job {job.id} cancelled",
+                                         "cancel asked before the gateway stopped")
                 continue
             log_event("job_taken_up", job=job.id, why="running when the gateway last stopped")
-            self._launch(job)
+            self._launch(job, resumed=True)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -122,9 +124,16 @@ class Scheduler:
                 return
             self._launch(job)
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job, resumed: bool = False) -> None:
         if not self._registry.start(job.id):
             return  # cancelled between the choice and the start
+        if resumed:
+            self._registry.add_event("job_resumed", f"job {job.id} resumed",
+                                     "it was running when the gateway stopped; it continues "
+                                     "from its last checkpoint")
+        else:
+            self._registry.add_event("job_started", f"job {job.id} of {job.user} started",
+                                     "a free slot, and the fair share's turn")
         control = JobControl()
         if self._stopping.is_set():
             control.stopping.set()

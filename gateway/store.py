@@ -68,7 +68,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, round)
     );
     """,
+    """
+    CREATE TABLE events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      REAL NOT NULL,
+        kind    TEXT NOT NULL,                -- node_dead, job_done, round_done, ...
+        message TEXT NOT NULL,
+        cause   TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
+EVENTS_KEPT = 2000  # the newest events; older ones are dropped as new ones come
 SCHEMA_VERSION = len(MIGRATIONS)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -105,6 +115,17 @@ class Job:
     model_digest: str | None = None
     cancel_requested: bool = False
     rounds: list[RoundRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a person watching the cluster wants to know happened, and why."""
+
+    id: int
+    at: float
+    kind: str
+    message: str
+    cause: str = ""
 
 
 class Registry:
@@ -314,12 +335,37 @@ class Registry:
             rounds = self._rounds([r["id"] for r in rows])
             return [self._job(r, rounds) for r in rows]
 
+    def datasets_with_results(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT dataset FROM jobs WHERE state = 'done' "
+                                    "ORDER BY dataset").fetchall()
+        return [r[0] for r in rows]
+
     def counts(self) -> dict[str, int]:
         """Jobs per state, every state present."""
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         found = {r[0]: r[1] for r in rows}
         return {state: found.get(state, 0) for state in STATES}
+
+    # -- events -----------------------------------------------------------------------------
+
+    def add_event(self, kind: str, message: str, cause: str = "") -> None:
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO events (at, kind, message, cause) VALUES (?, ?, ?, ?)",
+                (time.time(), kind, message[:500], cause[:500]),
+            )
+            if (cursor.lastrowid or 0) % 100 == 0:
+                self._db.execute("DELETE FROM events WHERE id <= ?",
+                                 ((cursor.lastrowid or 0) - EVENTS_KEPT,))
+
+    def events(self, limit: int = 50) -> list[Event]:
+        """The newest events, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?",
+                                    (limit,)).fetchall()
+        return [Event(r["id"], r["at"], r["kind"], r["message"], r["cause"]) for r in rows]
 
     # -- rows to objects -------------------------------------------------------------------
 

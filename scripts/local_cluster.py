@@ -178,18 +178,18 @@ def start_coordinator(
 
 def start_gateway(
     workdir: Path, coordinators: list[Address], *extra: str, db: Path | None = None,
-    data_root: Path | None = None, tls: TlsFiles | None = None,
+    data_root: Path | None = None, tls: TlsFiles | None = None, port: int = 0,
 ) -> ServerProcess:
     """A real gateway on a free loopback port: plain HTTP for people; the cluster's TLS files
-    (if any) for its own calls to the coordinators. A start with the same `db` continues
-    where the last one stopped."""
+    (if any) for its own calls to the coordinators. A start with the same `db` (and `port`,
+    for pages left open) continues where the last one stopped."""
     workdir.mkdir(parents=True, exist_ok=True)
     data_root = data_root or workdir / "datasets"
     data_root.mkdir(parents=True, exist_ok=True)
     index = len(list(workdir.glob("gateway-*.log")))
     return start_server(
         "gateway",
-        ["0", "--host", "127.0.0.1", "--coordinators", ",".join(map(str, coordinators)),
+        [str(port), "--host", "127.0.0.1", "--coordinators", ",".join(map(str, coordinators)),
          "--db", str(db or workdir / "gateway.db"), "--data-root", str(data_root), *extra],
         workdir / f"gateway-{index}.log",
         None,

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from gateway.accounts import Accounts, hash_password, verify_password
-from gateway.api import time_to_target, validation_message
+from gateway.api import validation_message
 from gateway.datasets import BadDatasetName, Catalogue, UnknownDataset
 from gateway.limits import BodyLimit, RateLimiter
 from gateway.scheduler import pick_next
 from gateway.store import SCHEMA_VERSION, Job, Registry, RoundRecord, StoreError
+from gateway.views import time_to_target
 
 SETTINGS = {"rounds": 3, "epochs": 1, "h": 8, "eta": 0.01}
 
@@ -286,3 +287,37 @@ def test_validation_errors_read_as_one_line() -> None:
                                           "colour: not a field this call takes")
     assert validation_message([{"loc": ("body", 5), "type": "json_invalid", "msg": "x"}]) == \
         "the body is not valid JSON"
+
+
+def test_a_registry_of_schema_1_is_migrated_keeping_its_jobs(tmp_path: Path) -> None:
+    from gateway.store import MIGRATIONS, _statements
+
+    path = tmp_path / "gateway.db"
+    db = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        db.execute(statement)
+    db.execute("INSERT INTO jobs (username, dataset, settings, state, submitted_at) "
+               "VALUES ('ann', 'letters', '{}', 'queued', 0)")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+
+    reg = Registry(path)
+    try:
+        assert reg._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert reg.job(1).user == "ann"
+        reg.add_event("node_dead", "node a:1 is dead", "no heartbeat")
+        assert [(e.kind, e.cause) for e in reg.events()] == [("node_dead", "no heartbeat")]
+    finally:
+        reg.close()
+
+
+def test_node_changes_name_deaths_returns_and_newcomers() -> None:
+    from gateway.watch import node_changes
+
+    before = {"a:1": True, "b:2": True, "c:3": False, "gone:4": True}
+    now = {"a:1": True, "b:2": False, "c:3": True, "new:5": True}
+
+    assert sorted((kind, node) for kind, node, _ in node_changes(before, now)) == [
+        ("node_back", "c:3"), ("node_dead", "b:2"), ("node_joined", "new:5"),
+        ("node_removed", "gone:4")]
