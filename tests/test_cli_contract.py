@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[list[str], list[str]]] = {
     "letters generate": (["-m", "letters", "generate"], [MISSING, "--samples", "x"]),
     "letters split": (["-m", "letters", "split"], [MISSING, MISSING]),
     "letters stats": (["-m", "letters", "stats"], [MISSING]),
+    "gateway": (["-m", "gateway"], ["0", "--coordinators", "127.0.0.1:1", "--data-root", ".",
+                                    "--rate-per-s", "nan"]),
 }
 
 # Every script with a command line, and one malformed value for it.
@@ -135,7 +137,7 @@ from runtime.cli import FiniteRange, ListType
 scripts = Path(sys.argv[1])
 sys.path.insert(0, str(scripts))
 commands = {}
-for module in ("compute_node", "coordinator", "client", "letters"):
+for module in ("compute_node", "coordinator", "client", "letters", "gateway"):
     commands[module] = importlib.import_module(f"{module}.__main__").cli
 for name in json.loads(sys.argv[2]):
     spec = importlib.util.spec_from_file_location(name[:-3], scripts / name)
