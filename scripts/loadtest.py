@@ -405,7 +405,10 @@ def patient(http: httpx.Client, method: str, path: str, expect: tuple[int, ...],
     while True:
         response = http.request(method, path, **kwargs)
         if response.status_code == 429:
-            wait_s = float(response.headers.get("retry-after", "1") or 1)
+            try:
+                wait_s = min(max(float(response.headers.get("retry-after", "1")), 0.1), 60.0)
+            except ValueError:  # an HTTP date: not what the gateway sends
+                wait_s = 1.0
             if time.monotonic() + wait_s < deadline:
                 time.sleep(wait_s)
                 continue
@@ -1024,9 +1027,9 @@ class GatewayUnderTest:
         if self._url is not None:
             return self._url
         assert self._cluster is not None
+        workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=self._run_dir))
         try:
             address = self._stack.enter_context(self._cluster)
-            workdir = Path(tempfile.mkdtemp(prefix="gateway-", dir=self._run_dir))
             args = list(self._args)
             if self._token:
                 token_file = workdir / "cluster-token"
@@ -1037,8 +1040,10 @@ class GatewayUnderTest:
             return f"http://{self._process.address}"
         except (RuntimeError, TimeoutError, OSError) as exc:
             self._stack.close()
-            raise click.ClickException("could not start the gateway: " +
-                                       " ".join(str(exc).split())[-1000:]) from None
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = lines[-1] if lines else type(exc).__name__  # the log's last line says why
+            raise click.ClickException(f"could not start the gateway: {why[:500]} (its log: "
+                                       f"{workdir}/gateway-0.log)") from None
         except BaseException:  # a ClickException from the cluster, or Ctrl-C
             self._stack.close()
             raise

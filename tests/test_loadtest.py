@@ -159,6 +159,8 @@ def test_bad_arguments_fail_cleanly(tmp_path: Path) -> None:
           str(tmp_path)), "exactly one of --coordinator HOST:PORT, --local N or --gateway URL"),
         (("--local", "1", "--gateway-arg=--rate-per-s=1", "--out", str(tmp_path)),
          "--gateway-arg is for a gateway the script starts"),
+        (("--local", "1", "--workload", "http", "--gateway-arg=--max-hidden=0", "--out",
+          str(tmp_path)), "could not start the gateway: error: Invalid value for '--max-hidden'"),
     ]
     for args, fragment in cases:
         done = loadtest(*args, timeout_s=60)
