@@ -908,7 +908,7 @@ def cli(coordinator: Address | None, local_nodes: int | None, gateway_url: str |
     require_module("matplotlib")  # before the load, not after it
     http = workload_kind == "http"
     if http:
-        require_module("httpx", "test")
+        require_module("httpx")
     configure_logging("WARNING", component="loadtest")
     logging.getLogger("thrift").setLevel(logging.CRITICAL)  # failures are recorded as data
     if compare_labels:
