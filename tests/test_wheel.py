@@ -186,3 +186,13 @@ def test_installed_servers_train_a_round_on_the_shipped_letters_from_elsewhere(
     assert "round 1/1" in client.stdout and "final validation error" in client.stdout, (
         client.stdout + client.stderr)
     assert str(data_dir) in client.stdout + client.stderr, "says which data it trains on"
+
+
+def test_the_image_copies_every_package_the_wheel_ships() -> None:
+    """deploy/Containerfile builds the wheel from copied folders: a package left out of its
+    COPY lines fails the image build (as the gateway once did), so each is named here."""
+    containerfile = (REPO / "deploy" / "Containerfile").read_text()
+    top_level = {name.split(".")[0] for name in source_packages(REPO)}
+
+    missing = [p for p in sorted(top_level) if f"COPY {p} /src/{p}\n" not in containerfile]
+    assert not missing, f"deploy/Containerfile does not COPY {missing}"
