@@ -194,5 +194,9 @@ def test_the_image_copies_every_package_the_wheel_ships() -> None:
     containerfile = (REPO / "deploy" / "Containerfile").read_text()
     top_level = {name.split(".")[0] for name in source_packages(REPO)}
 
+    ignore = (REPO / "deploy" / "Containerfile.dockerignore").read_text().splitlines()
+
     missing = [p for p in sorted(top_level) if f"COPY {p} /src/{p}\n" not in containerfile]
     assert not missing, f"deploy/Containerfile does not COPY {missing}"
+    hidden = [p for p in sorted(top_level) if f"!{p}" not in ignore]
+    assert not hidden, f"deploy/Containerfile.dockerignore leaves {hidden} out of the context"
