@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import click
 from compute_node.handler import ComputeNodeHandler
 from compute_node.load import LoadConfig, LoadSimulator
 from compute_node.node import WEIGHTS_WAIT_S, ComputeNodeCore
+from compute_node.poison import MODES as POISON_MODES
+from compute_node.poison import Poisoner
 from compute_node.registration import Registrar
 from compute_node.serving import NodeServing, model_store
 from compute_node.shards import node_store
@@ -73,6 +76,12 @@ from runtime.events import configure_logging, log_event
     help="Seconds a task naming weights not yet here waits for them (at most half its "
          "budget) before answering WeightsMissing.",
 )
+@click.option(
+    "--poison", type=click.Choice(POISON_MODES), default=None,
+    help="Fault injection: return a poisoned delta for every task trained: negated "
+         "(sign-flip), x100 (scale) or seeded noise of the same norm (noise; seeded from "
+         "--seed and the task) [off].",
+)
 @server_options(token="every call but ping must carry it.", cache="parsed shards kept in memory",
                 work="tasks whose", models="parsed models kept in memory")
 def cli(
@@ -94,6 +103,7 @@ def cli(
     max_predict_work: int,
     workers: int,
     weights_wait_s: float,
+    poison: str | None,
     metrics_port: int | None,
     limits: ServerLimits,
     tls: TlsContexts,
@@ -104,8 +114,10 @@ def cli(
     load = LoadConfig(load_probability, load_delay_s, crash_probability, extra_latency_s,
                       secrets.randbits(32) if seed is None else seed)
     store = node_store(max_shard_cache_bytes, data_dir)
+    poisoner = Poisoner(poison, load.seed) if poison else None
     core = ComputeNodeCore(store, LoadSimulator(load), workers=workers, token=token,
-                           max_task_work=max_task_work, weights_wait_s=weights_wait_s)
+                           max_task_work=max_task_work, weights_wait_s=weights_wait_s,
+                           poison=poisoner)
     serving = NodeServing(model_store(max_model_cache_bytes), store, max_predict_work)
     handler, metrics = _handler(core, serving, metered=metrics_port is not None)
     server = listen_or_fail(ComputeNode.Processor(handler), host, port, "compute_node", tls,
@@ -118,8 +130,11 @@ def cli(
         extra_latency_s=extra_latency_s, tls=tls.mode, auth="token" if token else "off",
         max_task_work=max_task_work, weights_wait_s=weights_wait_s,
         max_predict_work=max_predict_work,
-        max_model_cache_bytes=max_model_cache_bytes,
+        max_model_cache_bytes=max_model_cache_bytes, poison=poison or "off",
     )
+    if poisoner:
+        log_event("node_poisoned", level=logging.WARNING, mode=poisoner.mode, seed=load.seed,
+                  effect="every trained delta is replaced by a poisoned one (--poison)")
     if metrics and metrics_port is not None:
         serve_metrics_or_fail(metrics, host, metrics_port)
     helpers = []

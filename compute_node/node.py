@@ -21,11 +21,12 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from compute_node.load import LoadSimulator
+from compute_node.poison import Poisoner
 from compute_node.shards import Shard
 from compute_node.stats import LoadSnapshot, NodeStats
 from compute_node.trainer import (
@@ -112,6 +113,7 @@ class ComputeNodeCore:
         max_task_work: int = DEFAULT_MAX_TASK_WORK,
         crash: Callable[[], None] | None = None,
         weights_wait_s: float = WEIGHTS_WAIT_S,
+        poison: Poisoner | None = None,
     ) -> None:
         self.store = store
         self.load = load
@@ -122,6 +124,7 @@ class ComputeNodeCore:
         self._crash = crash or _exit_abruptly
         self.weights = WeightsCache()
         self.weights_wait_s = weights_wait_s
+        self.poison = poison  # --poison: every trained delta replaced (compute_node.poison)
 
     def authorize(self, token: str | None) -> None:
         """runtime.auth.Denied unless the node has no token or `token` matches it."""
@@ -220,6 +223,9 @@ class ComputeNodeCore:
                 raise
         finally:
             self._slots.release()
+        if self.poison is not None:
+            output = replace(output, delta=self.poison.apply(output.delta, task.digest,
+                                                             params.tensors()))
         if self.load.crashes():
             log_event("injected_crash", shard=task.shard_name, digest=task.digest[:12])
             self._crash()
