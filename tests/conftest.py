@@ -10,8 +10,10 @@ the clone, so a skip there would be a test that silently never ran.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,24 @@ def uci_letters() -> Path:
     require(SHARED_DATA.exists(),
             f"real UCI data not found at {SHARED_DATA} (only in the project workspace)")
     return SHARED_DATA
+
+
+def wait_for(predicate: Callable[[], Any], what: str = "the condition", timeout_s: float = 20.0,
+             *, interval_s: float = 0.05,
+             tolerate: tuple[type[BaseException], ...] = ()) -> Any:
+    """Poll `predicate` until it returns something truthy, and return that: a readiness check,
+    never a fixed sleep. After `timeout_s` the test fails naming `what`. Exceptions of the
+    `tolerate` types (a page mid-update, a server not up yet) count as not yet."""
+    deadline = time.monotonic() + timeout_s
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except tolerate as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}"
+                                 + (f" (last: {last})" if last is not None else ""))
+        time.sleep(interval_s)

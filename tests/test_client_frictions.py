@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from client.timing import COLUMNS, read_timing
 from harness import REPO, LocalCluster, start_node
@@ -48,16 +49,6 @@ def one_line_error(done: subprocess.CompletedProcess) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     return lines[0]
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> float:
-    """Poll until `predicate()` is true; return the seconds it took."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        if predicate():
-            return time.monotonic() - began
-        time.sleep(0.05)
-    raise TimeoutError(f"no {what} within {timeout_s}s")
 
 
 class Background:
@@ -130,7 +121,7 @@ def test_no_node_alive_is_said_within_seconds_and_ctrl_c_says_how_to_resume(
     proc = background(client_argv(lonely.address, "letters", ["3", *TINY[1:]], tmp_path,
                                   "--checkpoint", str(ckpt), "--resume", "--deadline", "60"),
                       tmp_path / "resumed")
-    wait_for(lambda: "waiting:" in proc.stdout(), 15, "waiting line")
+    wait_for(lambda: "waiting:" in proc.stdout(), "waiting line", 15)
     said_after_s = time.monotonic() - began
     proc.popen.send_signal(signal.SIGINT)
     code, out, err = proc.wait()
@@ -230,7 +221,7 @@ def test_thrift_logger_is_quiet_for_a_node_with_a_bad_coordinator(tmp_path: Path
                       "--log-level", "info")
     try:
         # The node logs its first failed registration after thrift would have complained.
-        wait_for(lambda: "event=registration_failed" in node.log(), 15, "a failed registration")
+        wait_for(lambda: "event=registration_failed" in node.log(), "a failed registration", 15)
         log = node.log()
     finally:
         node.stop()

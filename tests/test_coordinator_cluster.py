@@ -13,6 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from harness import start_coordinator, start_server
 from idl.gen import ComputeNode, Coordinator
@@ -97,15 +98,6 @@ def status(proc):
 
 def node_status(proc, node):
     return next(n for n in status(proc).nodes if n.address == str(node.address))
-
-
-def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 # ------------------------------------------------------------------ rounds and policies

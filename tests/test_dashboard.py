@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import require
+from conftest import require, wait_for
 
 from harness import LocalCluster, start_gateway
 
@@ -29,19 +29,11 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 DEAD_WITHIN_S = 8.0  # heartbeats every 0.5 s, the gateway watching every 0.5 s
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
-    """Poll `check` until it returns something truthy; fail naming `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # the page is mid-update: look again
-            last_error = exc
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} ({last_error})")
+def seen(what: str, check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
+    """wait_for, for what the page shows: an element replaced mid-look counts as not yet."""
+    from selenium.common.exceptions import WebDriverException
+
+    return wait_for(check, what, timeout_s, interval_s=0.1, tolerate=(WebDriverException,))
 
 
 @pytest.fixture()
@@ -96,14 +88,14 @@ def test_the_dashboard_shows_the_cluster_live_in_a_browser(tmp_path: Path, brows
             assert api.post("/v1/users", json=account).status_code == 201
 
             browser.get(url + "/")
-            form = wait_for("the login form", lambda: browser.find_element(
+            form = seen("the login form", lambda: browser.find_element(
                 "id", "login-form").is_displayed() and browser.find_element("id", "login-form"))
             form.find_element("id", "login-username").send_keys(account["username"])
             form.find_element("id", "login-password").send_keys(account["password"])
             form.find_element("css selector", "button[type=submit]").click()
 
             addresses = {str(n.address) for n in cluster.nodes}
-            wait_for("three nodes alive", lambda: node_states(browser) == dict.fromkeys(
+            seen("three nodes alive", lambda: node_states(browser) == dict.fromkeys(
                 addresses, "alive"))
 
             token = api.post("/v1/tokens", json=account).json()["token"]
@@ -112,20 +104,20 @@ def test_the_dashboard_shows_the_cluster_live_in_a_browser(tmp_path: Path, brows
                 "dataset": "letters", "rounds": 8, "epochs": 1, "h": 16, "eta": 0.003,
                 "batch_size": 64, "momentum": 0.9, "init": "he", "standardize": True,
             }).json()["id"]
-            first = wait_for("the job's first points", lambda: curve_points(browser, job) >= 1
+            first = seen("the job's first points", lambda: curve_points(browser, job) >= 1
                              and curve_points(browser, job))
-            wait_for("the curve gaining points",
+            seen("the curve gaining points",
                      lambda: curve_points(browser, job) >= first + 2, timeout_s=60)
 
             victim = cluster.nodes[0]
             killed_at = time.monotonic()
             victim.kill()
-            wait_for("the killed node shown dead",
+            seen("the killed node shown dead",
                      lambda: node_states(browser).get(str(victim.address)) == "dead",
                      timeout_s=DEAD_WITHIN_S)
             shown_dead_s = time.monotonic() - killed_at
             assert sum(state == "alive" for state in node_states(browser).values()) == 2
-            event = wait_for("an event saying the node is dead", lambda: [
+            event = seen("an event saying the node is dead", lambda: [
                 li.text for li in browser.find_elements("css selector",
                                                         "#events li[data-kind=node_dead]")
                 if str(victim.address) in li.text])
@@ -133,21 +125,21 @@ def test_the_dashboard_shows_the_cluster_live_in_a_browser(tmp_path: Path, brows
             assert "DEAD" in browser.find_element(
                 "css selector", f"#nodes tr[data-node='{victim.address}']").text.upper()
 
-            wait_for("the job done", lambda: api.get(f"/v1/jobs/{job}", headers=auth)
+            seen("the job done", lambda: api.get(f"/v1/jobs/{job}", headers=auth)
                      .json()["state"] == "done", timeout_s=120)
-            wait_for("the whole curve", lambda: curve_points(browser, job) == 8)
-            wait_for("the leaderboard row", lambda: browser.find_elements(
+            seen("the whole curve", lambda: curve_points(browser, job) == 8)
+            seen("the leaderboard row", lambda: browser.find_elements(
                 "css selector", f"#leaderboard tr[data-job='{job}']"))
             shot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
             # The page carries on across a gateway restart (same port, same registry).
             gateway.stop()
-            wait_for("the page saying the gateway is gone", lambda: "unreachable" in
+            seen("the page saying the gateway is gone", lambda: "unreachable" in
                      browser.find_element("id", "connection").text)
             gateway = start_gateway(tmp_path / "gw", [coordinator.address], *options,
                                     port=gateway.address.port)
-            wait_for("the page live again", lambda: "live" in
+            seen("the page live again", lambda: "live" in
                      browser.find_element("id", "connection").text)
             assert browser.find_element("id", "board").is_displayed()  # still logged in
             assert curve_points(browser, job) == 8
@@ -165,12 +157,12 @@ def test_a_public_dashboard_needs_no_login_and_a_private_one_does(tmp_path: Path
         private = start_gateway(tmp_path / "private", [coordinator.address])
         try:
             browser.get(f"http://{public.address}/")
-            wait_for("the node, without logging in", lambda: node_states(browser) == {
+            seen("the node, without logging in", lambda: node_states(browser) == {
                 str(cluster.nodes[0].address): "alive"})
             assert not browser.find_element("id", "login").is_displayed()
 
             browser.get(f"http://{private.address}/")
-            wait_for("the login form", lambda: browser.find_element("id", "login")
+            seen("the login form", lambda: browser.find_element("id", "login")
                      .is_displayed())
             assert not browser.find_element("id", "board").is_displayed()
             answer = httpx.get(f"http://{private.address}/v1/dashboard", timeout=10.0)

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from test_training_e2e import default_data, model_bytes, run_client
 
 from client.timing import read_timing
@@ -33,21 +34,9 @@ pytestmark = pytest.mark.slow
 ROUNDS = 5
 FAST_ARGS = [str(ROUNDS), "10", "24", "1e-4"]
 POLICIES = ["random", "round-robin", "load-aware"]
-POLL_S = 0.01
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
-    """Poll `predicate` until it is truthy; fail the test naming `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def node_in_flight(node: ServerProcess) -> int:
@@ -165,7 +154,7 @@ def test_node_killed_mid_task_under_each_policy(
     run = ClientRun(coordinator, tmp_path / "run")
     clients.append(run)
 
-    wait_for(lambda: node_in_flight(victim) > 0, 60, f"a task on {victim.address}")
+    wait_for(lambda: node_in_flight(victim) > 0, f"a task on {victim.address}", 60)
     victim.kill()
     code, out, err = run.wait()
 
@@ -187,7 +176,7 @@ def test_hung_node_times_out_and_its_task_is_reassigned(
     run = ClientRun(coordinator, tmp_path / "run")
     clients.append(run)
     try:
-        wait_for(lambda: node_in_flight(victim) > 0, 60, f"a task on {victim.address}")
+        wait_for(lambda: node_in_flight(victim) > 0, f"a task on {victim.address}", 60)
         os.kill(victim.pid, signal.SIGSTOP)  # alive, connected, and silent: a real hang
         code, out, err = run.wait()
     finally:
@@ -232,7 +221,7 @@ def test_nodes_crashing_at_random_over_five_rounds(
 
     live = [crashy_node() for _ in range(4)]
     wait_for(lambda: coordinator_status(coordinator).counters.get("nodes_alive", 0) == 4,
-             30, "four registered nodes")
+             "four registered nodes", 30)
     stopping = threading.Event()
     restarts: list[int] = []
 
@@ -278,7 +267,7 @@ def test_coordinator_killed_mid_round_client_fails_over(
             n.tasks_in_flight > 0 for n in status.nodes
         )
 
-    wait_for(mid_round_2, 60, "the first coordinator in the middle of round 2")
+    wait_for(mid_round_2, "the first coordinator in the middle of round 2", 60)
     first.kill()
     code, out, err = run.wait()
 
@@ -318,7 +307,7 @@ def test_client_killed_after_round_two_resumes_to_the_same_weights(
     run = ClientRun(coordinator, tmp_path / "run", "--checkpoint", str(ckpt))
     clients.append(run)
 
-    wait_for(lambda: checkpoint_round(ckpt) >= 2, 60, "round 2 in the checkpoint")
+    wait_for(lambda: checkpoint_round(ckpt) >= 2, "round 2 in the checkpoint", 60)
     run.kill()
     assert checkpoint_round(ckpt) == 2
     assert not run.model.exists()
@@ -343,12 +332,12 @@ def test_node_joining_mid_run_registers_and_receives_tasks(
     run = ClientRun(coordinator, tmp_path / "run", "--checkpoint", str(ckpt))
     clients.append(run)
 
-    wait_for(lambda: checkpoint_round(ckpt) >= 1, 60, "round 1 done")
+    wait_for(lambda: checkpoint_round(ckpt) >= 1, "round 1 done", 60)
     joiner = cluster.add_node(0.0, "--load-delay", "0", "--coordinator",
                               str(coordinator.address), "--heartbeat-s", "0.2")
     wait_for(lambda: any(n.address == str(joiner.address)
                          for n in coordinator_status(coordinator).nodes),
-             15, "the new node's registration")
+             "the new node's registration", 15)
     joined_after = checkpoint_round(ckpt)
     code, out, err = run.wait()
 
@@ -376,7 +365,7 @@ def test_all_nodes_down_fails_clearly_then_a_returning_node_finishes_the_run(
                     "--deadline", str(deadline_s))
     clients.append(run)
 
-    wait_for(lambda: checkpoint_round(ckpt) >= 2, 60, "round 2 in the checkpoint")
+    wait_for(lambda: checkpoint_round(ckpt) >= 2, "round 2 in the checkpoint", 60)
     for node in nodes:
         node.kill()
     killed_at = time.monotonic()
@@ -394,7 +383,7 @@ def test_all_nodes_down_fails_clearly_then_a_returning_node_finishes_the_run(
     cluster.add_node(0.0, "--load-delay", "0", "--coordinator", str(coordinator.address),
                      "--heartbeat-s", "0.2")
     wait_for(lambda: coordinator_status(coordinator).counters.get("nodes_alive", 0) >= 1,
-             15, "a node back")
+             "a node back", 15)
     resumed = run_client(coordinator, tmp_path / "run", "--checkpoint", str(ckpt), "--resume",
                          train_args=FAST_ARGS)
 

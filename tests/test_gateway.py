@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_for
 
 from harness import REPO, LocalCluster, ServerProcess, start_gateway
 from mlcore.data import read_data_file
@@ -55,17 +56,6 @@ def job(rounds: int, seed: int = 1, h: int = 8, eta: float = 1e-3, **more: Any) 
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    """Poll `predicate` until it is truthy (and return it); fail naming `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def check_answer(response: httpx.Response) -> None:
@@ -132,7 +122,7 @@ class Api:
                                      f"{view}")
             return view if condition(view) else None
 
-        return wait_for(met, f"job {job_id}: {what}")
+        return wait_for(met, f"job {job_id}: {what}", WAIT_S, interval_s=POLL_S)
 
     def wait_done(self, token: str, job_id: int) -> dict:
         view = self.wait_job(token, job_id, lambda v: v["state"] in FINAL, "its end")
@@ -365,7 +355,7 @@ def fair_run(fair: Api, cluster: LocalCluster, tmp_path_factory: pytest.TempPath
                     run.seen_rounds.setdefault(job_id, []).append(len(view["rounds"]))
             return all(v["state"] in FINAL for v in run.views.values())
 
-        wait_for(all_ended, "three jobs to end")
+        wait_for(all_ended, "three jobs to end", WAIT_S, interval_s=POLL_S)
     finally:
         by_hand = reference.wait()
     run.by_hand = by_hand

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_for
 
 import letters
 from coordinator.batcher import Batch, Batcher, QueueFull
@@ -385,14 +386,6 @@ def test_bad_rows_are_refused_naming_the_problem_and_the_server_keeps_serving(
     with pytest.raises(InvalidRequest, match=r"rows\[2\] \(row 3\)"):
         rpc(cluster.nodes[0], lambda c: predict(c, digest, nan_rows), ComputeNode)
     assert rpc(cluster.coordinator, lambda c: predict(c, digest, rows)).labels
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    """Poll `condition` until it holds (a readiness check, not a sleep); fail saying `what`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def shard_ref(path: Path) -> tuple[ShardRef, bytes]:
