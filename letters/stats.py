@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from letters.attributes import NAMES
-from mlcore.data import Dataset, read_data_dir, read_data_file
+from letters.partition import label_entropy_bits
+from mlcore.data import DataDir, Dataset, read_data_dir, read_data_file
 
 
 def load_any(path: Path) -> tuple[Dataset, int]:
@@ -35,4 +36,33 @@ def describe(data: Dataset) -> str:
     letters = data.y.max() < 26
     label = (lambda c: chr(ord("A") + c)) if letters else str
     lines.append("class counts: " + " ".join(f"{label(c)}={n}" for c, n in enumerate(counts)))
+    return "\n".join(lines)
+
+
+def shard_labels(d: DataDir) -> str:
+    """Per training shard: rows, classes present, label entropy and its largest class; then
+    the skew in one line (mean entropy against the pooled labels', mean total variation
+    distance of a shard's label distribution from the pooled one)."""
+    k = d.n_classes
+    letters = k <= 26
+    pooled = np.sum([np.bincount(ds.y, minlength=k) for _, ds in d.train], axis=0)
+    pooled_p = pooled / max(pooled.sum(), 1)
+    lines = [f"{'shard':<22} {'rows':>7} {'classes':>7} {'entropy':>8} {'top class':>12}"]
+    entropies, distances = [], []
+    for path, ds in d.train:
+        counts = np.bincount(ds.y, minlength=k)
+        h = label_entropy_bits(counts)
+        top = int(np.argmax(counts))
+        name = chr(ord("A") + top) if letters else str(top)
+        share = counts[top] / max(ds.n_rows, 1)
+        entropies.append(h)
+        distances.append(0.5 * float(np.abs(counts / max(ds.n_rows, 1) - pooled_p).sum()))
+        lines.append(f"{path.name:<22} {ds.n_rows:>7,} {int((counts > 0).sum()):>7} "
+                     f"{h:>8.2f} {name:>5} {100 * share:>5.1f}%")
+    lines.append(
+        f"label skew: mean shard entropy {np.mean(entropies):.2f} bits (pooled "
+        f"{label_entropy_bits(pooled):.2f}, at most {np.log2(k):.2f}); mean total variation "
+        f"from the pooled labels {np.mean(distances):.3f}; rows per shard "
+        f"{min(ds.n_rows for _, ds in d.train):,}..{max(ds.n_rows for _, ds in d.train):,}"
+    )
     return "\n".join(lines)
