@@ -12,6 +12,8 @@ def set_isa(name: str | None = None) -> str | None: ...
 def train(
     x: _F, y: _I, w1: _F, b1: _F, w2: _F, b2: _F, epochs: int, eta: float, batch_size: int,
     momentum: float, seed: int, limit_s: float = 0.0, low_rank: bool | None = None,
+    prox_mu: float = 0.0, w1_0: _F | None = None, b1_0: _F | None = None,
+    w2_0: _F | None = None, b2_0: _F | None = None,
 ) -> int: ...
 def gradient(
     x: _F, y: _I, w1: _F, b1: _F, w2: _F, b2: _F, gw1: _F, gb1: _F, gw2: _F, gb2: _F

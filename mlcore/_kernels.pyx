@@ -36,6 +36,9 @@ Why the kernels look like this:
   instead of a gw1 as large as w1: training a 10M-parameter model on a few rows adds a few MB
   to the caller's two copies of the weights, not three times the model (_mlp.h).
 * Mini-batch shuffling uses SplitMix64 + Fisher-Yates in C (mirrored in reference.py).
+* FedProx (train's prox_mu): the proximal term's gradient prox_mu * (w - w_0) is added to
+  each tensor's gradient inside the step loop (one subtract, multiply and add per element,
+  lane-wise, so every path gives the same bits); prox_mu = 0 takes the loops without it.
 * Prediction (forward, predict, evaluate, summed_loss) has no gradients, so no w2 transpose;
   it reads the caller's w1 in place whatever its alignment (unaligned loads) and allocates
   blocks only as large as its rows. A w1 beyond L1 is read once per block of 64 rows, and a
@@ -116,7 +119,9 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
           double[:, ::1] w1, double[::1] b1,                      # IN/OUT
           double[:, ::1] w2, double[::1] b2,                      # IN/OUT
           Py_ssize_t epochs, double eta, Py_ssize_t batch_size, double momentum,
-          uint64_t seed, double limit_s=0.0, low_rank=None):
+          uint64_t seed, double limit_s=0.0, low_rank=None, double prox_mu=0.0,
+          const double[:, ::1] w1_0=None, const double[::1] b1_0=None,    # IN (prox_mu)
+          const double[:, ::1] w2_0=None, const double[::1] b2_0=None):  # IN (prox_mu)
     """Train in place: epochs of (mini-)batch descent, step = eta * summed gradient.
 
     batch_size 0 means full batch with rows in order; otherwise rows are reshuffled each
@@ -126,6 +131,10 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
     `epochs` means the limit stopped it and the weights are mid-training.
     low_rank (tests): force w1's step in low rank or not; None chooses by memory
     (mlcore_low_rank_pays). Either way the bits are the same.
+    prox_mu != 0 (FedProx): every step's gradient of every tensor gains
+    prox_mu * (w - w_0), w_0 being w1_0, b1_0, w2_0, b2_0 (the weights training started
+    from, same shapes, not the arrays trained in place; w1_0 is read where it is). prox_mu
+    0 ignores them and runs the loops without the term: the bits of training without it.
     """
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t rows = min(batch_size, n) if batch_size > 0 else n
@@ -135,13 +144,25 @@ def train(const double[:, ::1] x, const int64_t[::1] y,          # IN
     if (mlcore_low_rank_pays(w1.shape[0], w1.shape[1], rows) if low_rank is None
             else low_rank):
         need |= MLCORE_NEED_LOW_RANK
+    if prox_mu != 0.0:
+        if w1_0 is None or b1_0 is None or w2_0 is None or b2_0 is None:
+            raise ValueError("prox_mu != 0 needs the starting weights w1_0, b1_0, w2_0, b2_0")
+        if (w1_0.shape[0] != w1.shape[0] or w1_0.shape[1] != w1.shape[1]
+                or b1_0.shape[0] != b1.shape[0] or w2_0.shape[0] != w2.shape[0]
+                or w2_0.shape[1] != w2.shape[1] or b2_0.shape[0] != b2.shape[0]):
+            raise ValueError("the starting weights must have the shapes of the weights")
+        if &w1_0[0, 0] == &w1[0, 0]:
+            raise ValueError("w1_0 must not be w1 itself: w1 is trained in place")
+        need |= MLCORE_NEED_PROX
     cdef _Net work = _net(w1, b1, w2, b2, need, n if batch_size > 0 else 0, rows, &w1[0, 0])
     cdef mlcore_net* net = &work.net
+    if prox_mu != 0.0:
+        mlcore_net_load_anchor(net, &w1_0[0, 0], &b1_0[0], &w2_0[0, 0], &b2_0[0])
     cdef mlcore_train_fn fn = mlcore_isas[_isa].train
     cdef Py_ssize_t done
     with nogil:
-        done = fn(net, &x[0, 0], &y[0], x.shape[0], epochs, eta, batch_size, momentum, seed,
-                  limit_s)
+        done = fn(net, &x[0, 0], &y[0], x.shape[0], epochs, eta, batch_size, momentum, prox_mu,
+                  seed, limit_s)
         mlcore_net_unload(net, net.w1, net.b1, net.w2, net.b2,
                           &w1[0, 0], &b1[0], &w2[0, 0], &b2[0])
     return done

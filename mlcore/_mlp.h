@@ -103,6 +103,9 @@ static inline double mlcore_exp_nonpos(double t)
      padded copy.
    * the gradients exist only where a call needs them (training, gradient()); the
      velocities only with momentum (v starts at 0 and mu = 0 makes v = g: w -= eta * g).
+   * the FedProx anchor only with a proximal term: w1's is the caller's array of the
+     starting weights, read in place when h is a multiple of 4 (mlcore.model passes the
+     weights it was given, which training never writes), so it adds no second w1.
    * low rank: the step's w1 gradient is X^T D1 over the batch's rows (rank <= rows). When
      the batch's input rows and hidden deltas (rows x (d + hp)) are far smaller than gw1
      (d x hp), training keeps those and adds each element's products straight into the step,
@@ -117,6 +120,13 @@ typedef struct {
                                       gradients) */
     double *gw1, *gb1, *gw2, *gb2; /* summed gradients, same layouts (NULL: not needed) */
     double *vw1, *vb1, *vw2, *vb2; /* momentum velocities, same layouts (NULL: no momentum) */
+    /* FedProx anchor: the weights the call started from (the round's global weights), same
+       layouts, for the proximal term prox * (w - anchor) (NULL: no proximal term). aw1 is
+       the caller's own array when h is a multiple of 4 (read in place, any alignment), else
+       a padded copy; the others are always padded copies. */
+    const double *aw1;
+    double *ab1, *aw2, *ab2;
+    double *aw1_own;               /* the padded copy of aw1, when there is one */
     double *xb;                    /* (block, d) the block's input rows */
     double *xr;                    /* low rank, shuffled rows: (batch, d) the batch's rows */
     double *z1;                    /* (block, hp) hidden pre-activations */
@@ -133,6 +143,7 @@ typedef struct {
 #define MLCORE_NEED_GRAD 1     /* gradients (gw1 unless low rank) and the backward buffers */
 #define MLCORE_NEED_VELOCITY 2 /* momentum velocities */
 #define MLCORE_NEED_LOW_RANK 4 /* w1's step from the batch's rows and deltas (training) */
+#define MLCORE_NEED_PROX 8     /* the FedProx anchor (mlcore_net_load_anchor fills it) */
 
 static inline ptrdiff_t mlcore_round4(ptrdiff_t v) { return (v + 3) & ~(ptrdiff_t)3; }
 
@@ -164,6 +175,7 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     ptrdiff_t hp = mlcore_round4(h), kp = mlcore_round4(k), hw = (hp + 63) / 64, blk;
     const int grad = (need & MLCORE_NEED_GRAD) != 0, vel = (need & MLCORE_NEED_VELOCITY) != 0;
     const int low_rank = grad && (need & MLCORE_NEED_LOW_RANK) && batch_rows > 0;
+    const int prox = grad && (need & MLCORE_NEED_PROX);
     const int own_w1 = w1_own != NULL && hp == h && (need == 0 || (uintptr_t)w1_own % 32 == 0);
     size_t doubles, off = 0;
     double *base;
@@ -193,6 +205,9 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
                    + (low_rank && n_order > 0 ? MLCORE_SZ(batch_rows * d) : 0);
     if (vel)
         doubles += MLCORE_SZ(d * hp) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp) + MLCORE_SZ(kp);
+    if (prox) /* w1's anchor is the caller's own unless w1 is padded */
+        doubles += (hp == h ? 0 : MLCORE_SZ(d * hp)) + MLCORE_SZ(hp) + MLCORE_SZ(hp * kp)
+                   + MLCORE_SZ(kp);
     /* calloc: large blocks come zeroed from the OS (never written here, so pages a call
        does not use are never resident); 64 bytes more to align the start. */
     raw = (char *)calloc(doubles * sizeof(double) + 64, 1);
@@ -214,6 +229,9 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     MLCORE_TAKE(net->rowmask, uint64_t, blk * hw);
     net->gw1 = net->gb1 = net->gw2 = net->gb2 = NULL;
     net->vw1 = net->vb1 = net->vw2 = net->vb2 = NULL;
+    net->aw1 = NULL;
+    net->ab1 = net->aw2 = net->ab2 = NULL;
+    net->aw1_own = NULL;
     net->d1 = net->xr = NULL;
     net->colmask = NULL;
     net->order = NULL;
@@ -232,6 +250,12 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
         MLCORE_TAKE(net->vb1, double, hp);
         MLCORE_TAKE(net->vw2, double, hp * kp);
         MLCORE_TAKE(net->vb2, double, kp);
+    }
+    if (prox) { /* filled by mlcore_net_load_anchor; aw1 stays NULL until then */
+        if (hp != h) MLCORE_TAKE(net->aw1_own, double, d * hp);
+        MLCORE_TAKE(net->ab1, double, hp);
+        MLCORE_TAKE(net->aw2, double, hp * kp);
+        MLCORE_TAKE(net->ab2, double, kp);
     }
 #undef MLCORE_TAKE
 #undef MLCORE_SZ
@@ -260,6 +284,26 @@ static inline void mlcore_net_load(mlcore_net *net, const double *w1, const doub
     for (i = 0; i < net->h; i++) memcpy(net->w2 + i * net->kp, w2 + i * net->k, net->k * 8);
     memcpy(net->b2, b2, net->k * 8);
     mlcore_net_transpose_w2(net);
+}
+
+/* The FedProx anchor: the caller's C-contiguous (d, h), (h), (h, k), (k) tensors the
+   proximal term pulls towards (padding stays 0, as in the weights). w1's is read where it
+   is (any alignment) when h is a multiple of 4, else copied padded. Needs a net allocated
+   with MLCORE_NEED_PROX; without this call the net has no anchor and no proximal term. */
+static inline void mlcore_net_load_anchor(mlcore_net *net, const double *w1, const double *b1,
+                                          const double *w2, const double *b2)
+{
+    ptrdiff_t i;
+    if (net->ab1 == NULL) return; /* not allocated for it */
+    if (net->aw1_own == NULL) net->aw1 = w1;
+    else {
+        for (i = 0; i < net->d; i++)
+            memcpy(net->aw1_own + i * net->hp, w1 + i * net->h, net->h * 8);
+        net->aw1 = net->aw1_own;
+    }
+    memcpy(net->ab1, b1, net->h * 8);
+    for (i = 0; i < net->h; i++) memcpy(net->aw2 + i * net->kp, w2 + i * net->k, net->k * 8);
+    memcpy(net->ab2, b2, net->k * 8);
 }
 
 /* Copy the padded tensors t1 (d, hp), t2 (hp), t3 (hp, kp), t4 (kp) out, unpadded (t1 may
@@ -322,7 +366,8 @@ static inline double mlcore_now(void)
 /* ------------------------------------------------------ one body per instruction set */
 
 typedef ptrdiff_t (*mlcore_train_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t,
-                                     ptrdiff_t, double, ptrdiff_t, double, uint64_t, double);
+                                     ptrdiff_t, double, ptrdiff_t, double, double, uint64_t,
+                                     double);
 typedef void (*mlcore_gradient_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t);
 typedef void (*mlcore_evaluate_fn)(mlcore_net *, const double *, const int64_t *, ptrdiff_t,
                                    double *, int64_t *, double *);

@@ -211,11 +211,13 @@ static void F(dense_rows)(double *out, ptrdiff_t os, const double *init, const d
 
 /* Low-rank step of rt rows of w (row stride ws) and nv vectors: g = 0 + sum over t
    ascending of coef[r*crs + t*ccs] * b[t*bs + v], the very sum tile() would have stored
-   in a gradient (same order, same bits); then the step of F(step) on it, in registers. */
-MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, ptrdiff_t ws,
-                                       const double *coef, ptrdiff_t crs, ptrdiff_t ccs,
-                                       const double *b, ptrdiff_t bs, ptrdiff_t len,
-                                       double eta, double mu, const int rt, const int nv)
+   in a gradient (same order, same bits); then the step of F(step) on it, in registers
+   (with anchor, same stride as w: the proximal term of F(step) first). */
+MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, const double *anchor,
+                                       ptrdiff_t ws, const double *coef, ptrdiff_t crs,
+                                       ptrdiff_t ccs, const double *b, ptrdiff_t bs,
+                                       ptrdiff_t len, double eta, double mu, double prox,
+                                       const int rt, const int nv)
 {
     V acc[MLP_RT][MLP_NV], bv[MLP_NV];
     double c;
@@ -228,6 +230,7 @@ MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, ptrdiff_t ws,
         for (v = 0; v < nv; v++) {
             double *wp = w + r * ws + W * v;
             V vv = acc[r][v];
+            if (anchor) vv = vv + SPLAT(prox) * (LD(wp) - LDU(anchor + r * ws + W * v));
             if (vel) {
                 vv = LD(vel + r * ws + W * v) * mu + vv;
                 ST(vel + r * ws + W * v, vv);
@@ -237,10 +240,11 @@ MLCORE_ALWAYS_INLINE void F(tile_step)(double *w, double *vel, ptrdiff_t ws,
 }
 
 /* w (rows x nvec vectors, stride ws) takes its step from the low-rank gradient
-   coef^T b (see tile_step); vel NULL: no momentum. */
-static void F(dense_step)(double *w, double *vel, ptrdiff_t ws, const double *coef,
-                          ptrdiff_t crs, ptrdiff_t ccs, const double *b, ptrdiff_t bs,
-                          ptrdiff_t len, ptrdiff_t rows, ptrdiff_t nvec, double eta, double mu)
+   coef^T b (see tile_step); vel NULL: no momentum; anchor NULL: no proximal term. */
+static void F(dense_step)(double *w, double *vel, const double *anchor, ptrdiff_t ws,
+                          const double *coef, ptrdiff_t crs, ptrdiff_t ccs, const double *b,
+                          ptrdiff_t bs, ptrdiff_t len, ptrdiff_t rows, ptrdiff_t nvec,
+                          double eta, double mu, double prox)
 {
     ptrdiff_t r0, v0;
     int nv, full;
@@ -248,12 +252,15 @@ static void F(dense_step)(double *w, double *vel, ptrdiff_t ws, const double *co
         nv = nvec - v0 < MLP_NV ? (int)(nvec - v0) : MLP_NV;
         for (r0 = 0; r0 < rows; r0 += full ? MLP_RT : 1) {
             double *o = w + r0 * ws + W * v0, *ov = vel ? vel + r0 * ws + W * v0 : NULL;
+            const double *oa = anchor ? anchor + r0 * ws + W * v0 : NULL;
             const double *cf = coef + r0 * crs, *bb = b + W * v0;
             full = rows - r0 >= MLP_RT;
-#define MLP_TILE(NV_)                                                                      \
-    case NV_:                                                                              \
-        if (full) F(tile_step)(o, ov, ws, cf, crs, ccs, bb, bs, len, eta, mu, MLP_RT, NV_); \
-        else F(tile_step)(o, ov, ws, cf, crs, ccs, bb, bs, len, eta, mu, 1, NV_);         \
+#define MLP_TILE(NV_)                                                                    \
+    case NV_:                                                                            \
+        if (full)                                                                        \
+            F(tile_step)(o, ov, oa, ws, cf, crs, ccs, bb, bs, len, eta, mu, prox, MLP_RT, \
+                         NV_);                                                           \
+        else F(tile_step)(o, ov, oa, ws, cf, crs, ccs, bb, bs, len, eta, mu, prox, 1, NV_); \
         break;
             switch (nv) {
                 MLP_TILE_CASES
@@ -533,11 +540,27 @@ static void F(batch_gradient)(mlcore_net *net, const double *x, const int64_t *y
 }
 
 /* v = mu * v + g; w -= eta * v. size % W == 0. vel NULL (no momentum): w -= eta * g, the
-   bits of mu = 0 (v * 0 + g is g: a sum that starts at +0 is never -0). */
-static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, double eta,
-                    double mu)
+   bits of mu = 0 (v * 0 + g is g: a sum that starts at +0 is never -0).
+   With anchor (FedProx, Li et al. 2020): g is first g + prox * (w - anchor), the gradient
+   of the proximal term (prox / 2) ||w - anchor||^2 added to the loss's; anchor NULL runs the
+   loops below it, which have no such operation (prox = 0 gives the bits of no term). */
+static void F(step)(double *w, double *vel, const double *anchor, const double *g,
+                    ptrdiff_t size, double eta, double mu, double prox)
 {
     ptrdiff_t i;
+    if (anchor) {
+        const V pv = SPLAT(prox);
+        for (i = 0; i < size; i += W) {
+            const V wv = LD(w + i);
+            V gv = LD(g + i) + pv * (wv - LDU(anchor + i));
+            if (vel) {
+                gv = LD(vel + i) * mu + gv;
+                ST(vel + i, gv);
+            }
+            ST(w + i, wv - gv * eta);
+        }
+        return;
+    }
     if (!vel) {
         for (i = 0; i < size; i += W) ST(w + i, LD(w + i) - LD(g + i) * eta);
         return;
@@ -555,11 +578,13 @@ static void F(step)(double *w, double *vel, const double *g, ptrdiff_t size, dou
    row order, else rows reshuffled each epoch from seed (net->order must hold n).
    limit_s > 0: stop before any step that would start limit_s seconds or more after the call
    (the clock is read as MLCORE_CLOCK_WORK says). mu must be 0 unless the net has velocities.
+   prox (FedProx's mu) is used when the net has an anchor (mlcore_net_load_anchor): every
+   step's gradient of every tensor gains prox * (w - anchor), see F(step).
    Returns the epochs completed: `epochs`,
    or fewer when the limit stopped it (the weights are then mid-training: discard them). */
 static ptrdiff_t F(train)(mlcore_net *net, const double *x, const int64_t *y, ptrdiff_t n,
                           ptrdiff_t epochs, double eta, ptrdiff_t batch, double mu,
-                          uint64_t seed, double limit_s)
+                          double prox, uint64_t seed, double limit_s)
 {
     const ptrdiff_t d = net->d, hp = net->hp, kp = net->kp;
     ptrdiff_t epoch, start, size, i, step = batch > 0 ? batch : n;
@@ -584,12 +609,12 @@ static ptrdiff_t F(train)(mlcore_net *net, const double *x, const int64_t *y, pt
             if (rows) F(batch_gradient)(net, x, y, rows + start, size);
             else F(batch_gradient)(net, x + start * d, y + start, NULL, size);
             if (net->low_rank) /* gw1 = X^T D1, rows ascending, summed inside the step */
-                F(dense_step)(net->w1, net->vw1, hp, rows ? net->xr : x + start * d, 1, d,
-                              net->d1, hp, size, d, hp / W, eta, mu);
-            else F(step)(net->w1, net->vw1, net->gw1, d * hp, eta, mu);
-            F(step)(net->b1, net->vb1, net->gb1, hp, eta, mu);
-            F(step)(net->w2, net->vw2, net->gw2, hp * kp, eta, mu);
-            F(step)(net->b2, net->vb2, net->gb2, kp, eta, mu);
+                F(dense_step)(net->w1, net->vw1, net->aw1, hp, rows ? net->xr : x + start * d,
+                              1, d, net->d1, hp, size, d, hp / W, eta, mu, prox);
+            else F(step)(net->w1, net->vw1, net->aw1, net->gw1, d * hp, eta, mu, prox);
+            F(step)(net->b1, net->vb1, net->ab1, net->gb1, hp, eta, mu, prox);
+            F(step)(net->w2, net->vw2, net->aw2, net->gw2, hp * kp, eta, mu, prox);
+            F(step)(net->b2, net->vb2, net->ab2, net->gb2, kp, eta, mu, prox);
             mlcore_net_transpose_w2(net);
         }
     }

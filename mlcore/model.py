@@ -4,7 +4,8 @@ Arguments are checked here, once, in Python; then the Cython kernels run without
 The update rule is the original system's: each step is W -= eta * (gradient SUMMED over the
 step's rows), full batch by default. Mini-batches (rows reshuffled every epoch from `seed`)
 and classical momentum (v = momentum * v + grad; W -= eta * v, v starting at zero on every
-`train` call) use the same summed-gradient rule per batch.
+`train` call) use the same summed-gradient rule per batch. FedProx's proximal term
+(`prox_mu`, see `train`) adds prox_mu * (W - W_start) to every step's gradient.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from mlcore import _kernels
 from mlcore.shapes import mlp_dims
 
 _SEED_MAX = 2**63 - 1
+# FedProx's mu: at most this, and at most 1 / eta (check_prox_mu).
+MAX_PROX_MU = 1e6
 
 
 @dataclass
@@ -139,6 +142,7 @@ def train(
     momentum: float = 0.0,
     seed: int = 1,
     time_limit_s: float | None = None,
+    prox_mu: float = 0.0,
 ) -> TrainOutcome:
     """Train a copy of `params` on (x, y); batch_size 0 = full batch. Bitwise deterministic.
 
@@ -146,16 +150,37 @@ def train(
     (x, y) after training. With `time_limit_s` the kernel reads the clock between steps and
     stops once the limit has passed: TrainingTimeout. A run that finishes in time has the
     very bits of a run without a limit (the clock never touches the arithmetic).
+
+    `prox_mu` > 0 is FedProx (Li et al., "Federated Optimization in Heterogeneous Networks",
+    MLSys 2020): each step minimises the batch's loss plus (prox_mu / 2) ||w - w_t||^2, w_t
+    being `params` (the round's global weights the task starts from), so every step's
+    gradient gains prox_mu * (w - w_t), before momentum, as in the paper's local solver.
+    Choices, stated:
+    * every tensor is in w, biases included: the paper's w is the whole parameter vector
+      and its reference code applies the term to every trainable variable;
+    * the loss here is SUMMED over the step's rows (the original system's rule), where the
+      paper's is a mean: prox_mu here is the paper's mu times the rows per step (full batch:
+      the shard's rows), i.e. mu = 0.01 on 1,000-row full-batch shards is prox_mu = 10;
+    * the term is zero at the first step (w = w_t) and grows as w leaves w_t.
+    prox_mu = 0 runs the kernels' loops without the term: bitwise the results of no FedProx.
     """
     _check_settings(epochs, eta, batch_size, momentum, seed, time_limit_s)
-    out = _working_copy(_checked_params(params, copy=False))
+    check_prox_mu(prox_mu, eta)
+    given = _checked_params(params, copy=False)
+    out = _working_copy(given)
     xs, ys = _checked_data(out, x, y)
     limit_s = float(time_limit_s or 0.0)
     w1, b1, w2, b2 = out.tensors()
-    done = _kernels.train(
-        xs, ys, w1, b1, w2, b2, int(epochs), float(eta), int(batch_size), float(momentum), seed,
-        limit_s,
-    )
+    if prox_mu:  # the anchor is `given`, which training never writes (it trains `out`)
+        done = _kernels.train(
+            xs, ys, w1, b1, w2, b2, int(epochs), float(eta), int(batch_size), float(momentum),
+            seed, limit_s, None, float(prox_mu), *given.tensors(),
+        )
+    else:
+        done = _kernels.train(
+            xs, ys, w1, b1, w2, b2, int(epochs), float(eta), int(batch_size), float(momentum),
+            seed, limit_s,
+        )
     if done < epochs:
         raise TrainingTimeout(limit_s, int(done), int(epochs))
     if not all(np.isfinite(t).all() for t in out.tensors()):
@@ -189,6 +214,24 @@ def _check_settings(
         _is_real(time_limit_s) and math.isfinite(time_limit_s) and time_limit_s > 0
     ):
         raise ValueError(f"time_limit_s must be > 0 and finite (or None), got {time_limit_s!r}")
+
+
+def check_prox_mu(prox_mu: float, eta: float) -> None:
+    """ValueError unless FedProx's prox_mu is a finite number in [0, MAX_PROX_MU] with
+    eta * prox_mu <= 1 (eta already checked).
+
+    The term alone moves w - w_t by the factor (1 - eta * prox_mu) per step: beyond 1 the
+    pull overshoots the round's weights, at 2 it oscillates without end and beyond it
+    diverges, so no useful setting is refused.
+    """
+    if not _is_real(prox_mu) or not (math.isfinite(prox_mu) and 0 <= prox_mu <= MAX_PROX_MU):
+        raise ValueError(f"prox_mu must be a finite number in [0, {MAX_PROX_MU:g}], "
+                         f"got {prox_mu!r}")
+    if eta * prox_mu > 1:
+        raise ValueError(
+            f"prox_mu * eta must be <= 1 (a larger pull overshoots the round's weights), got "
+            f"{prox_mu!r} * {eta!r} = {prox_mu * eta:g}; lower prox_mu or eta"
+        )
 
 
 def predict(params: Params, x: np.ndarray) -> np.ndarray:

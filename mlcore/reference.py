@@ -5,6 +5,7 @@ loss = -sum(log p[y]) (summed over rows; `mean_loss` divides by n).
 Gradients are SUMMED over rows, and one step is W -= eta * grad: the original system's rule.
 Mini-batch SGD uses the same rule per batch, with classical momentum
 (v = momentum * v + grad; W -= eta * v) and rows shuffled each epoch by `epoch_orders`.
+FedProx (`prox_mu`) adds prox_mu * (W - W_start) to every step's gradient of every tensor.
 `forward` is the textbook form (BLAS products); `predict_proba` and `predict` sum in the
 kernels' fixed order with their exp, so their answers are the kernels' to the bit.
 Speed is not a goal here; clarity is.
@@ -148,9 +149,16 @@ def train(
     batch_size: int = 0,
     momentum: float = 0.0,
     seed: int = 1,
+    prox_mu: float = 0.0,
 ) -> Params:
-    """Gradient descent from `params` (not modified); batch_size 0 = full batch, rows in order."""
+    """Gradient descent from `params` (not modified); batch_size 0 = full batch, rows in order.
+
+    prox_mu: FedProx's proximal term (Li et al. 2020), (prox_mu / 2) ||w - params||^2 added
+    to each step's summed loss, for every tensor (biases included): each step's gradient
+    gains prox_mu * (w - params) before momentum (see mlcore.model.train for the choices).
+    """
     p = params.copy()
+    anchor = params.copy().tensors()
     velocity = [np.zeros_like(t) for t in p.tensors()]
     n = len(y)
     if batch_size <= 0:
@@ -162,7 +170,9 @@ def train(
         for start in range(0, n, step):
             rows = order[start : start + step]
             grads = gradients(p, x[rows], y[rows]).tensors()
-            for tensor, v, g in zip(p.tensors(), velocity, grads, strict=True):
+            for tensor, w0, v, g in zip(p.tensors(), anchor, velocity, grads, strict=True):
+                if prox_mu != 0.0:
+                    g = g + prox_mu * (tensor - w0)
                 v *= momentum
                 v += g
                 tensor -= eta * v

@@ -297,6 +297,12 @@ def test_training_releases_the_gil():
         (dict(epochs=1, eta=0.1, batch_size=-1), "batch_size"),
         (dict(epochs=1, eta=0.1, momentum=1.0), "momentum"),
         (dict(epochs=1, eta=0.1, seed=-1), "seed"),
+        (dict(epochs=1, eta=0.1, prox_mu=-1.0), "prox_mu"),
+        (dict(epochs=1, eta=0.1, prox_mu=float("nan")), "prox_mu"),
+        (dict(epochs=1, eta=0.1, prox_mu=float("inf")), "prox_mu"),
+        (dict(epochs=1, eta=1e-9, prox_mu=2e6), "prox_mu"),
+        (dict(epochs=1, eta=0.1, prox_mu=True), "prox_mu"),
+        (dict(epochs=1, eta=0.1, prox_mu=10.5), "prox_mu \\* eta"),
     ],
 )
 def test_train_rejects_bad_hyperparameters(kwargs, message):
@@ -376,13 +382,15 @@ def test_low_rank_step_gives_the_bits_of_the_gradient_buffer(isa, h, batch_size,
 
 
 _MEMORY_CHILD = """
+import sys
 import numpy as np
 from mlcore.model import init_params, train
 d, h, k = 1000, 4000, 26
 p = init_params(d, h, k, seed=1)
 x = np.arange(4 * d, dtype=np.float64).reshape(4, d) % 16
 y = np.arange(4) % k
-train(p, x, y, epochs=1, eta=1e-3)  # imports and first-call allocations out of the way
+mu = float(sys.argv[1])
+train(p, x, y, epochs=1, eta=1e-3, prox_mu=mu)  # imports, first-call allocations out of the way
 def rss(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
@@ -390,20 +398,137 @@ def rss(field):
 before = rss("VmRSS:")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # the peak (VmHWM) starts again from the current RSS
-train(p, x, y, epochs=3, eta=1e-3)
+train(p, x, y, epochs=3, eta=1e-3, prox_mu=mu)
 print((rss("VmHWM:") - before) / (8 * (d * h + h + h * k + k)))
 """
 
 
-def test_training_a_wide_model_on_few_rows_holds_about_one_copy_of_it():
+@pytest.mark.parametrize("prox_mu", [0.0, 10.0])
+def test_training_a_wide_model_on_few_rows_holds_about_one_copy_of_it(prox_mu):
     """train() copies the weights once to train in; the kernels add only a few MB of their
-    own (no padded copy of w1, no gradient of w1's size, no velocities without momentum)."""
+    own (no padded copy of w1, no gradient of w1's size, no velocities without momentum;
+    with FedProx, w1's anchor is the given weights read in place)."""
     require(Path("/proc/self/clear_refs").exists(), "needs Linux /proc/self/clear_refs")
     child = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD], cwd=REPO, capture_output=True, text=True,
-        timeout=120, env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1",
+        [sys.executable, "-c", _MEMORY_CHILD, str(prox_mu)], cwd=REPO, capture_output=True,
+        text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1",
                           "PYTHONPATH": str(REPO)},
     )
     assert child.returncode == 0, child.stderr
     extra = float(child.stdout)
     assert extra <= 1.25, f"training added {extra:.2f}x the model's size at its peak"
+
+
+# ------------------------------------------------------------------------------- FedProx
+
+# Pinned with the kernels as they were before FedProx (commit 1018ecb's build): prox_mu = 0
+# must keep these bits on every code path, whatever the proximal term's code added.
+_PRE_FEDPROX = [
+    ((16, 24, 26, 300), dict(epochs=3, eta=1e-3),
+     "e992dde1584138be4c163b48cd627770675264c0662a21172f3b44ef3cba9b8f"),
+    ((16, 24, 26, 300), dict(epochs=3, eta=1e-3, batch_size=37, momentum=0.9, seed=5),
+     "a9444875fe4c501efcafc8e887ee4b2c0fa1c2d159a74cf68dd4e5c32ad1572f"),
+    ((200, 132, 26, 60), dict(epochs=2, eta=1e-4, batch_size=7, momentum=0.5, seed=3),
+     "d4f558739e426f053575d7f09a2bd553c40596af45c40650d9060d14ce228030"),
+    ((13, 70, 41, 90), dict(epochs=2, eta=1e-3, batch_size=16, seed=2),
+     "8bf0f3cad607f45fc60cbec18550d5afd90ea5ce01765e17cd6684af17ed642b"),
+]
+
+
+@pytest.mark.parametrize(("dims", "kwargs", "want"), _PRE_FEDPROX)
+def test_prox_mu_zero_gives_the_bits_from_before_fedprox(isa, dims, kwargs, want):
+    """mu = 0 runs the loops without the proximal term: the pinned pre-FedProx bits, with
+    prox_mu left out, given as 0.0 or as -0.0, and with starting weights handed to the
+    kernel (which it ignores at 0)."""
+    d, h, k, n = dims
+    rng = np.random.default_rng(d * 1000 + h)
+    x = rng.integers(0, 16, size=(n, d)).astype(np.float64)
+    y = rng.integers(0, k, size=n)
+    params = init_params(d, h, k, seed=7, scale=0.1)
+    assert _digest(train(params, x, y, **kwargs).params) == want
+    assert _digest(train(params, x, y, prox_mu=0.0, **kwargs).params) == want
+    assert _digest(train(params, x, y, prox_mu=-0.0, **kwargs).params) == want
+    p = params.copy()
+    _kernels.train(x, y.astype(np.int64), *p.tensors(), kwargs["epochs"], kwargs["eta"],
+                   kwargs.get("batch_size", 0), kwargs.get("momentum", 0.0),
+                   kwargs.get("seed", 1), 0.0, None, 0.0, *params.tensors())
+    assert _digest(p) == want
+
+
+# (d, h, k, n, batch_size, momentum): the letters model full batch and mini-batch with
+# momentum; padded h and k (w1's anchor a padded copy); h a multiple of 4 (w1's anchor read
+# in the caller's array); batches small enough for w1's low-rank step (d = 200).
+PROX_CASES = [(16, 24, 26, 300, 0, 0.0), (16, 24, 26, 300, 37, 0.9), (16, 5, 26, 300, 0, 0.5),
+              (9, 70, 41, 120, 16, 0.0), (200, 132, 26, 60, 7, 0.5), (200, 130, 26, 60, 0, 0.0),
+              (16, 256, 26, 100, 20, 0.9)]
+
+
+@pytest.mark.parametrize(("d", "h", "k", "n", "batch_size", "momentum"), PROX_CASES)
+@pytest.mark.parametrize("prox_mu", [0.5, 40.0])
+def test_prox_training_matches_the_reference_and_every_code_path_gives_the_same_bits(
+        d, h, k, n, batch_size, momentum, prox_mu):
+    """FedProx: each path within RTOL of the numpy reference, all paths bit for bit equal,
+    and the term changes the result (it is zero only at the first step, w = w_t)."""
+    params, x, y = _problem(n=n, d=d, h=h, k=k)
+    params = init_params(d, h, k, seed=3, scale=0.1)
+    kwargs = dict(epochs=3, eta=1e-3, batch_size=batch_size, momentum=momentum, seed=5)
+    want = reference.train(params, x, y, prox_mu=prox_mu, **kwargs)
+    digests = {}
+    previous = _kernels.set_isa(None)
+    try:
+        for name in _kernels.isa_names():
+            _kernels.set_isa(name)
+            got = train(params, x, y, prox_mu=prox_mu, **kwargs)
+            _assert_close(got.params, want)
+            digests[name] = (_digest(got.params), got.loss, got.error)
+        plain = _digest(train(params, x, y, **kwargs).params)
+    finally:
+        _kernels.set_isa(previous)
+    assert len(set(digests.values())) == 1, digests
+    assert plain != next(iter(digests.values()))[0]
+
+
+@pytest.mark.parametrize(("h", "batch_size", "momentum"), [(132, 20, 0.9), (130, 7, 0.0)])
+def test_prox_low_rank_step_gives_the_bits_of_the_gradient_buffer(isa, h, batch_size,
+                                                                  momentum):
+    """The proximal term inside w1's low-rank step is the one of the gradient-buffer step."""
+    params = init_params(200, h, 26, seed=4, scale=0.05)
+    _, x, y = _problem(n=60, d=200, h=h, k=26)
+    bits = []
+    for low_rank in (False, True):
+        p = params.copy()
+        _kernels.train(x, y.astype(np.int64), *p.tensors(), 3, 1e-4, batch_size, momentum, 3,
+                       0.0, low_rank, 25.0, *params.tensors())
+        bits.append(_digest(p))
+    assert bits[0] == bits[1]
+    got = train(params, x, y, epochs=3, eta=1e-4, batch_size=batch_size, momentum=momentum,
+                seed=3, prox_mu=25.0)
+    assert _digest(got.params) == bits[0]
+
+
+def test_prox_pulls_the_weights_towards_where_they_started():
+    """The larger mu, the closer the trained weights stay to the starting ones, for every
+    tensor (biases included)."""
+    params, x, y = _problem()
+    params = init_params(16, 24, 26, seed=3, scale=0.1)
+    kwargs = dict(epochs=20, eta=1e-3, batch_size=30, momentum=0.5, seed=2)
+    distances = []
+    for mu in (0.0, 50.0, 500.0):
+        out = train(params, x, y, prox_mu=mu, **kwargs).params
+        distances.append([float(np.linalg.norm(t - t0))
+                          for t, t0 in zip(out.tensors(), params.tensors(), strict=True)])
+    for tensor in range(4):
+        assert distances[0][tensor] > distances[1][tensor] > distances[2][tensor] > 0
+
+
+def test_prox_kernel_entry_checks_its_starting_weights():
+    params, x, y = _problem(n=10)
+    y = y.astype(np.int64)
+    p = params.copy()
+    with pytest.raises(ValueError, match="needs the starting weights"):
+        _kernels.train(x, y, *p.tensors(), 1, 1e-3, 0, 0.0, 1, 0.0, None, 1.0)
+    with pytest.raises(ValueError, match="shapes"):
+        _kernels.train(x, y, *p.tensors(), 1, 1e-3, 0, 0.0, 1, 0.0, None, 1.0,
+                       params.w1[:, :4].copy(), params.b1, params.w2, params.b2)
+    with pytest.raises(ValueError, match="w1 itself"):
+        _kernels.train(x, y, *p.tensors(), 1, 1e-3, 0, 0.0, 1, 0.0, None, 1.0, *p.tensors())

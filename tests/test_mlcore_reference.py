@@ -68,3 +68,51 @@ def test_splitmix64_matches_published_constants(state):
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
     assert reference.splitmix64(state) == (expect_state, z ^ (z >> 31))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5])
+def test_reference_prox_step_adds_mu_times_the_distance_from_the_start(momentum):
+    """FedProx (Li et al. 2020): each step descends the summed loss plus
+    (mu / 2) ||w - w_start||^2, so its gradient gains mu * (w - w_start), every tensor, before
+    momentum. Two full-batch steps written out: the first has no term (w = w_start)."""
+    params, x, y = _problem()
+    eta, mu = 0.01, 3.0
+    after = reference.train(params, x, y, epochs=2, eta=eta, momentum=momentum, prox_mu=mu)
+    start = params.tensors()
+    g0 = reference.gradients(params, x, y).tensors()
+    w1 = [w - eta * g for w, g in zip(start, g0, strict=True)]
+    g1 = reference.gradients(type(params)(*w1), x, y).tensors()
+    for w0, w, a, b, new in zip(start, w1, g0, g1, after.tensors(), strict=True):
+        v = (a * momentum) + (b + mu * (w - w0))
+        np.testing.assert_array_equal(new, w - eta * v)
+    plain = reference.train(params, x, y, epochs=2, eta=eta, momentum=momentum)
+    assert not np.array_equal(plain.w1, after.w1)
+    zero = reference.train(params, x, y, epochs=2, eta=eta, momentum=momentum, prox_mu=0.0)
+    for p, z in zip(plain.tensors(), zero.tensors(), strict=True):
+        np.testing.assert_array_equal(p, z)
+
+
+def test_reference_prox_gradient_is_the_proximal_objectives():
+    """mu * (w - w_start) is the gradient of (mu / 2) ||w - w_start||^2 (finite differences
+    of the whole objective, summed loss plus the term, after one step away from the start)."""
+    params, x, y = _problem()
+    mu, eta = 2.0, 0.01
+    moved = reference.train(params, x, y, epochs=1, eta=eta)
+
+    def objective() -> float:
+        term = sum(float(np.sum((w - w0) ** 2))
+                   for w, w0 in zip(moved.tensors(), params.tensors(), strict=True))
+        return reference.summed_loss(moved, x, y) + mu / 2 * term
+
+    grads = reference.gradients(moved, x, y).tensors()
+    eps = 1e-6
+    for tensor, w0, grad in zip(moved.tensors(), params.tensors(), grads, strict=True):
+        want = grad + mu * (tensor - w0)
+        for idx in list(np.ndindex(tensor.shape))[:12]:
+            saved = tensor[idx]
+            tensor[idx] = saved + eps
+            up = objective()
+            tensor[idx] = saved - eps
+            down = objective()
+            tensor[idx] = saved
+            assert (up - down) / (2 * eps) == pytest.approx(want[idx], rel=1e-5, abs=1e-6)
