@@ -32,6 +32,12 @@ struct TrainConfig {
   // x' = (x - feature_shift) * feature_scale. Empty lists: raw attributes (the seed's).
   6: list<double> feature_shift = [],
   7: list<double> feature_scale = [],
+  // FedProx (Li et al. 2020): every step's gradient gains prox_mu * (w - w_round) for every
+  // tensor, w_round being the weights the task started from; 0 = plain FedAvg training,
+  // bit for bit. Relative to the SUMMED loss (the paper's mu times the rows per step).
+  // Nodes refuse prox_mu < 0, > 1e6, non-finite or with prox_mu * eta > 1. A node older
+  // than this field ignores it and trains with 0.
+  8: double prox_mu = 0.0,
 }
 
 /** A training shard named by its content: the digest is sha256 of the file's bytes. */

@@ -105,13 +105,14 @@ class TrainConfig(object):
      - seed
      - feature_shift
      - feature_scale
+     - prox_mu
 
     """
 
 
     def __init__(self, epochs=None, eta=None, batch_size=0, momentum=0.0000000000000000, seed=1, feature_shift=[
     ], feature_scale=[
-    ],):
+    ], prox_mu=0.0000000000000000,):
         self.epochs = epochs
         self.eta = eta
         self.batch_size = batch_size
@@ -125,6 +126,7 @@ class TrainConfig(object):
             feature_scale = [
             ]
         self.feature_scale = feature_scale
+        self.prox_mu = prox_mu
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -180,6 +182,11 @@ class TrainConfig(object):
                     iprot.readListEnd()
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.DOUBLE:
+                    self.prox_mu = iprot.readDouble()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -223,6 +230,10 @@ class TrainConfig(object):
             for iter20 in self.feature_scale:
                 oprot.writeDouble(iter20)
             oprot.writeListEnd()
+            oprot.writeFieldEnd()
+        if self.prox_mu is not None:
+            oprot.writeFieldBegin('prox_mu', TType.DOUBLE, 8)
+            oprot.writeDouble(self.prox_mu)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2914,6 +2925,7 @@ TrainConfig.thrift_spec = (
     ], ),  # 6
     (7, TType.LIST, 'feature_scale', (TType.DOUBLE, None, False), [
     ], ),  # 7
+    (8, TType.DOUBLE, 'prox_mu', None, 0.0000000000000000, ),  # 8
 )
 all_structs.append(ShardRef)
 ShardRef.thrift_spec = (
