@@ -54,6 +54,7 @@ MALFORMED: dict[str, list[str]] = {
     "bench_wan.py": ["--rtts-ms", "10,x"],
     "compare_ensemble.py": ["--repeats", "0"],
     "experiment_policies.py": ["--load-delay-s", "inf"],
+    "experiment_robust.py": ["--modes", "sign-flip,bogus"],
     "letters_fidelity.py": ["--seed", "x"],
     "loadtest.py": ["--concurrency", "1,x", "--out", MISSING],
     "local_cluster.py": ["--loads", "0.1,x"],
