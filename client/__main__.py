@@ -12,17 +12,20 @@ Checks live in the click types; the training core trusts what it is given.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.dataset import ClassNamesError, UnknownDataDir
+from client.federated_cli import federated_options
 from client.progress import with_progress
 from client.resume import InterruptedExit, interrupted_message, resume_hint
 from client.serving_cli import evaluate_command, predict_command
 from client.status import status_command
 from client.training import (
     CheckpointError,
+    ConfigError,
     Interrupted,
     ResumeMismatch,
     RoundReport,
@@ -126,6 +129,7 @@ def cli() -> None:
 @click.option("--deadline-s", "--deadline", "round_deadline_s", cls=RenamedOption,
               type=FiniteRange(min=0, min_open=True, max=86400), default=600.0,
               show_default=True, help="Seconds a round may take before it fails.")
+@federated_options
 @token_options("sent with every call.")
 @tls_options(serves=False)
 @log_level_option("WARNING")
@@ -134,8 +138,8 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
           init: str, policy: str | None,
           coordinators: list[Address] | None, timing_path: Path, model_out: Path | None,
           ensemble_out: Path | None, class_names: str,
-          checkpoint_path: Path | None, resume: bool, round_deadline_s: float, token: str,
-          tls: TlsContexts, log_level: str) -> None:
+          checkpoint_path: Path | None, resume: bool, round_deadline_s: float,
+          federated: dict[str, Any], token: str, tls: TlsContexts, log_level: str) -> None:
     """Train an MLP with H hidden units across the cluster for ROUNDS rounds of EPOCHS epochs.
 
     DATA_DIR holds train_*.txt shards and one validate_*.txt file (one sample per line:
@@ -152,14 +156,14 @@ def train(coordinator_ip: str, coordinator_port: int, data_dir: Path, rounds: in
         policy=POLICY_NAMES.get(policy, policy) if policy else "",
         round_deadline_s=round_deadline_s, token=token, timing_path=timing_path,
         checkpoint_path=checkpoint_path, model_out=model_out, resume=resume,
-        ensemble_out=ensemble_out, class_names=class_names,
+        ensemble_out=ensemble_out, class_names=class_names, **federated,
     )
     try:
         links = with_progress(lambda paths: CoordinatorLink(addresses, paths, tls.client), rounds)
         summary = run_rounds(config, links, on_round=_print_round, on_note=click.echo,
                              on_warning=lambda line: click.echo(line, err=True))
     except (DataError, ResumeMismatch, TensorError, CheckpointError, UnknownDataDir,
-            ClassNamesError) as exc:
+            ClassNamesError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except RoundFailed as exc:
         raise click.ClickException(f"{exc}{resume_hint(checkpoint_path)}") from None

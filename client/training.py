@@ -11,22 +11,35 @@ import hashlib
 import math
 import time
 import uuid
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from client.coordinator_link import CoordinatorLink, RoundFailed
 from client.dataset import class_names_for, describe, empty_classes_warning, resolve_data_dir
 from client.timing import TimingWriter
 from idl.gen.ttypes import RoundRequest, RoundResult, ShardRef, TrainConfig
 from idl.tensors import TensorError, decode_tensors, encode_tensors
-from mlcore.checkpoint import load_model, save_model
+from mlcore.checkpoint import load_model, write_npz
 from mlcore.data import DataDir, read_data_dir
-from mlcore.fedavg import fedavg
 from mlcore.model import Params, error_rate, init_params
+from mlcore.privacy import private_mean
+from mlcore.schedule import LrSchedule, sample_shards, sample_size
 from mlcore.servable import Servable, save_servable, shard_models
 from mlcore.standardize import Standardization, fit_standardization
+from mlcore.strategies import (
+    MEAN_BASED,
+    STATE_SLOTS,
+    ServerState,
+    StrategyOptions,
+    aggregate,
+    check_krum,
+    server_step,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,13 @@ class RunConfig:
     resume: bool = False
     ensemble_out: Path | None = None  # the last round's shard models, as one ensemble
     class_names: str = "auto"  # see client.dataset.class_names_for
+    strategy: str = "fedavg"  # see mlcore.strategies
+    strategy_options: StrategyOptions = StrategyOptions()
+    lr_schedule: LrSchedule = LrSchedule()  # the nodes' eta per round
+    fraction: float = 1.0  # of the shards trained each round (seeded sample)
+    dp_clip: float | None = None  # differential privacy: clip each update to this L2 norm
+    dp_noise_multiplier: float = 0.0  # and add N(0, (multiplier * clip)**2) to their sum
+    dp_seed: int | None = field(default=None, repr=False)  # the noise's seed (None: seed)
 
     def identity(self, shard_digests: list[str],
                  standardization: Standardization | None = None) -> dict[str, object]:
@@ -68,7 +88,25 @@ class RunConfig:
             "init": self.init,
             "standardize": self.standardize,
             **stats,
+            **self.federated_identity(),
         }
+
+    def federated_identity(self) -> dict[str, object]:
+        """The strategy, schedule, sampling and privacy settings ({} for the defaults, so a
+        checkpoint written before they existed still resumes)."""
+        out: dict[str, object] = {}
+        if self.strategy != "fedavg":
+            out.update(strategy=self.strategy, **self.strategy_options.used_by(self.strategy))
+        out.update(self.lr_schedule.identity(self.rounds))
+        if self.fraction != 1.0:
+            out["fraction"] = self.fraction
+        if self.dp_clip is not None:
+            # The noise's own seed is a secret: the model file keeps only its digest.
+            seed = ("seed" if self.dp_seed is None else
+                    hashlib.sha256(f"fedcluster-dp-seed:{self.dp_seed}".encode()).hexdigest())
+            out.update(dp_clip=self.dp_clip, dp_noise_multiplier=self.dp_noise_multiplier,
+                       dp_seed=seed)
+        return out
 
 
 @dataclass
@@ -109,6 +147,14 @@ class Interrupted(Exception):
         self.rounds_done = rounds_done
         self.rounds = rounds
         self.checkpoint = checkpoint
+
+
+class ConfigError(ValueError):
+    """Strategy, schedule, sampling or privacy settings that cannot run together."""
+
+
+class AggregationFailed(RoundFailed):
+    """The strategy could not make weights of the round's updates (nothing was applied)."""
 
 
 class BadRoundResult(RoundFailed):
@@ -156,8 +202,10 @@ def check_checkpoint(config: RunConfig) -> None:
                               "or remove the file to start over")
 
 
-def _start_state(config: RunConfig, data: DataDir, identity: dict) -> tuple[Params, int]:
-    """Fresh weights from the seed, or the last completed round's from the checkpoint."""
+def _start_state(config: RunConfig, data: DataDir,
+                 identity: dict) -> tuple[Params, int, ServerState]:
+    """Fresh weights from the seed, or the last completed round's (and the strategy's
+    state) from the checkpoint."""
     ckpt = config.checkpoint_path
     if config.resume and ckpt is not None:
         params, meta = load_model(ckpt)
@@ -169,10 +217,98 @@ def _start_state(config: RunConfig, data: DataDir, identity: dict) -> tuple[Para
                 f"checkpoint {ckpt} was written by a run with different {', '.join(changed)}; "
                 "use the original settings, or drop --resume to start over"
             )
-        return params, int(meta["round"])
+        done = int(meta["round"])
+        return params, done, _saved_state(ckpt, config.strategy, done)
     params = init_params(data.n_features, config.hidden, data.n_classes, config.seed,
                          scheme=config.init)
-    return params, 0
+    return params, 0, ServerState()
+
+
+def _saved_state(ckpt: Path, strategy: str, done: int) -> ServerState:
+    """The strategy's state a checkpoint holds; ResumeMismatch if a slot it needs is missing."""
+    try:
+        with np.load(ckpt, allow_pickle=False) as archive:
+            state = ServerState.from_arrays({k: archive[k] for k in archive.files
+                                             if k.startswith("state_")})
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ResumeMismatch(f"checkpoint {ckpt}: cannot read the strategy's state ({exc})"
+                             ) from None
+    missing = [slot for slot in STATE_SLOTS.get(strategy, ()) if slot not in state.slots]
+    if done > 0 and missing:
+        raise ResumeMismatch(f"checkpoint {ckpt} holds no {strategy} state "
+                             f"({', '.join(missing)}); drop --resume to start over")
+    return state
+
+
+def _save_checkpoint(path: Path, params: Params, state: ServerState,
+                     meta: dict[str, object]) -> None:
+    """Weights, the strategy's state and meta, atomically: what --resume needs to go on."""
+    arrays = dict(zip(("w1", "b1", "w2", "b2"), params.tensors(), strict=True))
+    write_npz(path, meta, {**arrays, **state.to_arrays()})
+
+
+def check_run(config: RunConfig, n_shards: int) -> None:
+    """ConfigError unless the strategy, schedule, sampling and privacy settings fit together."""
+    try:
+        config.lr_schedule.check(config.eta, config.rounds)
+        m = sample_size(n_shards, config.fraction)
+        if config.strategy in ("krum", "multi-krum"):
+            krum_m = config.strategy_options.krum_m if config.strategy == "multi-krum" else 1
+            check_krum(m, config.strategy_options.krum_f, krum_m)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.dp_clip is not None and config.strategy not in MEAN_BASED:
+        raise ConfigError(f"differential privacy needs a mean-based strategy "
+                          f"({', '.join(MEAN_BASED)}); {config.strategy} is not one")
+
+
+def federated_notes(config: RunConfig, n_shards: int) -> list[str]:
+    """One line per setting away from plain FedAvg, said before the first round."""
+    notes = []
+    if config.strategy != "fedavg":
+        used = config.strategy_options.used_by(config.strategy)
+        notes.append(f"strategy: {config.strategy}"
+                     + (" (" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                         for k, v in used.items()) + ")" if used else ""))
+    schedule = config.lr_schedule
+    if schedule.kind == "step":
+        notes.append(f"learning rate: step, times {schedule.gamma:g} every "
+                     f"{schedule.step_rounds} rounds from {config.eta:g}")
+    elif schedule.kind == "cosine":
+        notes.append(f"learning rate: cosine from {config.eta:g} towards {schedule.lr_min:g} "
+                     f"over {config.rounds} rounds")
+    if config.fraction != 1.0:
+        notes.append(f"sampling: {sample_size(n_shards, config.fraction)} of {n_shards} shards "
+                     f"a round (fraction {config.fraction:g}, seeded)")
+    if config.dp_clip is not None:
+        m = sample_size(n_shards, config.fraction)
+        z, c = config.dp_noise_multiplier, config.dp_clip
+        notes.append(f"differential privacy: clipping norm {c:g}, noise multiplier {z:g} "
+                     f"(noise std {z * c:g} on the sum of the round's {m} clipped updates, "
+                     f"then divided by {m}); no privacy accountant, so no epsilon is claimed")
+    return notes
+
+
+def aggregate_round(config: RunConfig, params: Params, updates: list[tuple[Params, int]],
+                    state: ServerState, round_no: int) -> tuple[Params, ServerState]:
+    """The round's new weights and strategy state (the private mean first under DP)."""
+    try:
+        if config.dp_clip is None:
+            return aggregate(config.strategy, params, updates, state, config.strategy_options)
+        mean = private_mean(params, updates, clip=config.dp_clip,
+                            noise_multiplier=config.dp_noise_multiplier,
+                            seed=config.seed if config.dp_seed is None else config.dp_seed,
+                            round_no=round_no)
+        return server_step(config.strategy, params, mean, state, config.strategy_options)
+    except ValueError as exc:
+        raise AggregationFailed(f"round {round_no}: {config.strategy} could not aggregate the "
+                                f"updates: {exc}") from None
+
+
+def round_config(config: RunConfig, base: TrainConfig, round_no: int) -> TrainConfig:
+    """The nodes' settings for round `round_no`: `base` with the schedule's eta."""
+    eta = config.lr_schedule.eta(config.eta, round_no, config.rounds)
+    return base if eta == config.eta else TrainConfig(**{**vars(base), "eta": eta})
 
 
 def input_standardization(config: RunConfig, data: DataDir) -> Standardization | None:
@@ -212,14 +348,17 @@ def run_rounds(
     check_checkpoint(config)
     data, data_dir = _read_data(config, on_note, on_warning)
     refs, paths = shard_refs(data)
+    check_run(config, len(refs))
     stats = input_standardization(config, data)
     identity = config.identity([r.digest for r in refs], stats)
-    params, done = _start_state(config, data, identity)
+    params, done, state = _start_state(config, data, identity)
     if config.ensemble_out is not None and done >= config.rounds:
         raise CheckpointError(f"--ensemble-out: the checkpoint holds all {config.rounds} rounds "
                               "but not the last round's shard models; run more rounds, or "
                               "start over without --resume")
     names = class_names_for(data_dir, data, config.class_names)
+    for line in federated_notes(config, len(refs)):
+        on_note(line)
     if config.resume:
         on_note(f"resuming from checkpoint {config.checkpoint_path}: it holds round {done}"
                 + (f", round {done + 1} of {config.rounds} is next" if done < config.rounds
@@ -243,18 +382,21 @@ def run_rounds(
     try:
         for round_no in range(done + 1, config.rounds + 1):
             started = time.perf_counter()
+            # A pure function of (seed, round): a resumed run samples what the first would have.
+            round_refs = [refs[i] for i in sample_shards(len(refs), config.fraction,
+                                                         config.seed, round_no)]
             request = RoundRequest(
                 job_id=job_id, round=round_no, weights=encode_tensors(params.tensors()),
-                shards=refs, config=train_config, policy=config.policy,
-                deadline_s=config.round_deadline_s, token=config.token,
+                shards=round_refs, config=round_config(config, train_config, round_no),
+                policy=config.policy, deadline_s=config.round_deadline_s, token=config.token,
             )
             result = link.run_round(request)
             # Checked whole before anything is applied: a bad answer fails the run with the
             # weights and the checkpoint of the last good round.
-            updates = verified_updates(refs, params, result, round_no)
+            updates = verified_updates(round_refs, params, result, round_no)
             if config.ensemble_out is not None:
                 last_round = (params, updates)
-            params = fedavg(params, updates)
+            params, state = aggregate_round(config, params, updates, state, round_no)
             val_error = error_rate(params, val_x, data.validate.y)
             seconds = time.perf_counter() - started
             report = _report(round_no, config.rounds, result, val_error, seconds)
@@ -265,9 +407,9 @@ def run_rounds(
             # run redoes that round bit for bit; never a checkpointed round nobody saw.
             on_round(report)
             if config.checkpoint_path is not None:
-                save_model(config.checkpoint_path, params,
-                           {"round": round_no, "identity": identity, "job": job_id,
-                            **model_meta})
+                _save_checkpoint(config.checkpoint_path, params, state,
+                                 {"round": round_no, "identity": identity, "job": job_id,
+                                  **model_meta})
     except KeyboardInterrupt:
         completed = summary.reports[-1].round if summary.reports else done
         raise Interrupted(completed, config.rounds, config.checkpoint_path) from None
@@ -402,5 +544,6 @@ def _write_round(timing: TimingWriter, round_no: int, result: RoundResult,
 
 
 def asdict_str(config: RunConfig) -> dict[str, str]:
-    """The configuration as strings for timing.txt's header (the token is never written)."""
-    return {k: str(v) for k, v in asdict(config).items() if k != "token"}
+    """The configuration as strings for timing.txt's header (the secrets are never written:
+    the token, the noise's seed)."""
+    return {k: str(v) for k, v in asdict(config).items() if k not in ("token", "dp_seed")}
