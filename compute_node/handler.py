@@ -186,6 +186,7 @@ def _decode_task(task: ShardTask) -> Task:
         seed=config.seed if config.seed is not None else 1,
         feature_shift=tuple(config.feature_shift or ()),
         feature_scale=tuple(config.feature_scale or ()),
+        prox_mu=config.prox_mu if config.prox_mu is not None else 0.0,
     )
     return Task(
         digest=task.shard.digest,

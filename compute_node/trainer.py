@@ -18,7 +18,7 @@ import numpy as np
 
 from compute_node.shards import Shard
 from idl.gen.constants import DEFAULT_MAX_TASK_WORK
-from mlcore.model import Params, TrainingTimeout, TrainOutcome, train
+from mlcore.model import Params, TrainingTimeout, TrainOutcome, check_prox_mu, train
 from mlcore.shapes import mlp_dims
 from mlcore.standardize import check_standardization
 from runtime.budget import OutOfTime
@@ -48,6 +48,9 @@ class TrainSettings:
     # Input standardisation x' = (x - shift) * scale; both empty = raw attributes (the seed's).
     feature_shift: tuple[float, ...] = ()
     feature_scale: tuple[float, ...] = ()
+    # FedProx's proximal term: each step's gradient gains prox_mu * (w - the given weights);
+    # 0 = none (the bits of plain training). mlcore.model.train documents the choices.
+    prox_mu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,10 @@ def check_settings(settings: TrainSettings, d: int | None = None) -> None:
         raise InvalidTask(f"config.momentum must be in [0, 1), got {settings.momentum}")
     if not 0 <= settings.seed < 2**63:
         raise InvalidTask(f"config.seed must be in [0, 2**63), got {settings.seed}")
+    try:
+        check_prox_mu(settings.prox_mu, settings.eta)
+    except ValueError as exc:
+        raise InvalidTask(f"config.{exc}") from None
     if d is not None and (settings.feature_shift or settings.feature_scale):
         try:
             check_standardization(settings.feature_shift, settings.feature_scale, d)
@@ -208,6 +215,7 @@ def _train_as_task(
             momentum=settings.momentum,
             seed=settings.seed,
             time_limit_s=time_limit_s,
+            prox_mu=settings.prox_mu,
         )
     except TrainingTimeout as exc:
         budget = budget_s if budget_s is not None else exc.limit_s
