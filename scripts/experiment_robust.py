@@ -269,6 +269,7 @@ def plot(results: dict[tuple[str, str], Run], path: Path, clean: float,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import NullFormatter
 
     modes = [CLEAN, *args.modes]
     panels = 1 + len(args.modes)
@@ -278,6 +279,13 @@ def plot(results: dict[tuple[str, str], Run], path: Path, clean: float,
                              squeeze=False)
     colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(args.strategies)}
     ceiling = 100.0
+
+    def percent_axis(ax) -> None:
+        """Log scale from 1% to 100% with plain numbers: 8% and 99% in one panel, readable."""
+        ax.set_yscale("log")
+        ax.set_ylim(1.0, ceiling * 1.1)
+        ax.set_yticks([1, 2, 5, 10, 20, 50, 100], ["1", "2", "5", "10", "20", "50", "100"])
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
     ax = axes[0][0]
     x = np.arange(len(modes))
@@ -296,8 +304,7 @@ def plot(results: dict[tuple[str, str], Run], path: Path, clean: float,
                label=f"clean FedAvg {100 * clean:.2f}%")
     ax.axhline(100 * clean + args.goal_points, color="black", linestyle=":", linewidth=1,
                label=f"goal: +{args.goal_points:g} point")
-    ax.set_yscale("log")
-    ax.set_ylim(top=ceiling * 1.05)
+    percent_axis(ax)
     ax.set_xticks(x, ["clean" if m == CLEAN else m for m in modes])
     ax.set_xlabel(f"poisoning ({args.poisoned} of {args.nodes} nodes)")
     ax.set_ylabel(f"validation error after round {args.rounds} (%, log)")
@@ -317,8 +324,7 @@ def plot(results: dict[tuple[str, str], Run], path: Path, clean: float,
         if baseline is not None and baseline.errors:
             ax.plot(range(1, len(baseline.errors) + 1), [100 * e for e in baseline.errors],
                     color="black", linestyle="--", linewidth=1, label="clean FedAvg")
-        ax.set_yscale("log")
-        ax.set_ylim(top=ceiling * 1.05)
+        percent_axis(ax)
         ax.set_xlabel("round")
         ax.set_ylabel("validation error (%, log)")
         ax.set_title(f"--poison {mode}: 1 of {args.nodes} nodes" if args.poisoned == 1 else
