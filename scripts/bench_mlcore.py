@@ -10,6 +10,11 @@ counting 2 * n * (d*h + h*k) * 3 flops per epoch (forward + two backward product
 kernel skips the inactive ReLU units, so its real flop count is lower). Before timing, one
 epoch of the kernel is checked against one epoch of numpy.
 
+With --prox-mu MU (FedProx) every code path is also timed with the proximal term
+(`cython[path]+prox`: each step's gradient gains MU * (w - w_start)), side by side with the
+same path without it, and the overhead of the term per h is printed; the prox kernel is
+first checked against the numpy reference's FedProx training.
+
 Then the forward pass (prediction): microseconds per call of class probabilities for a batch
 of rows, the kernel (`_kernels.forward`, the raw call; `model.predict_proba`, with its input
 checks) against lean numpy (`x @ w1 + b1`, relu, `@ w2 + b2`, softmax), interleaved the same
@@ -20,7 +25,7 @@ be the fixed-order reference's bits first. And the cost of one row through
 key=value.
 
     .venv/bin/python scripts/bench_mlcore.py [--data letter-recognition.data] [--rows 1000]
-        [--no-wide]
+        [--no-wide] [--prox-mu MU]
 """
 
 from __future__ import annotations
@@ -47,7 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model  # noqa: E402
 
 from mlcore import _kernels, reference  # noqa: E402
-from mlcore.model import Params, init_params, predict, predict_proba  # noqa: E402
+from mlcore.model import (  # noqa: E402
+    Params,
+    check_prox_mu,
+    init_params,
+    predict,
+    predict_proba,
+    train,
+)
 from mlcore.servable import Servable  # noqa: E402
 from runtime.cli import run_cli  # noqa: E402
 
@@ -251,10 +263,28 @@ def blas_description() -> str:
     return "; ".join(parts) or "no BLAS found"
 
 
-def _kernel_epoch(p: Params, x: np.ndarray, y: np.ndarray, eta: float, path: str) -> None:
-    """One full-batch epoch of the Cython kernel on the given code path, weights in place."""
+def _kernel_epoch(p: Params, x: np.ndarray, y: np.ndarray, eta: float, path: str,
+                  prox_mu: float = 0.0, start: Params | None = None) -> None:
+    """One full-batch epoch of the Cython kernel on the given code path, weights in place;
+    with prox_mu, FedProx's term pulling towards `start`."""
     _kernels.set_isa(path)
-    _kernels.train(x, y, *p.tensors(), 1, eta, 0, 0.0, 1)
+    if prox_mu:
+        assert start is not None
+        _kernels.train(x, y, *p.tensors(), 1, eta, 0, 0.0, 1, 0.0, None, prox_mu,
+                       *start.tensors())
+    else:
+        _kernels.train(x, y, *p.tensors(), 1, eta, 0, 0.0, 1)
+
+
+def check_prox(x: np.ndarray, y: np.ndarray, d: int, h: int, k: int, prox_mu: float) -> None:
+    """The timed prox kernel must train what the numpy reference's FedProx trains."""
+    start = init_params(d, h, k, seed=2, scale=0.1)
+    rows, eta = x[:200], min(1e-4, 0.5 / prox_mu)
+    got = train(start, rows, y[:200], epochs=3, eta=eta, prox_mu=prox_mu).params
+    want = reference.train(start, rows, y[:200], epochs=3, eta=eta, prox_mu=prox_mu)
+    for a, b in zip(got.tensors(), want.tensors(), strict=True):
+        if not np.allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max()):
+            raise click.ClickException(f"h={h}: the prox kernel and the reference disagree")
 
 
 def check_one_epoch(x: np.ndarray, y: np.ndarray, onehot: np.ndarray, d: int, h: int,
@@ -267,6 +297,30 @@ def check_one_epoch(x: np.ndarray, y: np.ndarray, onehot: np.ndarray, d: int, h:
     for a, b in zip(p_cy.tensors(), p_np.tensors(), strict=True):
         if not np.allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max()):
             raise click.ClickException(f"h={h}: the kernel and numpy disagree after one epoch")
+
+
+def prox_minibatch(x: np.ndarray, y: np.ndarray, d: int, k: int, eta: float,
+                   prox_mu: float) -> dict[str, float]:
+    """Print the proximal term's cost with mini-batches on the default path, where its
+    per-step work (about 3 operations per parameter) weighs most; return the overheads."""
+    out = {}
+    print(f"mini-batches, momentum 0.9, {_kernels.isa()}: ms/epoch without, with the term "
+          "(best rounds; medians in brackets)")
+    for h in (24, 256):
+        start = init_params(d, h, k, seed=1)
+        for batch in (1, 32):
+            fns: dict[str, Callable[[], None]] = {}
+            for mu in (0.0, prox_mu):
+                p = init_params(d, h, k, seed=1)
+                extra = (0.0, None, mu, *start.tensors()) if mu else ()
+                fns[str(mu)] = lambda p=p, extra=extra, batch=batch: _kernels.train(
+                    x, y, *p.tensors(), 1, eta, batch, 0.9, 1, *extra)
+            t = interleaved_ms(fns, calls=2, rounds=9)
+            (b0, m0), (b1, m1) = t["0.0"], t[str(prox_mu)]
+            out[f"h{h}_b{batch}_prox_overhead_pct"] = 100 * (b1 / b0 - 1)
+            print(f"h = {h:>3}, batch {batch:>2}: {b0:8.3f} ({m0:.3f}) -> {b1:8.3f} ({m1:.3f})"
+                  f"  {100 * (b1 / b0 - 1):+.1f}%")
+    return out
 
 
 def numpy_forward(p: Params, x: np.ndarray) -> np.ndarray:
@@ -357,10 +411,17 @@ def forward_section(wide: bool) -> dict[str, float]:
 @click.option("--rows", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--wide/--no-wide", default=True, show_default=True,
               help="Also time the forward pass of the 10M-parameter model (80 MB of w1).")
-def cli(data: Path | None, rows: int, wide: bool) -> None:
+@click.option("--prox-mu", type=float, default=0.0, show_default=True,
+              help="Also time every code path with FedProx's proximal term of this mu "
+                   "(0: not at all).")
+def cli(data: Path | None, rows: int, wide: bool, prox_mu: float) -> None:
     """Print ms per epoch for each kernel, shares of dgemm, ratios and goal verdicts, then
     the forward pass against numpy."""
     d, k, eta = 16, 26, 1e-6
+    try:
+        check_prox_mu(prox_mu, eta)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prox-mu") from None
     allocator = keep_temporaries_on_the_heap()
     x, y = load_rows(data, rows, d, k)
     d, k = x.shape[1], max(k, int(y.max()) + 1)
@@ -376,22 +437,31 @@ def cli(data: Path | None, rows: int, wide: bool) -> None:
     paths = _kernels.isa_names()
     print(f"kernel code paths on this CPU: {', '.join(paths)} (default {_kernels.isa()}; "
           f"all give the same bits)\n")
-    header = (f"{'kernel':<16}{'h':>5}{'ms/epoch':>10}{'median':>9}{'GFLOP/s':>9}"
+    wn = 21 if prox_mu else 16  # the name column: room for "cython[avx512]+prox"
+    header = (f"{'kernel':<{wn}}{'h':>5}{'ms/epoch':>10}{'median':>9}{'GFLOP/s':>9}"
               f"{'of dgemm':>10}{'vs numpy':>10}")
     print(header)
     print("-" * len(header))
     ratios: dict[str, float] = {}
     cython_ms: dict[int, float] = {}
+    prox_lines: list[str] = []
     default = _kernels.isa()
     for h in HIDDEN:
         flops = 2 * rows * (d * h + h * k) * 3
         check_one_epoch(x, y, onehot, d, h, k)
+        if prox_mu:
+            check_prox(x, y, d, h, k, prox_mu)
         p_np = init_params(d, h, k, seed=1)
         fns: dict[str, Callable[[], None]] = {
             "numpy": lambda p=p_np: numpy_epoch(p, x, onehot, eta)}
+        start = init_params(d, h, k, seed=1)
         for path in [default] + [q for q in paths if q != default]:
             p_cy = init_params(d, h, k, seed=1)
             fns[f"cython[{path}]"] = lambda p=p_cy, q=path: _kernel_epoch(p, x, y, eta, q)
+            if prox_mu:
+                p_px = init_params(d, h, k, seed=1)
+                fns[f"cython[{path}]+prox"] = lambda p=p_px, q=path, s=start: _kernel_epoch(
+                    p, x, y, eta, q, prox_mu, s)
         calls = max(2, int(1000 / h))
         timings = interleaved_ms(fns, calls, rounds=15 if h < 256 else 9)
         _kernels.set_isa(default)
@@ -400,8 +470,18 @@ def cli(data: Path | None, rows: int, wide: bool) -> None:
         ratios[f"h{h}_vs_numpy"] = t_np / cython_ms[h]
         for name, (best, median) in timings.items():
             rate = flops / (best * 1e-3) / 1e9
-            print(f"{name:<16}{h:>5}{best:>10.3f}{median:>9.3f}{rate:>9.2f}{rate / gflops:>10.1%}"
-                  f"{t_np / best:>9.2f}x")
+            print(f"{name:<{wn}}{h:>5}{best:>10.3f}{median:>9.3f}{rate:>9.2f}"
+                  f"{rate / gflops:>10.1%}{t_np / best:>9.2f}x")
+        if prox_mu:
+            parts = []
+            for path in paths:
+                (best, median), (best_px, median_px) = (timings[f"cython[{path}]"],
+                                                        timings[f"cython[{path}]+prox"])
+                parts.append(f"{path} {100 * (best_px / best - 1):+.1f}% "
+                             f"(median {100 * (median_px / median - 1):+.1f}%)")
+                if path == default:
+                    ratios[f"h{h}_prox_overhead_pct"] = 100 * (best_px / best - 1)
+            prox_lines.append(f"h = {h:>3}: " + ", ".join(parts))
     p_py = init_params(d, 24, k, seed=1)
     py = interleaved_ms(
         {name: (lambda fn=fn: fn(*[t.tolist() for t in p_py.tensors()], x.tolist(),
@@ -413,7 +493,12 @@ def cli(data: Path | None, rows: int, wide: bool) -> None:
     ratios["h24_vs_python"] = t_py / cython_ms[24]
     for name, (best, median) in py.items():
         faster = f"(cython[{default}] {best / cython_ms[24]:.0f}x faster)"
-        print(f"{name:<16}{24:>5}{best:>10.1f}{median:>9.1f}{'':>19}{faster:>33}")
+        print(f"{name:<{wn}}{24:>5}{best:>10.1f}{median:>9.1f}{'':>19}{faster:>33}")
+    if prox_mu:
+        print(f"\nFedProx term (prox_mu = {prox_mu:g}), time per epoch over the same path "
+              "without it (best rounds):")
+        print("\n".join(prox_lines))
+        ratios.update(prox_minibatch(x, y, d, k, eta, prox_mu))
     print()
     for key, goal in GOALS.items():
         verdict = "met" if ratios[key] >= goal else f"MISSED by {goal / ratios[key]:.2f}x"
