@@ -53,6 +53,7 @@ MALFORMED: dict[str, list[str]] = {
     "bench_time_to_accuracy.py": ["--target", "nan"],
     "bench_wan.py": ["--rtts-ms", "10,x"],
     "compare_ensemble.py": ["--repeats", "0"],
+    "experiment_noniid.py": ["--alphas", "0.1,x", "--out", MISSING],
     "experiment_policies.py": ["--load-delay-s", "inf"],
     "experiment_robust.py": ["--modes", "sign-flip,bogus"],
     "letters_fidelity.py": ["--seed", "x"],

@@ -6,6 +6,7 @@ and in random order, so every property below can be seen on it in well under a s
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from collections import Counter
@@ -306,3 +307,45 @@ def test_stats_reports_the_label_skew_per_shard(source, tmp_path):
     assert "mean shard entropy 4.70 bits" in plain
     reported = float(skewed.split("mean shard entropy ")[1].split()[0])
     assert reported == pytest.approx(mean_entropy(out), abs=0.005)
+
+
+# --- scripts/experiment_noniid.py -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_comparison_script_runs_every_setting_and_writes_its_files(tmp_path):
+    """Tiny settings through real processes: the split, the cluster, the client, the files."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "experiment_noniid.py"), "--out",
+         str(tmp_path / "out"), "--alphas", "0.1,iid", "--strategies", "fedavg,fedadam",
+         "--rounds", "2", "--epochs", "1", "--hidden", "16", "--server-lr", "0.05"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "out"
+    with open(out / "runs.csv", newline="") as file:
+        runs = {(r["alpha"], r["strategy"]): r for r in csv.DictReader(file)}
+    assert set(runs) == {("0.1", "fedavg"), ("0.1", "fedadam"), ("iid", "fedavg"),
+                         ("iid", "fedadam")}
+    for run in runs.values():
+        assert run["failure"] == "" and run["rounds_done"] == "2"
+        assert 0 < float(run["final_error"]) < 1
+    assert float(runs[("0.1", "fedavg")]["mean_shard_entropy_bits"]) < 3.0
+    assert float(runs[("iid", "fedavg")]["mean_shard_entropy_bits"]) > 4.69
+    # The IID split of the built-in data is the built-in data, byte for byte.
+    for name in NAMES:
+        assert (out / "data" / "alpha-iid" / name).read_bytes() == (
+            letters.default_data_dir() / name).read_bytes()
+    with open(out / "rounds.csv", newline="") as file:
+        rounds = list(csv.DictReader(file))
+    assert len(rounds) == 8
+    assert rounds[1]["validation_error"] == runs[("0.1", "fedavg")]["final_error"]
+    report = (out / "report.md").read_text()
+    assert "| alpha = 0.1 | " in report and "| IID | 4.70 bits | 26.0 | 1,000-1,000 |" in report
+    assert "FedAdam (server lr 0.05)" in report
+    assert (out / "experiment_noniid.png").read_bytes().startswith(b"\x89PNG")
+    headline = dict(p.split("=", 1) for p in done.stdout.strip().splitlines()[-1].split())
+    assert headline["failed_runs"] == "0"
+    assert float(headline["fedavg_iid"]) == pytest.approx(float(runs[("iid", "fedavg")][
+        "final_error"]), abs=1e-4)
