@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from mlcore.model import MAX_PROX_MU
 from mlcore.schedule import SCHEDULES, LrSchedule
 from mlcore.strategies import MEAN_BASED, STRATEGIES, USES, StrategyOptions
 from runtime.cli import FiniteRange
@@ -46,6 +47,10 @@ _OPTIONS: list[tuple[str, click.ParamType, object, str]] = [
     ("--lr-gamma", FiniteRange(0, 1, min_open=True), None,
      "step schedule: factor per step [0.5]."),
     ("--lr-min", FiniteRange(min=0), None, "cosine schedule: the rate it tends to [0]."),
+    ("--prox-mu", FiniteRange(min=0, max=MAX_PROX_MU), 0.0,
+     "FedProx: the nodes add prox-mu * (w - the round's weights) to every step's summed "
+     "gradient (the paper's mu times the rows per step); 0 = plain local SGD. prox-mu * ETA "
+     "must be <= 1."),
     ("--fraction", FiniteRange(0, 1, min_open=True), 1.0,
      "Fraction of the shards trained each round: a sample seeded by --seed and the round, "
      "at least one shard."),
@@ -121,7 +126,7 @@ def run_config_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     )
     return {
         "strategy": strategy, "strategy_options": options, "lr_schedule": schedule,
-        "fraction": values["fraction"], "dp_clip": values["dp_clip"],
+        "prox_mu": values["prox_mu"], "fraction": values["fraction"], "dp_clip": values["dp_clip"],
         "dp_noise_multiplier": values["dp_noise_multiplier"] or 0.0,
         "dp_seed": values["dp_seed"],
     }

@@ -26,7 +26,7 @@ from idl.gen.ttypes import RoundRequest, RoundResult, ShardRef, TrainConfig
 from idl.tensors import TensorError, decode_tensors, encode_tensors
 from mlcore.checkpoint import load_model, write_npz
 from mlcore.data import DataDir, read_data_dir
-from mlcore.model import Params, error_rate, init_params
+from mlcore.model import Params, check_prox_mu, error_rate, init_params
 from mlcore.privacy import private_mean
 from mlcore.schedule import LrSchedule, sample_shards, sample_size
 from mlcore.servable import Servable, save_servable, shard_models
@@ -68,6 +68,7 @@ class RunConfig:
     strategy: str = "fedavg"  # see mlcore.strategies
     strategy_options: StrategyOptions = StrategyOptions()
     lr_schedule: LrSchedule = LrSchedule()  # the nodes' eta per round
+    prox_mu: float = 0.0  # FedProx's proximal term in the nodes' training (0: none)
     fraction: float = 1.0  # of the shards trained each round (seeded sample)
     dp_clip: float | None = None  # differential privacy: clip each update to this L2 norm
     dp_noise_multiplier: float = 0.0  # and add N(0, (multiplier * clip)**2) to their sum
@@ -98,6 +99,8 @@ class RunConfig:
         if self.strategy != "fedavg":
             out.update(strategy=self.strategy, **self.strategy_options.used_by(self.strategy))
         out.update(self.lr_schedule.identity(self.rounds))
+        if self.prox_mu != 0.0:
+            out["prox_mu"] = self.prox_mu
         if self.fraction != 1.0:
             out["fraction"] = self.fraction
         if self.dp_clip is not None:
@@ -251,6 +254,7 @@ def check_run(config: RunConfig, n_shards: int) -> None:
     """ConfigError unless the strategy, schedule, sampling and privacy settings fit together."""
     try:
         config.lr_schedule.check(config.eta, config.rounds)
+        check_prox_mu(config.prox_mu, config.eta)  # round 1's eta is the largest
         m = sample_size(n_shards, config.fraction)
         if config.strategy in ("krum", "multi-krum"):
             krum_m = config.strategy_options.krum_m if config.strategy == "multi-krum" else 1
@@ -277,6 +281,8 @@ def federated_notes(config: RunConfig, n_shards: int) -> list[str]:
     elif schedule.kind == "cosine":
         notes.append(f"learning rate: cosine from {config.eta:g} towards {schedule.lr_min:g} "
                      f"over {config.rounds} rounds")
+    if config.prox_mu != 0.0:
+        notes.append(f"FedProx: prox_mu {config.prox_mu:g} in the nodes' training")
     if config.fraction != 1.0:
         notes.append(f"sampling: {sample_size(n_shards, config.fraction)} of {n_shards} shards "
                      f"a round (fraction {config.fraction:g}, seeded)")
@@ -371,6 +377,7 @@ def run_rounds(
     job_id = uuid.uuid4().hex[:12]
     train_config = TrainConfig(epochs=config.epochs, eta=config.eta, batch_size=config.batch_size,
                                momentum=config.momentum, seed=config.seed,
+                               prox_mu=config.prox_mu,
                                feature_shift=list(stats.shift) if stats else [],
                                feature_scale=list(stats.scale) if stats else [])
     meta = {"job": job_id, "data_dir": data_dir, "shards": len(refs),
