@@ -32,14 +32,16 @@ def verdict(stdout: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in stdout.strip().splitlines()[-1].split())
 
 
-def test_a_scaled_node_breaks_fedavg_and_the_files_say_so(tmp_path: Path) -> None:
-    done = experiment(tmp_path, "--modes", "scale", "--strategies", "fedavg")
+def test_a_scaled_node_breaks_fedavg_not_trimmed_mean_and_the_files_say_so(
+    tmp_path: Path,
+) -> None:
+    done = experiment(tmp_path, "--modes", "scale", "--strategies", "fedavg,trimmed-mean")
 
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
     with open(out / "runs.csv", newline="") as file:
         runs = {(r["mode"], r["strategy"]): r for r in csv.DictReader(file)}
-    assert set(runs) == {("none", "fedavg"), ("scale", "fedavg")}
+    assert set(runs) == {(m, s) for m in ("none", "scale") for s in ("fedavg", "trimmed-mean")}
     clean, scaled = runs[("none", "fedavg")], runs[("scale", "fedavg")]
     for run in (clean, scaled):
         assert run["failure"] == "" and run["rounds_done"] == "2"
@@ -51,17 +53,27 @@ def test_a_scaled_node_breaks_fedavg_and_the_files_say_so(tmp_path: Path) -> Non
     # One update x100 among 16 moves the average 25 times as far: FedAvg ends far worse.
     assert float(scaled["final_error"]) > float(clean["final_error"]) + 0.05
     assert scaled["within_goal"] == "no"
+    # Trimmed mean (a quarter cut at each end) drops the four scaled updates.
+    trimmed = runs[("scale", "trimmed-mean")]
+    assert trimmed["failure"] == "" and trimmed["poisoned_tasks_per_round"] == "4/16"
+    assert abs(float(trimmed["points_above_clean"])) < 2.0
+    assert float(trimmed["own_clean_error"]) == float(runs[("none", "trimmed-mean")]
+                                                       ["final_error"])
     with open(out / "rounds.csv", newline="") as file:
         rounds = list(csv.DictReader(file))
-    assert [(r["mode"], r["round"]) for r in rounds] == [
-        ("none", "1"), ("none", "2"), ("scale", "1"), ("scale", "2")]
+    assert [(r["mode"], r["strategy"], r["round"]) for r in rounds] == [
+        (m, s, r) for m in ("none", "scale") for s in ("fedavg", "trimmed-mean")
+        for r in ("1", "2")]
     assert rounds[1]["validation_error"] == clean["final_error"]
     report = (out / "report.md").read_text()
     assert "| strategy | clean (no node poisoned) | scale |" in report
+    assert "| trimmed-mean |" in report
     assert "scale: fedavg +" in report and "NOT within 1" in report
+    assert "against its own clean" in report
     assert (out / "experiment_robust.png").read_bytes().startswith(b"\x89PNG")
     v = verdict(done.stdout)
-    assert v["fedavg_broken_modes"] == "scale" and v["goal_met"] == "not-tested"
+    assert v["fedavg_broken_modes"] == "scale" and v["goal_strategies"] == "trimmed-mean"
+    assert v["goal_met"] in ("yes", "no")
     assert float(v["clean_fedavg_error"]) == pytest.approx(float(clean["final_error"]))
 
 
