@@ -39,7 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
 from local_cluster import POLICY_CHOICE, REPO, SHARED_DATA, LocalCluster  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
+from client.federated_cli import (  # noqa: E402
+    add_federated_options,
+    federated_argv,
+    run_config_fields,
+)
 from client.timing import read_timing  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
 from runtime.cli import FiniteRange, require_module, run_cli  # noqa: E402
@@ -118,6 +124,7 @@ def _required_data() -> click.UsageError:
 @click.option("--policy", type=POLICY_CHOICE, default="round-robin", show_default=True,
               help="Scheduling policy.")
 @training_options
+@add_federated_options
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to save the error-against-seconds plot [time_to_accuracy.png in "
                    "--workdir, else in a new temporary directory].")
@@ -129,6 +136,7 @@ def cli(**options: object) -> int:
     args = SimpleNamespace(**options)
     if args.data is None:
         raise _required_data()
+    run_config_fields(vars(args))  # an option the strategy does not use: one line, now
     require_module("matplotlib")  # before the runs, not after them
     if args.plot is None:
         plot_dir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-tta-plot-"))
@@ -143,7 +151,8 @@ def client_args(args: SimpleNamespace) -> list[str]:
            "--init", args.init, "--seed", str(args.seed)]
     if args.standardize:
         out.append("--standardize")
-    return out
+    # --strategy, --lr-schedule, --fraction, ... as the client takes them (when given).
+    return out + federated_argv(vars(args))
 
 
 def run(args: SimpleNamespace, workdir: Path) -> tuple[list[Point], dict[str, float], int]:
@@ -220,10 +229,17 @@ def plot(points: list[Point], target: float, hit: Point | None, ready_s: float, 
     plt.close(fig)
 
 
+def _federated_title(args: SimpleNamespace) -> list[str]:
+    """The federated options given, as 'strategy fedadam', 'server-lr 0.01', ... for the plot."""
+    argv = federated_argv(vars(args))
+    return [f"{flag.lstrip('-')} {value}" for flag, value in zip(argv[::2], argv[1::2],
+                                                                  strict=True)]
+
+
 def run_and_report(args: SimpleNamespace) -> int:
     """Run the cluster and the client, print the curve and the verdict; 0 when the goal is met."""
     config = " ".join(client_args(args)[1:])
-    print(f"machine: {os.cpu_count()} cores; data {args.data}; {args.nodes} nodes, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; data {args.data}; {args.nodes} nodes, "
           f"policy {args.policy}; target {args.target:.2%} within {args.goal_s:g} s")
     print(f"client: python -m client HOST PORT {args.data} {config}\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as tmp:
@@ -244,7 +260,8 @@ def run_and_report(args: SimpleNamespace) -> int:
         print(f"the client exited with {code}:\n{client_log[-2000:]}", file=sys.stderr)
     title = (f"{args.nodes} nodes; rounds {args.rounds}, epochs {args.epochs}, H {args.hidden}, "
              f"eta {args.eta:g}, batch {args.batch_size},\nmomentum {args.momentum:g}, "
-             f"init {args.init}, {'standardised' if args.standardize else 'raw'} inputs")
+             f"init {args.init}, {'standardised' if args.standardize else 'raw'} inputs"
+             + "".join(f", {a}" for a in _federated_title(args)))
     if points:
         plot(points, args.target, hit, phases["cluster_ready_s"], args.plot, title)
         print(f"plot: {args.plot.resolve()}")
