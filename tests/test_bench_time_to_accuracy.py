@@ -58,3 +58,22 @@ def test_missing_data_explains_itself(tmp_path: Path) -> None:
 
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "--data DIR is required" in done.stderr
+
+
+def test_strategy_and_schedule_reach_the_client_and_the_plot(tmp_path: Path) -> None:
+    done = bench(tmp_path, "--target", "0.9", "--strategy", "fedavgm", "--server-momentum",
+                 "0.5", "--lr-schedule", "cosine")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    client_line = next(line for line in done.stdout.splitlines() if line.startswith("client: "))
+    assert client_line.endswith("--strategy fedavgm --server-momentum 0.5 --lr-schedule cosine")
+    assert verdict(done.stdout)["reached"] == "yes"
+
+
+def test_an_option_the_strategy_does_not_use_stops_before_any_cluster(tmp_path: Path) -> None:
+    done = bench(tmp_path, "--beta2", "0.9")
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("error: --beta2 applies to fedadam, fedyogi, not to "
+                                   "--strategy fedavg")
+    assert "cluster ready" not in done.stdout
