@@ -11,6 +11,7 @@ and the OpenAPI pages.
 import logging
 import math
 import secrets
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +117,7 @@ def create_app(gw: Gateway) -> FastAPI:
                   description="Accounts, a queue of training jobs, the run registry and a "
                               "leaderboard for a fedcluster cluster.")
     _install_error_handlers(app)
-    models: OrderedDict[int, ModelFile] = OrderedDict()  # a few parsed model files, by job
+    models = ModelFiles()
 
     def caller_ip(request: Request) -> str:
         return request.client.host if request.client else "?"
@@ -268,7 +269,7 @@ def create_app(gw: Gateway) -> FastAPI:
         if len(body.rows) > gw.limits.max_predict_rows:
             raise HTTPException(422, f"rows: {len(body.rows)} rows, more than one request may "
                                      f"carry ({gw.limits.max_predict_rows})")
-        model = _model(models, job_id, job_files(gw.jobs_dir, job_id)["model"])
+        model = models.get(job_id, job_files(gw.jobs_dir, job_id)["model"])
         width = model.servable.n_features
         for i, row in enumerate(body.rows):
             if len(row) != width:
@@ -347,17 +348,27 @@ def create_app(gw: Gateway) -> FastAPI:
     return app
 
 
-def _model(cache: OrderedDict[int, ModelFile], job_id: int, path: Path) -> ModelFile:
-    model = cache.pop(job_id, None)
-    if model is None:
-        try:
-            model = read_model_file(path)
-        except ValueError as exc:
-            raise HTTPException(500, f"job {job_id}'s model cannot be read: {exc}") from None
-    cache[job_id] = model
-    while len(cache) > 8:
-        cache.popitem(last=False)
-    return model
+class ModelFiles:
+    """The last few finished jobs' model files, parsed once; handlers run on many threads."""
+
+    def __init__(self, most: int = 8) -> None:
+        self._most = most
+        self._files: OrderedDict[int, ModelFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job_id: int, path: Path) -> ModelFile:
+        with self._lock:
+            model = self._files.pop(job_id, None)
+        if model is None:
+            try:
+                model = read_model_file(path)
+            except ValueError as exc:
+                raise HTTPException(500, f"job {job_id}'s model cannot be read: {exc}") from None
+        with self._lock:
+            self._files[job_id] = model
+            while len(self._files) > self._most:
+                self._files.popitem(last=False)
+        return model
 
 
 def _rate_or_429(limiter: RateLimiter, key: str) -> None:
