@@ -40,6 +40,7 @@ import csv
 import datetime
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,7 @@ class Run:
     errors: list[float] = field(default_factory=list)  # validation error after each round
     poisoned_tasks: list[int] = field(default_factory=list)  # per round
     tasks: list[int] = field(default_factory=list)  # per round
+    poisoned_shards: set[str] = field(default_factory=set)  # trained by a poisoned node
     seconds: float = 0.0
     failure: str = ""  # the client's last line on stderr when it exited non-zero
 
@@ -143,6 +145,8 @@ def run_job(workdir: Path, mode: str, strategy: str, args: SimpleNamespace) -> R
         for row in rows:
             if row["kind"] == "task":
                 by_round.setdefault(int(row["round"]), []).append(row["node"])
+                if row["node"] in poisoned:
+                    run.poisoned_shards.add(row["shard"])
         for r in range(1, len(run.errors) + 1):
             nodes = by_round.get(r, [])
             run.tasks.append(len(nodes))
@@ -182,6 +186,15 @@ def share(*runs: Run) -> str:
     lo, hi = min(counts), max(counts)
     total = max(t for run in runs for t in run.tasks)
     return f"{lo}/{total}" if lo == hi else f"{lo}-{hi}/{total}"
+
+
+def poisoned_shards(results: dict[tuple[str, str], Run], mode: str) -> str:
+    """The shards a poisoned node trained in any run of `mode`, in natural order."""
+    names = {name for (m, _), run in results.items() if m == mode
+             for name in run.poisoned_shards}
+    number = re.compile(r"(\d+)")
+    return " ".join(sorted(names, key=lambda n: [int(t) if t.isdigit() else t
+                                                 for t in number.split(n)])) or "-"
 
 
 def verdicts(results: dict[tuple[str, str], Run], args: SimpleNamespace,
@@ -512,7 +525,8 @@ def cli(**options: object) -> int:
         "",
         "Tasks per round whose result came from a poisoned node (all runs, all rounds): "
         + ", ".join(f"{m} {share(*(r for (rm, _), r in results.items() if rm == m))}"
-                    for m in args.modes) + ".",
+                    for m in args.modes) + "; the shards they trained over all rounds: "
+        + ", ".join(f"{m} {poisoned_shards(results, m)}" for m in args.modes) + ".",
         "",
         f"Verdict (goal: {', '.join(GOAL_STRATEGIES)} within {args.goal_points:g} point of "
         "clean FedAvg where FedAvg is not; points above clean FedAvg, then above the "

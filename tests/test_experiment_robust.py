@@ -8,6 +8,7 @@ CSV files, report and plot. What the figures mean is the README's business.
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,10 @@ def test_a_scaled_node_breaks_fedavg_not_trimmed_mean_and_the_files_say_so(
     assert "| trimmed-mean |" in report
     assert "scale: fedavg +" in report and "NOT within 1" in report
     assert "against its own clean" in report
+    # ... and the same 4 shards every round: the poisoned node's shards are never seen honestly.
+    shards = re.search(r"shards they trained over all rounds: scale ((?:train_\S+ ?)+)\.",
+                       report)
+    assert shards is not None and len(shards.group(1).split()) == 4, report
     assert (out / "experiment_robust.png").read_bytes().startswith(b"\x89PNG")
     v = verdict(done.stdout)
     assert v["fedavg_broken_modes"] == "scale" and v["goal_strategies"] == "trimmed-mean"
