@@ -12,13 +12,16 @@ nodes once per --strategies value:
 - fedadam: `--strategy fedadam --server-lr LR` (the client's other FedAdam options at
            their defaults unless --beta1/--beta2/--tau are given).
 
-Every run starts from the same weights (--seed) and trains the same job, and the cluster
-is deterministic, so the same settings give the same table on any run. The validation
-error after every round comes from the client's timing.txt. It writes runs.csv (final and
-best error per run, the shards' label entropy and sizes), rounds.csv (the curves),
-report.md (command, machine, date, Markdown table) and a plot (one panel per alpha,
-validation error against round, a line per strategy), and ends with one key=value line of
-headline figures.
+Every strategy starts from the same weights (each --seeds value is one set of runs from
+its initial weights) and trains the same job, and the cluster is deterministic, so the
+same settings give the same table on any run. One run's final error moves by a few tenths
+of a point with the initial weights alone, so differences smaller than the spread over
+--seeds mean nothing. The validation error after every round comes from the client's
+timing.txt. It writes runs.csv (final and best error per run, the shards' label entropy
+and sizes), rounds.csv (the curves), report.md (command, machine, date, Markdown table:
+the mean final error over the seeds and its range) and a plot (one panel per alpha, the
+mean validation error against round per strategy, shaded between the seeds' lowest and
+highest), and ends with one key=value line of headline figures.
 
 The source is the built-in letters data (the generator's output, its 20,000 rows in
 order) unless --data names a data file: the real UCI letter-recognition.data, for
@@ -96,6 +99,7 @@ class Shards:
 class Run:
     alpha: str
     strategy: str
+    seed: int
     errors: list[float] = field(default_factory=list)  # validation error after each round
     seconds: float = 0.0
     failure: str = ""
@@ -158,9 +162,9 @@ def make_shards(source: Path, alpha: str, args: SimpleNamespace) -> Shards:
 # ------------------------------------------------------------------ runs
 
 
-def client_options(args: SimpleNamespace, strategy: str) -> list[str]:
+def client_options(args: SimpleNamespace, strategy: str, seed: int) -> list[str]:
     """The client's options for one strategy (fedavg needs none beyond training's)."""
-    options = ["--seed", str(args.seed), "--batch-size", str(args.batch_size),
+    options = ["--seed", str(seed), "--batch-size", str(args.batch_size),
                "--momentum", repr(args.momentum), "--init", args.init]
     if args.standardize:
         options.append("--standardize")
@@ -175,17 +179,17 @@ def client_options(args: SimpleNamespace, strategy: str) -> list[str]:
     return options
 
 
-def run_job(cluster: LocalCluster, shards: Shards, strategy: str,
+def run_job(cluster: LocalCluster, shards: Shards, strategy: str, seed: int,
             args: SimpleNamespace) -> Run:
-    workdir = args.out / "runs" / f"alpha-{shards.alpha}-{strategy}"
+    workdir = args.out / "runs" / f"alpha-{shards.alpha}-{strategy}-seed{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     timing = workdir / "timing.txt"
     timing.unlink(missing_ok=True)
-    run = Run(shards.alpha, strategy)
+    run = Run(shards.alpha, strategy, seed)
     address = cluster.coordinator.address
     argv = [sys.executable, "-m", "client", address.host, str(address.port), str(shards.path),
             str(args.rounds), str(args.epochs), str(args.hidden), repr(args.eta),
-            "--timing", str(timing), *client_options(args, strategy)]
+            "--timing", str(timing), *client_options(args, strategy, seed)]
     (workdir / "client.argv").write_text(shlex.join(argv[1:]) + "\n")
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
@@ -217,56 +221,73 @@ def alpha_label(alpha: str) -> str:
     return "IID" if alpha == IID else f"alpha = {alpha}"
 
 
-def cell(run: Run | None, rounds: int) -> str:
-    if run is None or not run.errors:
-        return "failed" if run is not None else "-"
-    text = f"{100 * run.final:.2f}% ({100 * run.best:.2f}%)"
-    if run.failure:
-        text += f", failed after round {len(run.errors)}"
-    elif len(run.errors) < rounds:
-        text += f", {len(run.errors)} rounds"
+Results = dict[tuple[str, str, int], Run]  # (alpha, strategy, seed) -> run
+
+
+def runs_of(results: Results, alpha: str, strategy: str) -> list[Run]:
+    return [run for (a, s, _), run in results.items() if a == alpha and s == strategy]
+
+
+def finals(runs: list[Run]) -> list[float]:
+    """The final errors of the runs that finished every round."""
+    return [run.final for run in runs if run.errors and not run.failure]
+
+
+def cell(runs: list[Run], rounds: int) -> str:
+    """Mean final error over the seeds, then its range (or the best round's, for one seed)."""
+    if not runs:
+        return "-"
+    done = [run for run in runs if run.errors and not run.failure and len(run.errors) == rounds]
+    if not done:
+        return "failed"
+    values = [100 * run.final for run in done]
+    if len(done) == 1:
+        text = f"{values[0]:.2f}% (best round {100 * done[0].best:.2f}%)"
+    else:
+        text = f"{np.mean(values):.2f}% ({min(values):.2f}-{max(values):.2f})"
+    if len(done) < len(runs):
+        text += f", {len(runs) - len(done)} of {len(runs)} runs failed"
     return text
 
 
-def markdown_table(shards: dict[str, Shards], results: dict[tuple[str, str], Run],
+def markdown_table(shards: dict[str, Shards], results: Results,
                    args: SimpleNamespace) -> list[str]:
-    """Data settings as rows; the shards' skew, then each strategy's final (best) error."""
+    """Data settings as rows; the shards' skew, then each strategy's final error."""
     head = ["data", "label entropy per shard", "effective classes per shard",
-            "rows per shard",
-            *(strategy_label(s, args) for s in args.strategies)]
+            "rows per shard", *(strategy_label(s, args) for s in args.strategies)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for alpha, sh in shards.items():
         cells = [alpha_label(alpha), f"{sh.mean_entropy:.2f} bits",
                  f"{sh.classes_per_shard:.1f}", f"{sh.min_rows:,}-{sh.max_rows:,}"]
-        cells += [cell(results.get((alpha, s)), args.rounds) for s in args.strategies]
+        cells += [cell(runs_of(results, alpha, s), args.rounds) for s in args.strategies]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def write_csvs(shards: dict[str, Shards], results: dict[tuple[str, str], Run],
-               args: SimpleNamespace) -> None:
+def write_csvs(shards: dict[str, Shards], results: Results, args: SimpleNamespace) -> None:
     with open(args.out / "runs.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["alpha", "strategy", "rounds_done", "final_error", "best_error",
-                         "mean_shard_entropy_bits", "effective_classes", "min_shard_rows",
-                         "max_shard_rows", "seconds", "failure"])
-        for (alpha, strategy), run in results.items():
+        writer.writerow(["alpha", "strategy", "seed", "rounds_done", "final_error",
+                         "best_error", "mean_shard_entropy_bits", "effective_classes",
+                         "min_shard_rows", "max_shard_rows", "seconds", "failure"])
+        for (alpha, strategy, seed), run in results.items():
             sh = shards[alpha]
-            writer.writerow([alpha, strategy, len(run.errors), f"{run.final:.6f}",
+            writer.writerow([alpha, strategy, seed, len(run.errors), f"{run.final:.6f}",
                              f"{run.best:.6f}", f"{sh.mean_entropy:.4f}",
                              f"{sh.classes_per_shard:.2f}", sh.min_rows, sh.max_rows,
                              f"{run.seconds:.2f}", run.failure])
     with open(args.out / "rounds.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["alpha", "strategy", "round", "validation_error"])
-        for (alpha, strategy), run in results.items():
+        writer.writerow(["alpha", "strategy", "seed", "round", "validation_error"])
+        for (alpha, strategy, seed), run in results.items():
             for r, error in enumerate(run.errors, start=1):
-                writer.writerow([alpha, strategy, r, f"{error:.6f}"])
+                writer.writerow([alpha, strategy, seed, r, f"{error:.6f}"])
 
 
-def plot(shards: dict[str, Shards], results: dict[tuple[str, str], Run], path: Path,
+def plot(shards: dict[str, Shards], results: Results, path: Path,
          args: SimpleNamespace) -> None:
-    """One panel per data setting: validation error (%, log) against round, per strategy."""
+    """One panel per data setting: mean validation error (%, log) against round per
+    strategy, shaded between the seeds' lowest and highest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,19 +299,25 @@ def plot(shards: dict[str, Shards], results: dict[tuple[str, str], Run], path: P
     colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(STRATEGIES)}
     for ax, alpha in zip(axes[0], alphas, strict=True):
         for strategy in args.strategies:
-            run = results.get((alpha, strategy))
-            if run is None or not run.errors:
+            curves = [run.errors for run in runs_of(results, alpha, strategy) if run.errors]
+            if not curves:
                 continue
-            label = f"{strategy_label(strategy, args)}: {100 * run.final:.2f}%"
-            ax.plot(range(1, len(run.errors) + 1), [100 * e for e in run.errors],
-                    label=label, color=colors[strategy], linewidth=1.5)
+            n = min(len(c) for c in curves)
+            table = 100 * np.array([c[:n] for c in curves])
+            x = np.arange(1, n + 1)
+            label = f"{strategy_label(strategy, args)}: {table[:, -1].mean():.2f}%"
+            ax.plot(x, table.mean(axis=0), label=label, color=colors[strategy], linewidth=1.5)
+            if len(curves) > 1:
+                ax.fill_between(x, table.min(axis=0), table.max(axis=0), color=colors[strategy],
+                                alpha=0.18, linewidth=0)
         sh = shards[alpha]
         ax.set_title(f"{alpha_label(alpha)}  (label entropy {sh.mean_entropy:.2f} bits)",
                      fontsize=10)
         ax.set_xlabel("round")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, title="final error", title_fontsize=8)
+        ax.legend(fontsize=8, title=f"final error (mean of {len(args.seeds)})"
+                  if len(args.seeds) > 1 else "final error", title_fontsize=8)
     axes[0][0].set_ylabel("validation error (%, log)")
     fig.suptitle(f"Non-IID shards ({args.shards}, Dirichlet label skew): {args.data_name}, "
                  f"{args.nodes} nodes, h = {args.hidden}, {args.epochs} epochs/round",
@@ -301,8 +328,11 @@ def plot(shards: dict[str, Shards], results: dict[tuple[str, str], Run], path: P
     plt.close(fig)
 
 
-def write_report(shards: dict[str, Shards], results: dict[tuple[str, str], Run],
-                 args: SimpleNamespace, command: str, seconds: float) -> list[str]:
+def write_report(shards: dict[str, Shards], results: Results, args: SimpleNamespace,
+                 command: str, seconds: float) -> list[str]:
+    seeds = ",".join(map(str, args.seeds))
+    what = (f"mean over the initial-weight seeds {seeds}, in brackets their range"
+            if len(args.seeds) > 1 else f"seed {seeds}, in brackets the best round's")
     lines = [
         "# Non-IID comparison", "",
         f"Command: `{command}`", "",
@@ -313,8 +343,8 @@ def write_report(shards: dict[str, Shards], results: dict[tuple[str, str], Run],
         f"Training: {args.nodes} nodes, {args.rounds} rounds of {args.epochs} epochs, "
         f"h = {args.hidden}, eta {args.eta:g}, batch {args.batch_size}, momentum "
         f"{args.momentum:g}, init {args.init}, "
-        f"{'standardised inputs' if args.standardize else 'raw inputs'}, seed {args.seed}.", "",
-        f"Validation error after round {args.rounds} (in brackets: the best round's):", "",
+        f"{'standardised inputs' if args.standardize else 'raw inputs'}.", "",
+        f"Validation error after round {args.rounds} ({what}):", "",
         *markdown_table(shards, results, args), "",
     ]
     (args.out / "report.md").write_text("\n".join(lines))
@@ -387,8 +417,10 @@ def check_client_supports(strategies: list[str], args: SimpleNamespace) -> None:
               show_default=True, help="Initial weights.")
 @click.option("--standardize/--no-standardize", default=BEST["standardize"],
               show_default=True, help="Standardise inputs with the training shards' mean/std.")
-@click.option("--seed", type=int, default=1, show_default=True,
-              help="Seed of the initial weights (the same for every run).")
+@click.option("--seeds", type=ListType(click.IntRange(min=0), name="SEED,..."), default="1",
+              show_default=True,
+              help="Seeds of the initial weights, comma-separated: every strategy and alpha "
+                   "runs once per seed; the table shows the mean and range.")
 @click.option("--prox-mu", type=FiniteRange(min=0, min_open=True), default=0.01,
               show_default=True, help="FedProx's proximal coefficient mu (client --prox-mu).")
 @click.option("--server-lr", type=FiniteRange(min=0, min_open=True), default=0.01,
@@ -423,8 +455,9 @@ def cli(**options: object) -> int:
               f"{sh.classes_per_shard:.1f} classes), rows {sh.min_rows:,}-{sh.max_rows:,}",
               flush=True)
 
-    results: dict[tuple[str, str], Run] = {}
-    print(f"{'data':<14} {'strategy':<28} {'final':>8} {'best':>8} {'seconds':>8}", flush=True)
+    results: Results = {}
+    print(f"{'data':<14} {'strategy':<28} {'seed':>5} {'final':>8} {'best':>8} {'seconds':>8}",
+          flush=True)
     with LocalCluster(args.out / "cluster") as cluster:
         try:
             for i in range(args.nodes):
@@ -433,14 +466,15 @@ def cli(**options: object) -> int:
         except (RuntimeError, TimeoutError) as exc:
             raise click.ClickException(
                 f"could not start the cluster: {' '.join(str(exc).split())[:300]}") from None
-        for alpha, sh in shards.items():
-            for strategy in args.strategies:
-                run = run_job(cluster, sh, strategy, args)
-                results[(alpha, strategy)] = run
-                tail = f"  FAILED: {run.failure}" if run.failure else ""
-                print(f"{alpha_label(alpha):<14} {strategy_label(strategy, args):<28} "
-                      f"{100 * run.final:7.2f}% {100 * run.best:7.2f}% {run.seconds:8.1f}{tail}",
-                      flush=True)
+        for seed in args.seeds:
+            for alpha, sh in shards.items():
+                for strategy in args.strategies:
+                    run = run_job(cluster, sh, strategy, seed, args)
+                    results[(alpha, strategy, seed)] = run
+                    tail = f"  FAILED: {run.failure}" if run.failure else ""
+                    print(f"{alpha_label(alpha):<14} {strategy_label(strategy, args):<28} "
+                          f"{seed:>5} {100 * run.final:7.2f}% {100 * run.best:7.2f}% "
+                          f"{run.seconds:8.1f}{tail}", flush=True)
 
     seconds = time.perf_counter() - started
     write_csvs(shards, results, args)
@@ -450,9 +484,12 @@ def cli(**options: object) -> int:
     print(f"plot: {args.plot_path}  csv: {args.out / 'runs.csv'}, {args.out / 'rounds.csv'}",
           flush=True)
 
-    summary: dict[str, object] = {"rounds": args.rounds, "shards": args.shards}
-    for (alpha, strategy), run in results.items():
-        summary[f"{strategy}_{alpha}"] = round(run.final, 4) if run.errors else "failed"
+    summary: dict[str, object] = {"rounds": args.rounds, "shards": args.shards,
+                                  "seeds": len(args.seeds)}
+    for alpha in shards:
+        for strategy in args.strategies:
+            done = finals(runs_of(results, alpha, strategy))
+            summary[f"{strategy}_{alpha}"] = round(float(np.mean(done)), 4) if done else "failed"
     summary["failed_runs"] = sum(bool(r.failure) for r in results.values())
     print(" ".join(f"{k}={v}" for k, v in summary.items()), flush=True)
     return 1 if summary["failed_runs"] else 0

@@ -317,35 +317,41 @@ def test_the_comparison_script_runs_every_setting_and_writes_its_files(tmp_path)
     """Tiny settings through real processes: the split, the cluster, the client, the files."""
     done = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "experiment_noniid.py"), "--out",
-         str(tmp_path / "out"), "--alphas", "0.1,iid", "--strategies", "fedavg,fedadam",
-         "--rounds", "2", "--epochs", "1", "--hidden", "16", "--server-lr", "0.05"],
+         str(tmp_path / "out"), "--alphas", "0.1,iid", "--strategies", "fedavg,fedprox,fedadam",
+         "--rounds", "2", "--epochs", "1", "--hidden", "16", "--server-lr", "0.05",
+         "--prox-mu", "0.5", "--seeds", "1,2"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
     with open(out / "runs.csv", newline="") as file:
-        runs = {(r["alpha"], r["strategy"]): r for r in csv.DictReader(file)}
-    assert set(runs) == {("0.1", "fedavg"), ("0.1", "fedadam"), ("iid", "fedavg"),
-                         ("iid", "fedadam")}
+        runs = {(r["alpha"], r["strategy"], r["seed"]): r for r in csv.DictReader(file)}
+    assert set(runs) == {(a, s, seed) for a in ("0.1", "iid")
+                         for s in ("fedavg", "fedprox", "fedadam") for seed in ("1", "2")}
     for run in runs.values():
         assert run["failure"] == "" and run["rounds_done"] == "2"
         assert 0 < float(run["final_error"]) < 1
-    assert float(runs[("0.1", "fedavg")]["mean_shard_entropy_bits"]) < 3.0
-    assert float(runs[("iid", "fedavg")]["mean_shard_entropy_bits"]) > 4.69
+    assert float(runs[("0.1", "fedavg", "1")]["mean_shard_entropy_bits"]) < 3.0
+    assert float(runs[("iid", "fedavg", "1")]["mean_shard_entropy_bits"]) > 4.69
+    # Each strategy is a different run; each seed another start.
+    finals = {key: run["final_error"] for key, run in runs.items()}
+    assert len({finals[("iid", s, "1")] for s in ("fedavg", "fedprox", "fedadam")}) == 3
+    assert finals[("iid", "fedavg", "1")] != finals[("iid", "fedavg", "2")]
     # The IID split of the built-in data is the built-in data, byte for byte.
     for name in NAMES:
         assert (out / "data" / "alpha-iid" / name).read_bytes() == (
             letters.default_data_dir() / name).read_bytes()
     with open(out / "rounds.csv", newline="") as file:
         rounds = list(csv.DictReader(file))
-    assert len(rounds) == 8
-    assert rounds[1]["validation_error"] == runs[("0.1", "fedavg")]["final_error"]
+    assert len(rounds) == 24
+    assert rounds[1]["validation_error"] == finals[("0.1", "fedavg", "1")]
     report = (out / "report.md").read_text()
     assert "| alpha = 0.1 | " in report and "| IID | 4.70 bits | 26.0 | 1,000-1,000 |" in report
-    assert "FedAdam (server lr 0.05)" in report
+    assert "FedAdam (server lr 0.05)" in report and "FedProx (mu = 0.5)" in report
+    mean = 100 * (float(finals[("iid", "fedavg", "1")]) + float(finals[("iid", "fedavg", "2")])) / 2
+    assert f"| IID | 4.70 bits | 26.0 | 1,000-1,000 | {mean:.2f}% (" in report
     assert (out / "experiment_noniid.png").read_bytes().startswith(b"\x89PNG")
     headline = dict(p.split("=", 1) for p in done.stdout.strip().splitlines()[-1].split())
-    assert headline["failed_runs"] == "0"
-    assert float(headline["fedavg_iid"]) == pytest.approx(float(runs[("iid", "fedavg")][
-        "final_error"]), abs=1e-4)
+    assert headline["failed_runs"] == "0" and headline["seeds"] == "2"
+    assert float(headline["fedavg_iid"]) == pytest.approx(mean / 100, abs=1e-4)
