@@ -61,7 +61,7 @@ from mlcore.model import (  # noqa: E402
     train,
 )
 from mlcore.servable import Servable  # noqa: E402
-from runtime.cli import run_cli  # noqa: E402
+from runtime.cli import FiniteRange, run_cli  # noqa: E402
 
 HIDDEN = (24, 64, 256)
 FORWARD_ROWS = (1, 32, 256, 1000, 10000)
@@ -411,7 +411,7 @@ def forward_section(wide: bool) -> dict[str, float]:
 @click.option("--rows", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--wide/--no-wide", default=True, show_default=True,
               help="Also time the forward pass of the 10M-parameter model (80 MB of w1).")
-@click.option("--prox-mu", type=float, default=0.0, show_default=True,
+@click.option("--prox-mu", type=FiniteRange(min=0), default=0.0, show_default=True,
               help="Also time every code path with FedProx's proximal term of this mu "
                    "(0: not at all).")
 def cli(data: Path | None, rows: int, wide: bool, prox_mu: float) -> None:
