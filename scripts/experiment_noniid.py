@@ -62,6 +62,7 @@ from runtime.cli import FiniteRange, ListType, require_module, run_cli  # noqa: 
 STRATEGIES = ["fedavg", "fedprox", "fedadam"]
 LABELS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam"}
 IID = "iid"
+TICKS = [1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 60, 80, 100]  # % on the plot's log axis
 CLIENT_TIMEOUT_S = 1800
 
 
@@ -292,6 +293,7 @@ def plot(shards: dict[str, Shards], results: Results, path: Path,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     alphas = list(shards)
     fig, axes = plt.subplots(1, len(alphas), figsize=(4.6 * len(alphas), 4.2), dpi=110,
@@ -315,12 +317,16 @@ def plot(shards: dict[str, Shards], results: Results, path: Path,
                      fontsize=10)
         ax.set_xlabel("round")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(FixedLocator(TICKS))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, title=f"final error (mean of {len(args.seeds)})"
                   if len(args.seeds) > 1 else "final error", title_fontsize=8)
     axes[0][0].set_ylabel("validation error (%, log)")
-    fig.suptitle(f"Non-IID shards ({args.shards}, Dirichlet label skew): {args.data_name}, "
-                 f"{args.nodes} nodes, h = {args.hidden}, {args.epochs} epochs/round",
+    fig.suptitle(f"{args.shards} shards, Dirichlet label skew: {args.data_name}, "
+                 f"{args.nodes} nodes, h = {args.hidden}, {args.epochs} epochs a round, "
+                 f"eta {args.eta:g}, batch {args.batch_size}, momentum {args.momentum:g}",
                  fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
