@@ -27,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from thrift.Thrift import TException
 
+from client.federated_cli import SCHEDULES, STRATEGIES
 from client.serving import ModelFile, ServingFailed, ServingLink, read_model_file
 from client.status import fetch_status
 from gateway.accounts import PASSWORD_MAX, PASSWORD_MIN, USERNAME, Accounts, Principal
 from gateway.dashboard import STATIC, dashboard_view
 from gateway.datasets import NAME, BadDatasetName, Catalogue, UnknownDataset
-from gateway.jobs import DEFAULTS, Cluster, job_files
+from gateway.jobs import DEFAULTS, Cluster, federated_fields, job_files
 from gateway.limits import RateLimiter
 from gateway.scheduler import Scheduler
 from gateway.store import STATES, Job, Registry
@@ -104,6 +105,24 @@ class JobRequest(BaseModel):
     standardize: bool = Field(default=DEFAULTS["standardize"], strict=True)
     init: Literal["uniform", "he", "glorot"] = DEFAULTS["init"]
     policy: Literal["", "random", "load-aware", "round-robin"] = DEFAULTS["policy"]
+    # The federated options (README, "Federated strategies"); null: the client's default.
+    strategy: Literal[STRATEGIES] = "fedavg"  # type: ignore[valid-type]
+    server_lr: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
+    server_momentum: float | None = Field(default=None, ge=0, lt=1, allow_inf_nan=False)
+    beta1: float | None = Field(default=None, ge=0, lt=1, allow_inf_nan=False)
+    beta2: float | None = Field(default=None, ge=0, lt=1, allow_inf_nan=False)
+    tau: float | None = Field(default=None, gt=0, le=1e6, allow_inf_nan=False)
+    trim_fraction: float | None = Field(default=None, ge=0, lt=0.5, allow_inf_nan=False)
+    krum_f: int | None = Field(default=None, ge=0, le=1_000_000, strict=True)
+    krum_m: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    lr_schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]
+    lr_step_rounds: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    lr_gamma: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    lr_min: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    prox_mu: float = Field(default=0.0, ge=0, le=1e6, allow_inf_nan=False)
+    fraction: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    dp_clip: float | None = Field(default=None, gt=0, le=1e12, allow_inf_nan=False)
+    dp_noise_multiplier: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
 
 
 class PredictBody(BaseModel):
@@ -196,6 +215,10 @@ def create_app(gw: Gateway) -> FastAPI:
             raise HTTPException(400, f"dataset {body.dataset!r} cannot be read: ask the "
                                      "gateway's operator")
         settings = body.model_dump(exclude={"dataset"})
+        try:
+            federated_fields(settings)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
         job = gw.registry.add_job(who.username, body.dataset, settings,
                                   limits.max_queued_per_user)
         if job is None:

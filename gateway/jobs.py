@@ -10,13 +10,17 @@ the weights it starts from.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
+
 from client.coordinator_link import CoordinatorLink, RoundFailed
+from client.federated_cli import run_config_fields
 from client.serving import ServingFailed, ServingLink, read_model_file
 from client.training import RoundReport, RunConfig, run_rounds
 from gateway.datasets import Catalogue
@@ -28,6 +32,30 @@ from runtime.events import log_event
 # What a job may set, with the client's defaults: the names of `python -m client`'s options.
 DEFAULTS: dict[str, Any] = {"seed": 1, "batch_size": 0, "momentum": 0.0, "standardize": False,
                             "init": "uniform", "policy": ""}
+# The federated options, as the client's command line gives them to run_config_fields (None:
+# not given). No dp_seed: a job's settings are shown to every user (the leaderboard), and the
+# noise's seed must stay secret, so a job's noise is seeded by its seed.
+FEDERATED: dict[str, Any] = {
+    "strategy": "fedavg", "server_lr": None, "server_momentum": None, "beta1": None,
+    "beta2": None, "tau": None, "trim_fraction": None, "krum_f": None, "krum_m": None,
+    "lr_schedule": "constant", "lr_step_rounds": None, "lr_gamma": None, "lr_min": None,
+    "prox_mu": 0.0, "fraction": 1.0, "dp_clip": None, "dp_noise_multiplier": None,
+}
+
+
+def federated_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """RunConfig's federated fields from a job's settings, checked as the client checks its
+    options; ValueError (naming the setting) for one that does not apply or does not fit."""
+    values = {key: settings.get(key, default) for key, default in FEDERATED.items()}
+    try:
+        fields = run_config_fields({**values, "dp_seed": None})
+    except click.UsageError as exc:  # the client's words name options: these are fields
+        raise ValueError(re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_"),
+                                exc.message)) from None
+    if fields["prox_mu"] * settings["eta"] > 1:
+        raise ValueError(f"prox_mu x eta is {fields['prox_mu'] * settings['eta']:g}: it must "
+                         "be at most 1 (the proximal pull would overshoot the round's weights)")
+    return fields
 
 
 @dataclass(frozen=True)
@@ -64,6 +92,7 @@ def run_config(job: Job, data_dir: Path, files: dict[str, Path], cluster: Cluste
         round_deadline_s=cluster.round_deadline_s, token=cluster.token,
         timing_path=files["timing"], checkpoint_path=files["checkpoint"],
         model_out=files["model"], resume=files["checkpoint"].exists(),
+        **federated_fields(s),
     )
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import pytest
 from conftest import wait_for
 
+from gateway.jobs import FEDERATED
 from harness import REPO, LocalCluster, ServerProcess, start_gateway
 from mlcore.data import read_data_file
 from mlcore.servable import load_servable
@@ -161,6 +162,9 @@ def client_argv(coordinator: ServerProcess, request: dict, model_out: Path) -> l
             "--timing", str(model_out.with_suffix(".timing.txt"))]
     if request.get("standardize"):
         argv.append("--standardize")
+    for key in ("batch_size", "momentum", "init", *FEDERATED):
+        if key in request:
+            argv += ["--" + key.replace("_", "-"), str(request[key])]
     return argv
 
 
@@ -540,6 +544,35 @@ def test_a_dataset_under_the_data_root_trains(strict: Api, strict_token: str) ->
     board = strict.call("GET", "/v1/leaderboard", strict_token, params={"dataset": "mini"})
     assert [e["job"] for e in board.json()] == [job_id]
     assert job_id not in {e["job"] for e in strict.leaderboard(strict_token)}
+
+
+def test_a_federated_job_is_the_client_run_with_the_same_options_bit_for_bit(
+        strict: Api, strict_token: str, cluster: LocalCluster, tmp_path: Path) -> None:
+    request = job(3, seed=4, batch_size=64, momentum=0.5, strategy="fedadam", server_lr=0.05,
+                  lr_schedule="cosine", fraction=0.5, prox_mu=0.5, dp_clip=5.0,
+                  dp_noise_multiplier=0.1)
+    by_hand = run_by_hand(cluster.coordinator, request, tmp_path / "by-hand.npz")
+    job_id = strict.submit(strict_token, request)
+    view = strict.wait_done(strict_token, job_id)
+
+    assert {k: view["settings"][k] for k in request if k != "dataset"} == \
+        {k: v for k, v in request.items() if k != "dataset"}
+    assert_same_model(strict.model(strict_token, job_id), by_hand.wait())
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"strategy": "median", "beta2": 0.9}, "beta2 applies to fedadam, fedyogi"),
+    ({"lr_schedule": "constant", "lr_gamma": 0.5}, "lr_gamma applies to"),
+    ({"strategy": "krum", "dp_clip": 1.0}, "dp_clip needs a mean-based strategy"),
+    ({"dp_noise_multiplier": 1.0}, "dp_noise_multiplier needs dp_clip"),
+    ({"prox_mu": 2000.0}, "prox_mu x eta is 2"),
+    ({"strategy": "fedsgd"}, "strategy"),
+    ({"fraction": 0}, "fraction"),
+])
+def test_federated_settings_that_do_not_fit_are_422(strict: Api, strict_token: str,
+                                                    settings: dict, words: str) -> None:
+    answer = strict.call("POST", "/v1/jobs", strict_token, json=job(1) | settings)
+    assert_refused(answer, 422, words)
 
 
 @pytest.mark.parametrize("authorization", [
