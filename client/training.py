@@ -270,10 +270,10 @@ def federated_notes(config: RunConfig, n_shards: int) -> list[str]:
     """One line per setting away from plain FedAvg, said before the first round."""
     notes = []
     if config.strategy != "fedavg":
-        used = config.strategy_options.used_by(config.strategy)
-        notes.append(f"strategy: {config.strategy}"
-                     + (" (" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                         for k, v in used.items()) + ")" if used else ""))
+        shown = {k: "updates - f" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+                 for k, v in config.strategy_options.used_by(config.strategy).items()}
+        settings = ", ".join(f"{k} {v}" for k, v in shown.items())
+        notes.append(f"strategy: {config.strategy}" + (f" ({settings})" if settings else ""))
     schedule = config.lr_schedule
     if schedule.kind == "step":
         notes.append(f"learning rate: step, times {schedule.gamma:g} every "
