@@ -261,7 +261,7 @@ def run_and_report(args: SimpleNamespace) -> int:
     title = (f"{args.nodes} nodes; rounds {args.rounds}, epochs {args.epochs}, H {args.hidden}, "
              f"eta {args.eta:g}, batch {args.batch_size},\nmomentum {args.momentum:g}, "
              f"init {args.init}, {'standardised' if args.standardize else 'raw'} inputs"
-             + "".join(f", {a}" for a in _federated_title(args)))
+             + ("\n" + ", ".join(_federated_title(args)) if _federated_title(args) else ""))
     if points:
         plot(points, args.target, hit, phases["cluster_ready_s"], args.plot, title)
         print(f"plot: {args.plot.resolve()}")
