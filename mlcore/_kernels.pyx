@@ -1,22 +1,27 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False
 # distutils: extra_compile_args = -O3 -ffp-contract=off -fno-fast-math
+# distutils: libraries = m
 # distutils: depends = mlcore/_mlp.h mlcore/_mlp_impl.h
 """Python entry points of the MLP kernels (the maths: mlcore/reference.py; the loops: _mlp.h).
 
 Why the kernels look like this:
 
 * Bitwise reproducibility first. Every sum runs in one fixed order, written in the C source
-  (listed at the top of _mlp_impl.h), and no loop reassociates a reduction. No BLAS: its
+  (listed at the top of _mlp_impl.h), each term of a product added by one fused multiply-add
+  written as such, and no loop reassociates a reduction. No BLAS: its
   blocking and threading change the summation order. exp() is our own, built from +, -, *
   only, so the bits do not depend on the libm version or on which libm code path a CPU takes.
 * Vectorised by hand, one source for every instruction set. The hot loops are written with
   GCC vector types and compiled three times (SSE2 with 2-double vectors, AVX2 and AVX-512
   with 4-double vectors, the latter with 32 registers); the best path the CPU supports is chosen at import (set_isa() or the
   MLCORE_ISA environment variable override it). The paths differ in registers and
-  instructions only: every operation is lane-wise IEEE arithmetic with no fused
-  multiply-add (-ffp-contract=off above), so they give the same bits, and the tests check
-  that. No -march flag: the module runs on any x86-64 (and on other CPUs, generic path).
+  instructions only: every operation is lane-wise IEEE arithmetic, the products' terms
+  fused multiply-adds (correctly rounded, so one answer: the FMA3 instruction on AVX2 and
+  AVX-512, the C library's fma() on SSE2, slow there) and nothing else fused
+  (-ffp-contract=off above), so they give the same bits, and the tests check that. No
+  -march flag: the module runs on any x86-64 (and on other CPUs, generic path); the AVX2
+  and AVX-512 paths need the CPU's FMA3 too.
 * Fused per block of rows. Forward pass, softmax and backward pass of 8-32 rows run on
   block buffers that stay in L1; no (n, h) or (n, k) temporaries. The dense products
   (x @ w1, d2 @ w2.T, x.T @ d1) are register-tiled so each weight load serves four rows.

@@ -4,9 +4,12 @@
    is h or k (contiguous); written with GCC vector types (4 doubles, or 2 where only SSE2
    exists) they compile to AVX-512 (32 registers), AVX2 or SSE2 code from ONE source, chosen
    at run time by the CPU (mlcore_best_isa, _kernels.set_isa). Every vector operation is
-   lane-wise IEEE +, -, *, / with no fused multiply-add (-ffp-contract=off, set in _kernels.pyx) and every sum runs in one fixed order
-   written in the source, so all paths give the same bits. The path-specific parts are only
-   the instruction set and the register tiling, never the arithmetic.
+   lane-wise IEEE +, -, *, / or a fused multiply-add written as such (FMA in _mlp_impl.h:
+   the FMA3 instruction on AVX2 / AVX-512, the C library's correctly rounded fma() on SSE2;
+   the compiler fuses nothing by itself: -ffp-contract=off, set in _kernels.pyx), and every
+   sum runs in one fixed order written in the source, so all paths give the same bits. The
+   path-specific parts are only the instruction set and the register tiling, never the
+   arithmetic.
 
    The per-row work of a block of rows is fused: forward, softmax and backward run on block
    buffers that stay in L1, the weight gradients are added once per block, and the ReLU
@@ -182,10 +185,11 @@ static inline int mlcore_net_alloc(mlcore_net *net, ptrdiff_t d, ptrdiff_t h, pt
     char *raw;
     /* Block rows: enough to amortise the gradient loads and stores, few enough that the
        block buffers (z1, d1: block * hp doubles each) stay in L1 (measured: 32 rows up to
-       h = 128, 8 rows at h = 256). A forward pass alone (need 0) has no d1 and reads w1 once
+       h = 128; at h = 256 with FMA, 16 rows 13% faster than 8, 32 rows 7% faster (AMD
+       Zen 4, 2026-11-29); 8 rows above). A forward pass alone (need 0) has no d1 and reads w1 once
        per block: a w1 larger than L1 takes the largest blocks, so it streams from memory
        once per 64 rows rather than once per 8 (a row's sums are the same in any block). */
-    blk = hp <= 128 ? 32 : 8;
+    blk = hp <= 128 ? 32 : hp <= 256 ? 16 : 8;
     if (need == 0) {
         if (d * hp * 8 > MLCORE_FORWARD_L1_BYTES) blk = MLCORE_BLOCK_MAX;
         if (batch_rows > 0 && batch_rows < blk) blk = batch_rows;
@@ -378,27 +382,30 @@ typedef void (*mlcore_exp_fn)(const double *, double *, ptrdiff_t);
 #define MLP_RT 4
 #define MLP_NV 2
 #define MLP_KV 7
+#define MLP_FMA_HW 0
 #include "_mlp_impl.h"
 
 #if MLCORE_X86
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")
 #define MLP_ISA avx2
 #define MLP_W 4
 #define MLP_RT 4
 #define MLP_NV 3
 #define MLP_KV 8
+#define MLP_FMA_HW 1
 #define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
 #include "_mlp_impl.h"
 #pragma GCC pop_options
 
 #pragma GCC push_options
-#pragma GCC target("avx2,avx512f,avx512vl,avx512dq")
+#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512dq")
 #define MLP_ISA avx512
 #define MLP_W 4
 #define MLP_RT 4
 #define MLP_NV 6
 #define MLP_KV 8
+#define MLP_FMA_HW 1
 #define MLP_MOVEMASK(m) _mm256_movemask_pd((__m256d)(m))
 #include "_mlp_impl.h"
 #pragma GCC pop_options
@@ -437,9 +444,10 @@ static inline int mlcore_isa_supported(int i)
     if (i < 0 || i >= MLCORE_N_ISA || mlcore_isas[i].name == NULL) return 0;
 #if MLCORE_X86
     __builtin_cpu_init();
-    if (i == 1) return __builtin_cpu_supports("avx2");
+    if (i == 1) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (i == 2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f")
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+               && __builtin_cpu_supports("avx512f")
                && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #endif
     return 1;

@@ -5,13 +5,15 @@
    per class tile) and optionally MLP_MOVEMASK. Only the tiling and the instructions vary between inclusions; every
    element's sum runs in the order written here, so the bits do not.
 
-   Summation orders (per element, all paths):
+   Summation orders (per element, all paths), each term added by one fused multiply-add
+   (FMA below: acc = fma(a, b, acc), one rounding per term):
      z1[i,j]  = b1[j] + x[i,0] w1[0,j] + x[i,1] w1[1,j] + ...           (left to right)
      z2[i,c]  = b2[c] + sum over active j ascending of z1[i,j] w2[j,c]
      softmax  = e / s, e = exp(z2 - max), s = (s0 + s1) + (s2 + s3), s_l summing the e[c]
                 with c % 4 == l in ascending c
      d2       = p - onehot(y);  d1[i,j] = (z1[i,j] > 0) * sum over c ascending of d2[i,c] w2[j,c]
-     gradients: sums over the batch's rows in the order given, row by row. */
+     gradients: sums over the batch's rows in the order given, row by row (w1, w2: fused
+                multiply-adds from 0 or the block's partial sum; biases: plain adds). */
 
 #define MLP_CAT2(a, b) a##_##b
 #define MLP_CAT(a, b) MLP_CAT2(a, b)
@@ -54,6 +56,26 @@
 #define LD(p) ((V)(*(const VMEM *)(p)))
 #define LDU(p) ((V)(*(const VUMEM *)(p))) /* p 8-byte aligned only */
 #define ST(p, v) (*(VMEM *)(p) = (v))
+
+/* FMA(a, b, c) = a * b + c rounded once (IEEE fusedMultiplyAdd), lane by lane: the one
+   operation of every dense and sparse product below. The AVX2 and AVX-512 paths
+   (MLP_FMA_HW) use the FMA3 instruction; the SSE2 and generic paths call the C library's
+   fma(), correctly rounded by C99 (glibc: the FMA instruction where the CPU has one, an
+   exact software emulation where it has not). Correct rounding has one answer, so every
+   path gives the same bits; slow on SSE2, which no FMA-capable CPU takes by default.
+   Everything else (exp, softmax, the steps) stays unfused: -ffp-contract=off. */
+#if MLP_FMA_HW
+#define FMA(a, b, c) ((V)_mm256_fmadd_pd((__m256d)(a), (__m256d)(b), (__m256d)(c)))
+#else
+MLCORE_ALWAYS_INLINE V F(fma_lanes)(V a, V b, V c)
+{
+    V out;
+    int lane;
+    for (lane = 0; lane < W; lane++) out[lane] = fma(a[lane], b[lane], c[lane]);
+    return out;
+}
+#define FMA(a, b, c) F(fma_lanes)((a), (b), (c))
+#endif
 
 #ifndef MLP_MOVEMASK
 MLCORE_ALWAYS_INLINE int F(movemask)(VI m)
@@ -112,7 +134,7 @@ static void F(exp_array)(const double *t, double *out, ptrdiff_t n)
         for (v = 0; v < nv; v++) bv[v] = LDU(b + t * bs + W * v);                             \
         for (r = 0; r < rt; r++) {                                                            \
             c = coef[r * crs + t * ccs];                                                      \
-            for (v = 0; v < nv; v++) acc[r][v] = acc[r][v] + bv[v] * SPLAT(c);                \
+            for (v = 0; v < nv; v++) acc[r][v] = FMA(bv[v], SPLAT(c), acc[r][v]);               \
         }                                                                                     \
     }
 
@@ -181,7 +203,7 @@ MLCORE_ALWAYS_INLINE void F(rows_pass)(double *out, ptrdiff_t os, const double *
         for (r = 0; r < rows; r++) acc[r] = LD(out + r * os + v);
         for (tt = 0; tt < nt; tt++) { /* t ascending: dense()'s order */
             const V bv = LDU(b + tt * bs + v);
-            for (r = 0; r < rows; r++) acc[r] = acc[r] + bv * c[r][tt];
+            for (r = 0; r < rows; r++) acc[r] = FMA(bv, c[r][tt], acc[r]);
         }
         for (r = 0; r < rows; r++) ST(out + r * os + v, acc[r]);
     }
@@ -296,7 +318,7 @@ MLCORE_ALWAYS_INLINE void F(z2_tile)(mlcore_net *net, ptrdiff_t nrows, ptrdiff_t
                 bits &= bits - 1;
                 const double c = z1r[j];
                 const double *row = w2 + j * kp;
-                for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(row + W * v) * SPLAT(c);
+                for (v = 0; v < nv; v++) acc[v] = FMA(LD(row + W * v), SPLAT(c), acc[v]);
             }
             for (v = 0; v < nv; v++) ST(out + W * v, acc[v]);
         }
@@ -322,7 +344,7 @@ MLCORE_ALWAYS_INLINE void F(gw2_tile)(mlcore_net *net, ptrdiff_t v0, const int n
             bits &= bits - 1;
             const double c = net->z1[r * hp + j];
             const double *d2r = net->z2 + r * kp + W * v0;
-            for (v = 0; v < nv; v++) acc[v] = acc[v] + LD(d2r + W * v) * SPLAT(c);
+            for (v = 0; v < nv; v++) acc[v] = FMA(LD(d2r + W * v), SPLAT(c), acc[v]);
         }
         for (v = 0; v < nv; v++) ST(g + W * v, acc[v]);
     }
@@ -688,6 +710,7 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 #undef LDU
 #undef ST
 #undef SPLAT
+#undef FMA
 
 /* The parameters of this instantiation: the includer sets them afresh for the next one. */
 #undef MLP_ISA
@@ -696,3 +719,4 @@ static void F(evaluate)(mlcore_net *net, const double *x, const int64_t *y, ptrd
 #undef MLP_NV
 #undef MLP_KV
 #undef MLP_MOVEMASK
+#undef MLP_FMA_HW

@@ -7,7 +7,8 @@ Mini-batch SGD uses the same rule per batch, with classical momentum
 (v = momentum * v + grad; W -= eta * v) and rows shuffled each epoch by `epoch_orders`.
 FedProx (`prox_mu`) adds prox_mu * (W - W_start) to every step's gradient of every tensor.
 `forward` is the textbook form (BLAS products); `predict_proba` and `predict` sum in the
-kernels' fixed order with their exp, so their answers are the kernels' to the bit.
+kernels' fixed order, one fused multiply-add per term (`fma`, exact in numpy), with their exp,
+so their answers are the kernels' to the bit.
 Speed is not a goal here; clarity is.
 """
 
@@ -30,6 +31,42 @@ def forward(params: Params, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     z2 = z2 - z2.max(axis=1, keepdims=True)
     e = np.exp(z2)
     return z1, a1, e / e.sum(axis=1, keepdims=True)
+
+
+_SPLITTER = 134217729.0  # 2^27 + 1: Veltkamp's split of a double into two 26-bit halves
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s, e) with s = a + b rounded and s + e = a + b exactly (Knuth's TwoSum)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
+
+
+def fma(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """a * b + c rounded once, element-wise: the kernels' fused multiply-add, bit for bit.
+
+    numpy has no fma (math.fma needs Python 3.13), so it is emulated exactly (Boldo and
+    Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+    rounding to odd", IEEE TC 2008): a * b = uh + ul exactly (Dekker's product with
+    Veltkamp's split), c + uh = th + tl exactly (TwoSum), v = tl + ul rounded to odd (the
+    neighbour with an odd last bit when inexact), then th + v rounded to nearest is
+    a * b + c rounded once. Exact for finite inputs whose products neither overflow nor
+    underflow (|a|, |b| < 2^996, a * b zero or above 2^-969): far outside an MLP's range.
+    """
+    a, b, c = (np.asarray(v, dtype=np.float64) for v in (a, b, c))
+    uh = a * b
+    ca, cb = _SPLITTER * a, _SPLITTER * b
+    ah, bh = ca - (ca - a), cb - (cb - b)
+    al, bl = a - ah, b - bh
+    ul = ((ah * bh - uh) + ah * bl + al * bh) + al * bl
+    th, tl = _two_sum(c, uh)
+    v, err = _two_sum(tl, ul)
+    inexact_even = (err != 0) & ((v.view(np.uint64) & np.uint64(1)) == 0)
+    v = np.where(inexact_even, np.nextafter(v, np.copysign(np.inf, err)), v)
+    out = th + v
+    # an exact zero takes IEEE's sign rule for the sum of a * b and c: that of uh + c
+    return np.where(out == 0.0, uh + c, out)
 
 
 def exp_nonpos(t: np.ndarray) -> np.ndarray:
@@ -60,16 +97,17 @@ def logits(params: Params, x: np.ndarray) -> np.ndarray:
     """z2 (n, k) summed in the kernels' fixed order, so the bits are theirs for any batch.
 
     z1 = b1 + x[:, 0] w1[0] + x[:, 1] w1[1] + ... left to right; z2 = b2 + the terms of the
-    active units (z1 > 0) in ascending unit order. Each row's sums are its own: no BLAS,
-    whose blocking would make a row's bits depend on the rows beside it.
+    active units (z1 > 0) in ascending unit order; each term added by one fused
+    multiply-add, as the kernels do. Each row's sums are its own: no BLAS, whose blocking
+    would make a row's bits depend on the rows beside it.
     """
-    z1 = params.b1 + x[:, 0:1] * params.w1[0]
-    for i in range(1, x.shape[1]):
-        z1 = z1 + x[:, i : i + 1] * params.w1[i]
+    z1 = np.broadcast_to(params.b1, (x.shape[0], params.b1.shape[0])).copy()
+    for i in range(x.shape[1]):
+        z1 = fma(x[:, i : i + 1], params.w1[i], z1)
     z2 = np.broadcast_to(params.b2, (x.shape[0], params.b2.shape[0])).copy()
     for j in range(z1.shape[1]):
         active = z1[:, j : j + 1] > 0.0  # inactive units are skipped, not added as zeros
-        z2 = np.where(active, z2 + z1[:, j : j + 1] * params.w2[j], z2)
+        z2 = np.where(active, fma(z1[:, j : j + 1], params.w2[j], z2), z2)
     return z2
 
 

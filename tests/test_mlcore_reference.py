@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -116,3 +120,35 @@ def test_reference_prox_gradient_is_the_proximal_objectives():
             down = objective()
             tensor[idx] = saved
             assert (up - down) / (2 * eps) == pytest.approx(want[idx], rel=1e-5, abs=1e-6)
+
+
+def _exact_fma(a: float, b: float, c: float) -> float:
+    """a * b + c rounded once: exact rationals, then Python's correctly rounded division."""
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
+
+
+def test_reference_fma_rounds_once_like_the_kernels_fma():
+    """reference.fma (numpy has none before Python 3.13) is a * b + c rounded once, checked
+    against exact rational arithmetic where double rounding would show: sums that nearly
+    cancel the product, products with short mantissas (ties), wide exponent spreads, and
+    signed zeros."""
+    rng = np.random.default_rng(17)
+    n = 4000
+    a = rng.standard_normal(n) * 2.0 ** rng.integers(-30, 30, n)
+    b = rng.standard_normal(n) * 2.0 ** rng.integers(-30, 30, n)
+    spread = rng.standard_normal(n) * 2.0 ** rng.integers(-70, 70, n)
+    near = -(a * b) * (1 + rng.integers(-4, 5, n) * 2.0**-52)
+    tiny = -(a * b) + (a * b) * 2.0 ** -rng.integers(50, 110, n) * rng.choice([-1, 1], n)
+    a_short = 1 + rng.integers(0, 2**26, n) * 2.0**-26
+    b_short = 1 + rng.integers(0, 2**27, n) * 2.0**-27
+    c_short = rng.choice([-1, 1], n) * 2.0 ** rng.integers(-80, 5, n)
+    cases = [(a, b, spread), (a, b, near), (a, b, tiny), (a_short, b_short, c_short)]
+    for x, y, z in cases:
+        got = reference.fma(x, y, z)
+        triples = zip(x.tolist(), y.tolist(), z.tolist(), strict=True)
+        want = np.array([_exact_fma(*t) for t in triples])
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    for x, y, z in itertools.product([0.0, -0.0, 1.0, -1.0], repeat=3):
+        want = x * y + z  # the product is exact: IEEE's sum, signed zeros and all
+        got = float(reference.fma(np.array([x]), np.array([y]), np.array([z]))[0])
+        assert (got, math.copysign(1, got)) == (want, math.copysign(1, want)), (x, y, z)
