@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from thrift.Thrift import TException
 
-from compute_node.node import Busy, ComputeNodeCore, MissingShard, MissingWeights, Task
+from compute_node.node import Busy, Cancelled, ComputeNodeCore, MissingShard, MissingWeights, Task
 from compute_node.serving import MissingModel, ModelError, NodeServing, model_store
 from compute_node.trainer import InvalidTask, OutOfTime, ShardMismatch, TrainSettings
 from idl.cycles import let_go
@@ -22,6 +22,7 @@ from idl.gen.ttypes import (
     PredictRequest,
     ShardMissing,
     ShardTask,
+    TaskCancelled,
     TaskResult,
     TaskTimings,
     Tensor,
@@ -49,6 +50,7 @@ NODE_ERRORS = (
     Declared(Busy, lambda exc: NodeBusy(message=str(exc), retry_after_s=exc.retry_after_s),
              "task_declined"),
     Declared(OutOfTime, lambda exc: DeadlineExceeded(message=str(exc), budget_s=exc.budget_s)),
+    Declared(Cancelled, lambda exc: TaskCancelled(message=str(exc))),
 )
 
 
@@ -78,6 +80,11 @@ class ComputeNodeHandler(EdgeHandler):
             tasks_declined=snap.tasks_declined,
             shards_cached=self._core.store.n_available(),
         )
+
+    def cancel(self, task_id: str, token: str = "") -> bool:
+        """Take back a task not yet training (work stealing); unknown ids answer False."""
+        self.check_token("cancel", token)
+        return self._core.cancel(task_id or "")
 
     def put_shard(self, digest: str, data: bytes, token: str = "") -> None:
         self.check_token("put_shard", token)
@@ -196,4 +203,5 @@ def _decode_task(task: ShardTask) -> Task:
         may_decline=bool(task.may_decline),
         timeout_s=task.timeout_s if task.timeout_s is not None else 0.0,
         weights_digest=task.weights_digest or "",
+        task_id=task.task_id or "",
     )

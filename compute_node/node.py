@@ -13,6 +13,12 @@ connection, not once they are answered, so a small train can overtake a large up
 Such a task waits for the digest to appear, at most `weights_wait_s` and half its own
 budget (the rest is left for the coordinator's recovery), then answers MissingWeights:
 a node that really lacks them (restarted, given other weights since) still says so.
+
+Work stealing: a task that carries a task_id can be taken back with cancel(task_id) until
+it starts training: while it waits for a worker or sleeps its load delay (the delay counts
+as not started). Its train call then answers Cancelled and the task runs nothing; the
+coordinator sends it to an idle node. A cancel that comes too late (training started, the
+task ended) or names no task held here changes nothing and answers False.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,6 +53,8 @@ from runtime.events import log_event
 from runtime.shard_store import ShardStore, check_digest
 
 WEIGHTS_WAIT_S = 2.0  # default wait of a task for weights named by digest (module docstring)
+MAX_TASK_ID_CHARS = 128
+SLOT_POLL_S = 0.02  # a cancellable task waiting for a worker looks for its cancel this often
 
 
 class Busy(RuntimeError):
@@ -55,6 +63,18 @@ class Busy(RuntimeError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Cancelled(RuntimeError):
+    """The task was taken back with cancel() before it started training."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A cancellable task from acceptance until it starts training (or is cancelled)."""
+
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
 
 
 class MissingShard(LookupError):
@@ -90,6 +110,7 @@ class Task:
     may_decline: bool = False
     timeout_s: float = 0.0
     weights_digest: str = ""
+    task_id: str = ""  # "" = not cancellable
 
 
 @dataclass(frozen=True)
@@ -125,6 +146,9 @@ class ComputeNodeCore:
         self.weights = WeightsCache()
         self.weights_wait_s = weights_wait_s
         self.poison = poison  # --poison: every trained delta replaced (compute_node.poison)
+        self._pending: dict[str, _Pending] = {}  # cancellable tasks not yet training
+        self._pending_lock = threading.Lock()
+        self.n_cancelled = 0
 
     def authorize(self, token: str | None) -> None:
         """runtime.auth.Denied unless the node has no token or `token` matches it."""
@@ -132,6 +156,22 @@ class ComputeNodeCore:
 
     def load_snapshot(self) -> LoadSnapshot:
         return self.stats.snapshot()
+
+    def cancel(self, task_id: str) -> bool:
+        """Take back a task that has not started training; True if it will never run.
+
+        Bounded (one dict lookup) and idempotent: a repeated cancel of a task still held
+        answers True again; a task started, ended or never received answers False.
+        """
+        with self._pending_lock:
+            pending = self._pending.get(task_id)
+            if pending is None or pending.started:
+                return False
+            if not pending.cancelled.is_set():
+                pending.cancelled.set()
+                self.n_cancelled += 1
+        log_event("task_cancel_accepted", task_id=task_id[:MAX_TASK_ID_CHARS])
+        return True
 
     def put_shard(self, digest: str, data: bytes) -> None:
         dataset = self.store.put(digest, data)
@@ -161,20 +201,60 @@ class ComputeNodeCore:
             raise MissingShard(task.digest)
         check_fit(params, shard, task.shard_name or f"shard {task.digest[:12]}")
         check_work(params, shard.n_rows, task.settings, self.max_task_work)
+        if len(task.task_id) > MAX_TASK_ID_CHARS:
+            raise InvalidTask(f"task_id: at most {MAX_TASK_ID_CHARS} characters")
         if self.load.declines(task.may_decline):
             self.stats.declined()
             raise Busy(
                 "node is loaded and declined the task; try another node",
                 retry_after_s=max(0.05, self.stats.snapshot().recent_service_s),
             )
+        pending = self._hold(task.task_id)
         self.stats.started()
         total_s: float | None = None
         try:
-            report = self._run_accepted(task, params, shard, received)
+            report = self._run_accepted(task, params, shard, received, pending)
             total_s = report.total_s
             return report
         finally:
             self.stats.finished(total_s)
+            if pending is not None:
+                with self._pending_lock:
+                    self._pending.pop(task.task_id, None)
+
+    def _hold(self, task_id: str) -> _Pending | None:
+        """Make an accepted task cancellable under its id (None: no id, or one in use)."""
+        if not task_id:
+            return None
+        with self._pending_lock:
+            if task_id in self._pending:
+                return None  # the first task under this id keeps it
+            pending = self._pending[task_id] = _Pending()
+            return pending
+
+    def _start(self, task: Task, pending: _Pending | None) -> None:
+        """The task starts training now, unless it was cancelled first (Cancelled)."""
+        if pending is None:
+            return
+        with self._pending_lock:
+            if not pending.cancelled.is_set():
+                pending.started = True
+                return
+        log_event("task_cancelled", shard=task.shard_name, task_id=task.task_id)
+        raise Cancelled(f"task {task.task_id} was cancelled before it started training")
+
+    def _acquire_slot(self, wait_limit: float | None, pending: _Pending | None) -> bool:
+        """A worker slot within `wait_limit` seconds; a cancel ends the wait (no slot held)."""
+        if pending is None:
+            return self._slots.acquire(timeout=wait_limit)
+        end = None if wait_limit is None else time.perf_counter() + wait_limit
+        while not pending.cancelled.is_set():
+            step = SLOT_POLL_S if end is None else min(SLOT_POLL_S, end - time.perf_counter())
+            if step <= 0:
+                return False
+            if self._slots.acquire(timeout=step):
+                return True
+        return False
 
     def _weights_of(self, task: Task) -> Sequence[np.ndarray]:
         """The task's own weights, or those held under its weights_digest, waited for if
@@ -199,9 +279,11 @@ class ComputeNodeCore:
                   waited_s=waited_s)
         return held
 
-    def _run_accepted(self, task, params, shard, received: float) -> TaskReport:
+    def _run_accepted(self, task, params, shard, received: float,
+                      pending: _Pending | None = None) -> TaskReport:
         wait_limit = task.timeout_s if task.timeout_s > 0 else None
-        if not self._slots.acquire(timeout=wait_limit):
+        if not self._acquire_slot(wait_limit, pending):
+            self._start(task, pending)  # raises Cancelled when that ended the wait
             self.stats.declined()
             raise Busy(
                 f"no free worker within the task's timeout of {task.timeout_s:g}s",
@@ -212,8 +294,13 @@ class ComputeNodeCore:
             delay_s = self.load.load_delay_s()
             if delay_s > 0:
                 # A simulated load delay never outlasts the task's budget either.
-                time.sleep(delay_s if wait_limit is None else
+                sleep_s = (delay_s if wait_limit is None else
                            max(0.0, min(delay_s, received + wait_limit - time.perf_counter())))
+                if pending is None:
+                    time.sleep(sleep_s)
+                else:
+                    pending.cancelled.wait(sleep_s)  # a cancel ends the delay: nothing ran
+            self._start(task, pending)
             try:
                 output = run_training(params, shard, task.settings, *_time_left(task, received))
             except OutOfTime as exc:

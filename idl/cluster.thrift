@@ -75,6 +75,10 @@ struct ShardTask {
   // sent them once this round; if they are still on their way, it waits a short while, at
   // most half of timeout_s) or answers WeightsMissing; with `weights` given, it is unused.
   10: string weights_digest = "",
+  // The attempt's name on the node (the coordinator makes one per attempt; at most 128
+  // characters): cancel(task_id) takes the attempt back while it has not started training.
+  // "" = not cancellable.
+  11: string task_id = "",
 }
 
 /** A node's answer: the weights delta and what it learnt on the way. */
@@ -209,6 +213,8 @@ exception DeadlineExceeded { 1: string message, 2: double budget_s }
 exception ModelMissing { 1: string message, 2: string digest }
 /** The node does not hold the round's weights by this digest: put_weights them, then retry. */
 exception WeightsMissing { 1: string message, 2: string digest }
+/** The task was taken back with cancel() before it started training: it ran nothing. */
+exception TaskCancelled { 1: string message }
 /** The prediction queue is full: try again after retry_after_s. */
 exception Overloaded { 1: string message, 2: double retry_after_s }
 
@@ -231,7 +237,15 @@ service ComputeNode extends ShardHolder {
   TaskResult train(1: ShardTask task)
       throws (1: InvalidRequest bad, 2: NodeBusy busy, 3: ShardMissing missing,
               4: DatasetError dataset, 5: Unauthorized denied, 6: DeadlineExceeded late,
-              7: WeightsMissing weights_missing),
+              7: WeightsMissing weights_missing, 8: TaskCancelled cancelled),
+  /**
+   * Take back a task (by ShardTask.task_id) that this node accepted but has not started
+   * training: queued for a worker, or sleeping its load delay. Its train call answers
+   * TaskCancelled. True when it is cancelled so (it will never run; a repeated cancel
+   * answers true again while the node still holds the task); false when it has started,
+   * ended or was never received: a no-op, never an error. Bounded: it waits for nothing.
+   */
+  bool cancel(1: string task_id, 2: string token = "") throws (1: Unauthorized denied),
   /**
    * Hold a round's weights under their digest (checked), so that every task of the round
    * on this node refers to them by ShardTask.weights_digest instead of carrying them. A node

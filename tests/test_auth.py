@@ -112,6 +112,7 @@ NODE_CALLS: dict[str, Callable[[str], Callable]] = {
     "missing_shards": lambda t: lambda c: c.missing_shards([DIGEST], t),
     "put_shard": lambda t: lambda c: c.put_shard(DIGEST, SHARD, t),
     "train": lambda t: lambda c: c.train(shard_task(t)),
+    "cancel": lambda t: lambda c: c.cancel("no-such-task", t),
     "missing_models": lambda t: lambda c: c.missing_models([MODEL_DIGEST], t),
     "put_model": lambda t: lambda c: c.put_model(MODEL_DIGEST, MODEL, t),
     "put_weights": lambda t: lambda c: c.put_weights(weights_digest(weights()), weights(), t),
@@ -200,6 +201,7 @@ def test_every_node_call_works_with_the_right_token(secured):
         call(node, ComputeNode, NODE_CALLS["put_shard"](TOKEN))
         assert call(node, ComputeNode, NODE_CALLS["missing_shards"](TOKEN)) == []
         assert call(node, ComputeNode, NODE_CALLS["train"](TOKEN)).n_samples == 24
+        assert call(node, ComputeNode, NODE_CALLS["cancel"](TOKEN)) is False
         call(node, ComputeNode, NODE_CALLS["put_weights"](TOKEN))
         call(node, ComputeNode, NODE_CALLS["put_model"](TOKEN))
         assert call(node, ComputeNode, NODE_CALLS["missing_models"](TOKEN)) == []

@@ -47,6 +47,21 @@ class Iface(idl.gen.ShardHolder.Iface):
         """
         pass
 
+    def cancel(self, task_id, token):
+        """
+        Take back a task (by ShardTask.task_id) that this node accepted but has not started
+        training: queued for a worker, or sleeping its load delay. Its train call answers
+        TaskCancelled. True when it is cancelled so (it will never run; a repeated cancel
+        answers true again while the node still holds the task); false when it has started,
+        ended or was never received: a no-op, never an error. Bounded: it waits for nothing.
+
+        Parameters:
+         - task_id
+         - token
+
+        """
+        pass
+
     def put_weights(self, digest, weights, token):
         """
         Hold a round's weights under their digest (checked), so that every task of the round
@@ -229,7 +244,51 @@ class Client(idl.gen.ShardHolder.Client, Iface):
             raise result.late
         if result.weights_missing is not None:
             raise result.weights_missing
+        if result.cancelled is not None:
+            raise result.cancelled
         raise TApplicationException(TApplicationException.MISSING_RESULT, "train failed: unknown result")
+
+    def cancel(self, task_id, token):
+        """
+        Take back a task (by ShardTask.task_id) that this node accepted but has not started
+        training: queued for a worker, or sleeping its load delay. Its train call answers
+        TaskCancelled. True when it is cancelled so (it will never run; a repeated cancel
+        answers true again while the node still holds the task); false when it has started,
+        ended or was never received: a no-op, never an error. Bounded: it waits for nothing.
+
+        Parameters:
+         - task_id
+         - token
+
+        """
+        self.send_cancel(task_id, token)
+        return self.recv_cancel()
+
+    def send_cancel(self, task_id, token):
+        self._oprot.writeMessageBegin('cancel', TMessageType.CALL, self._seqid)
+        args = cancel_args()
+        args.task_id = task_id
+        args.token = token
+        args.write(self._oprot)
+        self._oprot.writeMessageEnd()
+        self._oprot.trans.flush()
+
+    def recv_cancel(self):
+        iprot = self._iprot
+        (fname, mtype, rseqid) = iprot.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            x = TApplicationException()
+            x.read(iprot)
+            iprot.readMessageEnd()
+            raise x
+        result = cancel_result()
+        result.read(iprot)
+        iprot.readMessageEnd()
+        if result.success is not None:
+            return result.success
+        if result.denied is not None:
+            raise result.denied
+        raise TApplicationException(TApplicationException.MISSING_RESULT, "cancel failed: unknown result")
 
     def put_weights(self, digest, weights, token):
         """
@@ -448,6 +507,7 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         self._processMap["load"] = Processor.process_load
         self._processMap["put_shard"] = Processor.process_put_shard
         self._processMap["train"] = Processor.process_train
+        self._processMap["cancel"] = Processor.process_cancel
         self._processMap["put_weights"] = Processor.process_put_weights
         self._processMap["missing_models"] = Processor.process_missing_models
         self._processMap["put_model"] = Processor.process_put_model
@@ -564,6 +624,9 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
         except WeightsMissing as weights_missing:
             msg_type = TMessageType.REPLY
             result.weights_missing = weights_missing
+        except TaskCancelled as cancelled:
+            msg_type = TMessageType.REPLY
+            result.cancelled = cancelled
         except TApplicationException as ex:
             logging.exception('TApplication exception in handler')
             msg_type = TMessageType.EXCEPTION
@@ -573,6 +636,32 @@ class Processor(idl.gen.ShardHolder.Processor, Iface, TProcessor):
             msg_type = TMessageType.EXCEPTION
             result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
         oprot.writeMessageBegin("train", msg_type, seqid)
+        result.write(oprot)
+        oprot.writeMessageEnd()
+        oprot.trans.flush()
+
+    def process_cancel(self, seqid, iprot, oprot):
+        args = cancel_args()
+        args.read(iprot)
+        iprot.readMessageEnd()
+        result = cancel_result()
+        try:
+            result.success = self._handler.cancel(args.task_id, args.token)
+            msg_type = TMessageType.REPLY
+        except TTransport.TTransportException:
+            raise
+        except Unauthorized as denied:
+            msg_type = TMessageType.REPLY
+            result.denied = denied
+        except TApplicationException as ex:
+            logging.exception('TApplication exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = ex
+        except Exception:
+            logging.exception('Unexpected exception in handler')
+            msg_type = TMessageType.EXCEPTION
+            result = TApplicationException(TApplicationException.INTERNAL_ERROR, 'Internal error')
+        oprot.writeMessageBegin("cancel", msg_type, seqid)
         result.write(oprot)
         oprot.writeMessageEnd()
         oprot.trans.flush()
@@ -1125,11 +1214,12 @@ class train_result(object):
      - denied
      - late
      - weights_missing
+     - cancelled
 
     """
 
 
-    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None, late=None, weights_missing=None,):
+    def __init__(self, success=None, bad=None, busy=None, missing=None, dataset=None, denied=None, late=None, weights_missing=None, cancelled=None,):
         self.success = success
         self.bad = bad
         self.busy = busy
@@ -1138,6 +1228,7 @@ class train_result(object):
         self.denied = denied
         self.late = late
         self.weights_missing = weights_missing
+        self.cancelled = cancelled
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -1189,6 +1280,11 @@ class train_result(object):
                     self.weights_missing = WeightsMissing.read(iprot)
                 else:
                     iprot.skip(ftype)
+            elif fid == 8:
+                if ftype == TType.STRUCT:
+                    self.cancelled = TaskCancelled.read(iprot)
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -1231,6 +1327,10 @@ class train_result(object):
             oprot.writeFieldBegin('weights_missing', TType.STRUCT, 7)
             self.weights_missing.write(oprot)
             oprot.writeFieldEnd()
+        if self.cancelled is not None:
+            oprot.writeFieldBegin('cancelled', TType.STRUCT, 8)
+            self.cancelled.write(oprot)
+            oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
 
@@ -1257,6 +1357,154 @@ train_result.thrift_spec = (
     (5, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 5
     (6, TType.STRUCT, 'late', [DeadlineExceeded, None], None, ),  # 6
     (7, TType.STRUCT, 'weights_missing', [WeightsMissing, None], None, ),  # 7
+    (8, TType.STRUCT, 'cancelled', [TaskCancelled, None], None, ),  # 8
+)
+
+
+class cancel_args(object):
+    """
+    Attributes:
+     - task_id
+     - token
+
+    """
+
+
+    def __init__(self, task_id=None, token="",):
+        self.task_id = task_id
+        self.token = token
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    self.task_id = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 2:
+                if ftype == TType.STRING:
+                    self.token = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('cancel_args')
+        if self.task_id is not None:
+            oprot.writeFieldBegin('task_id', TType.STRING, 1)
+            oprot.writeString(self.task_id)
+            oprot.writeFieldEnd()
+        if self.token is not None:
+            oprot.writeFieldBegin('token', TType.STRING, 2)
+            oprot.writeString(self.token)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(cancel_args)
+cancel_args.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'task_id', None, None, ),  # 1
+    (2, TType.STRING, 'token', None, "", ),  # 2
+)
+
+
+class cancel_result(object):
+    """
+    Attributes:
+     - success
+     - denied
+
+    """
+
+
+    def __init__(self, success=None, denied=None,):
+        self.success = success
+        self.denied = denied
+
+    def read(self, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
+            iprot._fast_decode(self, iprot, [self.__class__, self.thrift_spec])
+            return
+        iprot.readStructBegin()
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 0:
+                if ftype == TType.BOOL:
+                    self.success = iprot.readBool()
+                else:
+                    iprot.skip(ftype)
+            elif fid == 1:
+                if ftype == TType.STRUCT:
+                    self.denied = Unauthorized.read(iprot)
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('cancel_result')
+        if self.success is not None:
+            oprot.writeFieldBegin('success', TType.BOOL, 0)
+            oprot.writeBool(self.success)
+            oprot.writeFieldEnd()
+        if self.denied is not None:
+            oprot.writeFieldBegin('denied', TType.STRUCT, 1)
+            self.denied.write(oprot)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+all_structs.append(cancel_result)
+cancel_result.thrift_spec = (
+    (0, TType.BOOL, 'success', None, None, ),  # 0
+    (1, TType.STRUCT, 'denied', [Unauthorized, None], None, ),  # 1
 )
 
 

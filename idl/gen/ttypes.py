@@ -452,11 +452,12 @@ class ShardTask(object):
      - timeout_s
      - token
      - weights_digest
+     - task_id
 
     """
 
 
-    def __init__(self, job_id=None, round=None, shard_index=None, shard=None, weights=None, config=None, may_decline=None, timeout_s=None, token="", weights_digest="",):
+    def __init__(self, job_id=None, round=None, shard_index=None, shard=None, weights=None, config=None, may_decline=None, timeout_s=None, token="", weights_digest="", task_id="",):
         self.job_id = job_id
         self.round = round
         self.shard_index = shard_index
@@ -467,6 +468,7 @@ class ShardTask(object):
         self.timeout_s = timeout_s
         self.token = token
         self.weights_digest = weights_digest
+        self.task_id = task_id
 
     def read(self, iprot):
         if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and self.thrift_spec is not None:
@@ -535,6 +537,11 @@ class ShardTask(object):
                     self.weights_digest = iprot.readString()
                 else:
                     iprot.skip(ftype)
+            elif fid == 11:
+                if ftype == TType.STRING:
+                    self.task_id = iprot.readString()
+                else:
+                    iprot.skip(ftype)
             else:
                 iprot.skip(ftype)
             iprot.readFieldEnd()
@@ -587,6 +594,10 @@ class ShardTask(object):
         if self.weights_digest is not None:
             oprot.writeFieldBegin('weights_digest', TType.STRING, 10)
             oprot.writeString(self.weights_digest)
+            oprot.writeFieldEnd()
+        if self.task_id is not None:
+            oprot.writeFieldBegin('task_id', TType.STRING, 11)
+            oprot.writeString(self.task_id)
             oprot.writeFieldEnd()
         oprot.writeFieldStop()
         oprot.writeStructEnd()
@@ -2821,6 +2832,81 @@ class WeightsMissing(TException):
         return not (self == other)
 
 
+class TaskCancelled(TException):
+    """
+    The task was taken back with cancel() before it started training: it ran nothing.
+
+    Attributes:
+     - message
+
+    """
+
+
+    def __init__(self, message=None,):
+        super(TaskCancelled, self).__setattr__('message', message)
+
+    def __setattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __delattr__(self, *args):
+        raise TypeError("can't modify immutable instance")
+
+    def __hash__(self):
+        return hash(self.__class__) ^ hash((self.message, ))
+
+    @classmethod
+    def read(cls, iprot):
+        if iprot._fast_decode is not None and isinstance(iprot.trans, TTransport.CReadableTransport) and cls.thrift_spec is not None:
+            return iprot._fast_decode(None, iprot, [cls, cls.thrift_spec])
+        iprot.readStructBegin()
+        message = None
+        while True:
+            (fname, ftype, fid) = iprot.readFieldBegin()
+            if ftype == TType.STOP:
+                break
+            if fid == 1:
+                if ftype == TType.STRING:
+                    message = iprot.readString()
+                else:
+                    iprot.skip(ftype)
+            else:
+                iprot.skip(ftype)
+            iprot.readFieldEnd()
+        iprot.readStructEnd()
+        return cls(
+            message=message,
+        )
+
+    def write(self, oprot):
+        if oprot._fast_encode is not None and self.thrift_spec is not None:
+            oprot.trans.write(oprot._fast_encode(self, [self.__class__, self.thrift_spec]))
+            return
+        oprot.writeStructBegin('TaskCancelled')
+        if self.message is not None:
+            oprot.writeFieldBegin('message', TType.STRING, 1)
+            oprot.writeString(self.message)
+            oprot.writeFieldEnd()
+        oprot.writeFieldStop()
+        oprot.writeStructEnd()
+
+    def validate(self):
+        return
+
+    def __str__(self):
+        return repr(self)
+
+    def __repr__(self):
+        L = ['%s=%r' % (key, value)
+             for key, value in self.__dict__.items()]
+        return '%s(%s)' % (self.__class__.__name__, ', '.join(L))
+
+    def __eq__(self, other):
+        return isinstance(other, self.__class__) and self.__dict__ == other.__dict__
+
+    def __ne__(self, other):
+        return not (self == other)
+
+
 class Overloaded(TException):
     """
     The prediction queue is full: try again after retry_after_s.
@@ -2956,6 +3042,7 @@ ShardTask.thrift_spec = (
     (8, TType.DOUBLE, 'timeout_s', None, None, ),  # 8
     (9, TType.STRING, 'token', None, "", ),  # 9
     (10, TType.STRING, 'weights_digest', None, "", ),  # 10
+    (11, TType.STRING, 'task_id', None, "", ),  # 11
 )
 all_structs.append(TaskResult)
 TaskResult.thrift_spec = (
@@ -3127,6 +3214,11 @@ WeightsMissing.thrift_spec = (
     None,  # 0
     (1, TType.STRING, 'message', None, None, ),  # 1
     (2, TType.STRING, 'digest', None, None, ),  # 2
+)
+all_structs.append(TaskCancelled)
+TaskCancelled.thrift_spec = (
+    None,  # 0
+    (1, TType.STRING, 'message', None, None, ),  # 1
 )
 all_structs.append(Overloaded)
 Overloaded.thrift_spec = (
