@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
 from bench_time_to_accuracy import BEST  # noqa: E402
+from client_runs import run_client  # noqa: E402
 from local_cluster import REPO, LocalCluster  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-from client.timing import read_timing  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
 from runtime.cli import FiniteRange, ListType, require_module, run_cli  # noqa: E402
 
@@ -191,19 +191,8 @@ def run_job(cluster: LocalCluster, shards: Shards, strategy: str, seed: int,
     argv = [sys.executable, "-m", "client", address.host, str(address.port), str(shards.path),
             str(args.rounds), str(args.epochs), str(args.hidden), repr(args.eta),
             "--timing", str(timing), *client_options(args, strategy, seed)]
-    (workdir / "client.argv").write_text(shlex.join(argv[1:]) + "\n")
-    started = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
-                          timeout=args.client_timeout_s)
-    run.seconds = time.perf_counter() - started
-    (workdir / "client.out").write_text(done.stdout)
-    (workdir / "client.err").write_text(done.stderr)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        run.failure = lines[-1]
-    if timing.exists():
-        _, rows = read_timing(timing)
-        run.errors = [float(r["validation_error"]) for r in rows if r["kind"] == "round"]
+    client = run_client(workdir, argv, timing, args.client_timeout_s)
+    run.seconds, run.failure, run.errors = client.seconds, client.failure, client.errors
     return run
 
 

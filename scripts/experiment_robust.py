@@ -53,10 +53,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
+from client_runs import run_client  # noqa: E402
 from local_cluster import REPO, LocalCluster  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-from client.timing import read_timing  # noqa: E402
 from compute_node.poison import MODES  # noqa: E402
 from mlcore.model import INIT_SCHEMES  # noqa: E402
 from runtime.cli import FiniteRange, ListType, require_module, run_cli  # noqa: E402
@@ -126,31 +126,18 @@ def run_job(workdir: Path, mode: str, strategy: str, args: SimpleNamespace) -> R
             str(args.hidden), repr(args.eta), "--timing", str(timing),
             *client_options(args, strategy),
         ]
-        (workdir / "client.argv").write_text(" ".join(argv[1:]) + "\n")
-        started = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
-                              timeout=args.client_timeout_s)
-        run.seconds = time.perf_counter() - started
-        (workdir / "client.out").write_text(done.stdout)
-        (workdir / "client.err").write_text(done.stderr)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        run.failure = lines[-1]
-    if timing.exists():
-        _, rows = read_timing(timing)
-        for row in rows:
-            if row["kind"] == "round":
-                run.errors.append(float(row["validation_error"]))
-        by_round: dict[int, list[str]] = {}
-        for row in rows:
-            if row["kind"] == "task":
-                by_round.setdefault(int(row["round"]), []).append(row["node"])
-                if row["node"] in poisoned:
-                    run.poisoned_shards.add(row["shard"])
-        for r in range(1, len(run.errors) + 1):
-            nodes = by_round.get(r, [])
-            run.tasks.append(len(nodes))
-            run.poisoned_tasks.append(sum(n in poisoned for n in nodes))
+        client = run_client(workdir, argv, timing, args.client_timeout_s)
+    run.seconds, run.failure, run.errors = client.seconds, client.failure, client.errors
+    by_round: dict[int, list[str]] = {}
+    for row in client.rows:
+        if row["kind"] == "task":
+            by_round.setdefault(int(row["round"]), []).append(row["node"])
+            if row["node"] in poisoned:
+                run.poisoned_shards.add(row["shard"])
+    for r in range(1, len(run.errors) + 1):
+        nodes = by_round.get(r, [])
+        run.tasks.append(len(nodes))
+        run.poisoned_tasks.append(sum(n in poisoned for n in nodes))
     return run
 
 

@@ -68,7 +68,7 @@ MALFORMED_MORE: dict[str, tuple[str, list[str]]] = {
     "loadtest.py --rounds": ("loadtest.py", ["--rounds", "0", "--out", MISSING]),
 }
 # Modules other scripts import; they have no command line.
-LIBRARIES = {"hosts.py", "machine.py", "timing_analysis.py"}
+LIBRARIES = {"client_runs.py", "hosts.py", "machine.py", "timing_analysis.py"}
 
 
 def script_names() -> list[str]:

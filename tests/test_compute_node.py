@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,24 +91,44 @@ class NodeClient:
         self.conn.close()
 
 
-@pytest.fixture
-def node_factory(tmp_path: Path) -> Iterator:
-    """start(p, *args) → (process, client); every process is stopped by PID afterwards."""
+StartNode = Callable[..., tuple[ServerProcess, ComputeNode.Client]]
+
+
+@contextmanager
+def started_nodes(workdir: Path) -> Iterator[StartNode]:
+    """start(p, *args) → (process, client): a node process in `workdir` (start_node's
+    arguments) and a NodeClient to it. On exit, also when a test failed, every client is
+    closed and every process stopped by PID."""
     procs: list[ServerProcess] = []
     clients: list[NodeClient] = []
 
-    def start(p: float = 0.0, *extra: str) -> tuple[ServerProcess, ComputeNode.Client]:
-        args = extra if "--load-delay" in extra else ("--load-delay", "0", *extra)
-        proc = start_node(tmp_path, p, "--seed", "7", *args)
+    def start(p: float, *args: str) -> tuple[ServerProcess, ComputeNode.Client]:
+        proc = start_node(workdir, p, *args)
         procs.append(proc)
         clients.append(NodeClient(proc.address))
         return proc, clients[-1].client
 
-    yield start
-    for c in clients:
-        c.close()
-    for proc in procs:
-        proc.stop()
+    try:
+        yield start
+    finally:
+        try:
+            for c in clients:
+                c.close()
+        finally:
+            for proc in procs:
+                proc.stop()
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[StartNode]:
+    """start(p, *args) → (process, client); every process is stopped by PID afterwards."""
+    with started_nodes(tmp_path) as start_with:
+
+        def start(p: float = 0.0, *extra: str) -> tuple[ServerProcess, ComputeNode.Client]:
+            args = extra if "--load-delay" in extra else ("--load-delay", "0", *extra)
+            return start_with(p, "--seed", "7", *args)
+
+        yield start
 
 
 @pytest.fixture
@@ -118,13 +139,8 @@ def node(node_factory) -> ComputeNode.Client:
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory) -> Iterator[ComputeNode.Client]:
     """One node for the tests that only check errors: starting a node per case costs ~0.7 s."""
-    proc = start_node(tmp_path_factory.mktemp("shared-node"), 0.0, "--load-delay", "0")
-    client = NodeClient(proc.address)
-    try:
-        yield client.client
-    finally:
-        client.close()
-        proc.stop()
+    with started_nodes(tmp_path_factory.mktemp("shared-node")) as start:
+        yield start(0.0, "--load-delay", "0")[1]
 
 
 # --- the ordinary path ----------------------------------------------------------------------

@@ -11,9 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from test_compute_node import NodeClient, digest_of, make_shard, make_task
+from test_compute_node import digest_of, make_shard, make_task, started_nodes
 
-from harness import start_node
 from idl.gen import ComputeNode
 from idl.gen.ttypes import InvalidRequest
 from idl.tensors import decode_tensors
@@ -27,13 +26,8 @@ D, H, K = 16, 24, 5
 @pytest.fixture(scope="module")
 def node(tmp_path_factory) -> Iterator[ComputeNode.Client]:
     """One node (no load, no delay) for every test here; stopped by PID at the end."""
-    proc = start_node(tmp_path_factory.mktemp("fedprox-node"), 0.0, "--load-delay", "0")
-    client = NodeClient(proc.address)
-    try:
-        yield client.client
-    finally:
-        client.close()
-        proc.stop()
+    with started_nodes(tmp_path_factory.mktemp("fedprox-node")) as start:
+        yield start(0.0, "--load-delay", "0")[1]
 
 
 @pytest.mark.parametrize(("batch_size", "momentum"), [(0, 0.0), (32, 0.5)])

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_compute_node import NodeClient, digest_of, make_shard, make_task
+from test_compute_node import digest_of, make_shard, make_task, started_nodes
 
 from compute_node.poison import MODES, SCALE_FACTOR, Poisoner, l2_norm, poison, task_seed
-from harness import ServerProcess, start_node
 from idl.tensors import decode_tensors
 from mlcore.model import init_params
 
@@ -139,20 +138,12 @@ def test_a_poisoner_gives_one_task_the_same_noise_and_another_task_other_noise()
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator:
     """start(*args) -> (process, client); every process stopped by PID afterwards."""
-    procs: list[ServerProcess] = []
-    clients: list[NodeClient] = []
+    with started_nodes(tmp_path) as start_with:
 
-    def start(*extra: str):
-        proc = start_node(tmp_path, 0.0, "--load-delay-s", "0", "--seed", "7", *extra)
-        procs.append(proc)
-        clients.append(NodeClient(proc.address))
-        return proc, clients[-1].client
+        def start(*extra: str):
+            return start_with(0.0, "--load-delay-s", "0", "--seed", "7", *extra)
 
-    yield start
-    for c in clients:
-        c.close()
-    for proc in procs:
-        proc.stop()
+        yield start
 
 
 def trained_delta(client, data: bytes) -> list[np.ndarray]:
