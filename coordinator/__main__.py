@@ -121,6 +121,7 @@ def cli(
     executor = RoundExecutor(
         registry, caller, task_timeout_s=task_timeout_s, max_attempts=max_attempts,
         straggler_factor=straggler_factor, straggler_min_s=straggler_min_s, counters=counters,
+        cancel_node=caller.cancel,
     )
     store: ShardStore[bytes] = ShardStore(max_shard_cache_bytes, refuse_oversize=True,
                                           owner="the coordinator")

@@ -21,6 +21,19 @@ Stragglers: once half the tasks are done, a task whose current attempt has run l
 `straggler_factor` times the median task time (and at least `straggler_min_s` more) is
 started again on an idle node; the first result wins and the other is dropped (results are
 identical by determinism, so which one wins changes nothing but time).
+
+Work stealing (with a `cancel_node(address, task, timeout_s) -> bool`): when a node is idle
+(nothing in flight) while a task of the round has waited on a busy node longer than a limit
+(coordinator.stealing.wait_limit_s: `steal_factor` times the round's median steady task
+time or call overhead, at least `steal_min_s`) plus the idle node's expected service time,
+the busy node is asked to cancel it (it answers True only if the task had not started
+training: queued, or in its load delay); the task's runner, whose call then answers
+TaskCancelledError, sends it to the idle node reserved for it. A task the node has started
+gets, past DUPLICATE_FACTOR limits (at least DUPLICATE_MIN_S), a copy on the idle node
+instead (first result wins; counted as a straggler too). A task every node declined
+(load-aware), backing off before it asks again, is woken to ask an idle node at once.
+coordinator.stealing decides; counters steals, steal_started, steal_duplicates,
+steal_wakes.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ from typing import Any, cast
 
 from coordinator.policies import Policy
 from coordinator.registry import Registry
+from coordinator.stealing import Steal, Waiting, plan_steals, wait_limit_s
 from runtime.budget import OutOfTime
 from runtime.events import log_event
 
@@ -50,6 +64,15 @@ MAX_BUSY_BACKOFF_S = 0.25
 NO_NODE_POLL_S = 0.5
 STRAGGLER_MIN_EXTRA_S = 10.0  # never re-run a task that is only a few seconds late
 WATCH_TICK_S = 0.1
+STEAL_FACTOR = 2.0  # see coordinator.stealing.wait_limit_s
+STEAL_MIN_S = 0.05  # never take a task that has waited less than this
+DUPLICATE_FACTOR = 4.0  # a started task is copied past this many wait limits ...
+DUPLICATE_MIN_S = 0.5  # ... and never before this: a copy costs a node's time
+PROBE_TRUST_S = 0.5  # a node's "started" is believed this long before it is asked again
+CANCEL_TIMEOUT_S = 5.0
+# How often tasks declined everywhere are offered to idle nodes (one per idle node each
+# time): a decline is one draw, so an idle node is asked again soon, but never in a loop.
+WAKE_TICK_S = 0.02
 
 
 class NodeBusyError(Exception):
@@ -74,6 +97,10 @@ class TaskRejected(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+class TaskCancelledError(Exception):
+    """The node gave the task back unstarted (cancel): it ran nothing; send it elsewhere."""
 
 
 class NoNodeFinished(Exception):
@@ -119,6 +146,7 @@ class Counters:
 
 
 CallNode = Callable[[str, Any, float, bool], Any]
+CancelNode = Callable[[str, Any, float], bool]  # (node, task, timeout_s) -> taken back unstarted
 
 
 class RoundExecutor:
@@ -135,6 +163,9 @@ class RoundExecutor:
         straggler_min_s: float = STRAGGLER_MIN_EXTRA_S,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cancel_node: CancelNode | None = None,
+        steal_factor: float = STEAL_FACTOR,
+        steal_min_s: float = STEAL_MIN_S,
     ) -> None:
         self._registry = registry
         self._call_node = call_node
@@ -145,6 +176,9 @@ class RoundExecutor:
         self.counters = counters or Counters()
         self._clock = clock
         self._dispatch = threading.Lock()
+        self._cancel_node = cancel_node  # None: no work stealing
+        self._steal_factor = steal_factor
+        self._steal_min_s = steal_min_s
 
     def run(
         self, tasks: Sequence[Any], policy: Policy, deadline_s: float, *, label: str = ""
@@ -180,6 +214,9 @@ class RoundExecutor:
             return self._watch(round_, tasks, backups)
         finally:
             round_.abort.set()
+            if self._cancel_node is not None:
+                for slot in round_.slots:  # end the backoffs that wait for a wake
+                    slot.wake.set()
             self._release_untaken(todo, first_nodes)
             backups.shutdown(wait=False, cancel_futures=True)
 
@@ -189,7 +226,8 @@ class RoundExecutor:
         """Wait for every outcome, the first error or the deadline; start stragglers' backups."""
         last_look = self._clock()
         while True:
-            round_.progress.wait(WATCH_TICK_S)
+            # Tasks backing off while a node may be idle: look again soon (wake_tick).
+            round_.progress.wait(WAKE_TICK_S if round_.backing_off else WATCH_TICK_S)
             round_.progress.clear()
             # O(1) per wake-up: tasks finish thousands of times a second at scale.
             if round_.errors:
@@ -197,6 +235,8 @@ class RoundExecutor:
             if round_.n_done == len(tasks):
                 # every slot has its outcome once n_done counts them all
                 return cast(list[TaskOutcome], [slot.outcome for slot in round_.slots])
+            if round_.backing_off and self._cancel_node is not None:
+                round_.wake_for_idle()
             if self._clock() - last_look < WATCH_TICK_S:
                 continue
             last_look = self._clock()
@@ -209,6 +249,9 @@ class RoundExecutor:
             if self._straggler_factor > 0:
                 for i in round_.stragglers(self._straggler_factor, self._straggler_min_s):
                     backups.submit(round_.run_backup, i, tasks[i])
+            if self._cancel_node is not None:
+                for steal in round_.steals(self._steal_factor, self._steal_min_s):
+                    backups.submit(round_.steal, steal, tasks[steal.index])
 
     def _release_untaken(self, todo: deque[int], first_nodes: list[str | None]) -> None:
         """Free the in-flight slot each task no worker took still holds on its first node.
@@ -282,6 +325,13 @@ class _Slot:
     node: str | None = None  # where the current attempt of the first runner runs
     attempt_began: float | None = None
     backup: bool = False
+    in_call: bool = False  # the first runner's attempt is in flight on `node`
+    steal_to: str | None = None  # an idle node reserved for it while its cancel is asked
+    probed_at: float | None = None  # when its node said it had started the current attempt
+    backing_off: bool = False  # the first runner waits out a backoff (declined everywhere)
+    steady_s: float | None = None  # the winning attempt's node time less queue and delay
+    overhead_s: float | None = None  # its round trip less the node's own time
+    wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -299,13 +349,14 @@ class _Tries:
     busy: set[str] = field(default_factory=set)  # nodes that declined it since the last wait
     backoff_s: float = BUSY_BACKOFF_S
     start_s: float | None = None  # first attempt, since the round started
+    backup: bool = False  # a second runner (straggler or duplicate), not the task's own
 
     @classmethod
     def for_runner(cls, backup: bool, avoid: str | None) -> _Tries:
         """A first runner starts clean; a backup starts by avoiding the straggler's node."""
         if backup:
             return cls(failures=[f"{avoid} straggler, re-run elsewhere"],
-                       failed={avoid} if avoid else set())
+                       failed={avoid} if avoid else set(), backup=True)
         return cls(failures=[], failed=set())
 
 
@@ -326,6 +377,8 @@ class _Round:
     n_done: int = 0  # slots with an outcome (under done_lock)
     errors: list[BaseException] = field(default_factory=list)  # first-runner failures
     done_lock: threading.Lock = field(default_factory=threading.Lock)
+    # first runners waiting out a backoff, in the order they began it (under done_lock)
+    backing_off: dict[int, None] = field(default_factory=dict)
 
     def reserve(self, exclude: set[str]) -> str | None:
         """Pick a node and count the task in flight on it, atomically with other picks."""
@@ -359,6 +412,123 @@ class _Round:
                 slot.backup = True
             out.append(i)
         return out
+
+    def steals(self, factor: float, min_s: float) -> list[Steal]:
+        """Tasks to take from busy nodes for idle ones now (coordinator.stealing decides).
+
+        Each steal's target is counted in flight at once, under the dispatch lock, so
+        policies picking meanwhile see it taken; the slot holds it until its runner or
+        the steal itself lets it go.
+        """
+        ex = self.executor
+        views = ex._registry.views()
+        if not any(v.in_flight == 0 for v in views) or self.n_done == len(self.slots):
+            return []
+        steady = [s.steady_s for s in self.slots if s.steady_s is not None]
+        overhead = [s.overhead_s for s in self.slots if s.overhead_s is not None]
+        limit = wait_limit_s(steady, overhead, factor, min_s)
+        now = ex._clock()
+        waiting = []
+        for i, slot in enumerate(self.slots):
+            if slot.outcome is not None or not slot.in_call or slot.steal_to is not None:
+                continue
+            began, node = slot.attempt_began, slot.node
+            if began is None or node is None:
+                continue
+            # a "started" answer is trusted for a while, then asked again: the task may
+            # not have reached the node when it was asked
+            started = (slot.probed_at is not None and slot.probed_at >= began
+                       and now - slot.probed_at < max(limit, PROBE_TRUST_S))
+            waiting.append(Waiting(i, node, now - began, started, slot.backup))
+        if not waiting:
+            return []
+        out = []
+        with ex._dispatch:
+            duplicate_after = max(DUPLICATE_FACTOR * limit, DUPLICATE_MIN_S)
+            for steal in plan_steals(ex._registry.views(), waiting, limit, duplicate_after):
+                slot = self.slots[steal.index]
+                with slot.lock:
+                    if slot.outcome is not None or not slot.in_call or slot.node != steal.source:
+                        continue
+                    if steal.duplicate:
+                        if slot.backup:
+                            continue
+                        slot.backup = True
+                    elif slot.steal_to is not None:
+                        continue
+                    else:
+                        slot.steal_to = steal.target
+                    ex._registry.begin_task(steal.target)
+                out.append(steal)
+        return out
+
+    def wake_for_idle(self) -> None:
+        """Wake tasks declined everywhere (backing off) to ask the idle nodes at once.
+
+        O(nodes + tasks backing off): it runs every WAKE_TICK_S while any back off.
+        """
+        ex = self.executor
+        with self.done_lock:
+            backing_off = list(self.backing_off)
+        with ex._dispatch:
+            views = ex._registry.views()
+            if not any(v.in_flight == 0 for v in views):
+                return
+            for steal in plan_steals(views, [], 0.0, 0.0, backing_off):
+                slot = self.slots[steal.index]
+                with slot.lock:
+                    if (slot.outcome is not None or not slot.backing_off
+                            or slot.steal_to is not None):
+                        continue
+                    slot.steal_to = steal.target
+                    ex._registry.begin_task(steal.target)
+                    slot.wake.set()
+                ex.counters.add("steal_wakes")
+
+    def steal(self, steal: Steal, task: Any) -> None:
+        """Take a task from a busy node: cancel it there, or run a copy on the idle target."""
+        ex = self.executor
+        slot = self.slots[steal.index]
+        if steal.duplicate:
+            ex.counters.add("stragglers")  # its record says so: re-run elsewhere
+            ex.counters.add("steal_duplicates")
+            log_event("task_duplicated", round=self.label, shard=steal.index,
+                      node=steal.source, to=steal.target)
+            try:
+                self._attempts(steal.index, task, steal.target, backup=True, avoid=steal.source)
+            except Exception as exc:  # noqa: BLE001 - the first runner is still going
+                log_event("backup_failed", round=self.label, shard=steal.index, reason=exc)
+            finally:
+                self.progress.set()
+            return
+        assert ex._cancel_node is not None
+        try:
+            taken = ex._cancel_node(steal.source, task, CANCEL_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - a failed cancel leaves the task where it is
+            log_event("cancel_failed", round=self.label, shard=steal.index, node=steal.source,
+                      reason=exc)
+            taken = False
+        if taken:
+            ex.counters.add("steals")
+            log_event("task_stolen", round=self.label, shard=steal.index, node=steal.source,
+                      to=steal.target)
+            return  # its runner's call answers TaskCancelledError and takes the target
+        ex.counters.add("steal_started")
+        with slot.lock:
+            slot.probed_at = ex._clock()
+            target, slot.steal_to = slot.steal_to, None
+        if target is not None:
+            ex._registry.end_task(target, None)
+
+    def _end_attempt(self, index: int, backup: bool) -> str | None:
+        """The first runner's attempt is over: the idle node a steal reserved for it, if any."""
+        if backup:
+            return None
+        slot = self.slots[index]
+        with slot.lock:
+            slot.in_call = False
+            target, slot.steal_to = slot.steal_to, None
+        return target
 
     def work(
         self, todo: deque[int], tasks: Sequence[Any], first_nodes: list[str | None]
@@ -421,26 +591,39 @@ class _Round:
                 continue  # waited for one
             began = self._begin_attempt(tries, index, node, backup)
             timeout_s = max(min(self.executor._task_timeout_s, self.deadline - began), 0.001)
+            error: BaseException | None = None
             try:
                 value = self.executor._call_node(node, task, timeout_s, self.policy.may_decline)
-            except NodeBusyError as exc:
-                self._declined(index, tries, node, exc)
-            except NodeFailure as exc:
-                self._failed(index, tries, node, exc)
-            except OutOfTime as exc:
-                self._out_of_time(index, tries, node, exc, timeout_s)
-            except BaseException:
-                self.executor._registry.end_task(node, None)
-                raise
-            else:
+            except BaseException as exc:  # noqa: BLE001 - sorted below, once the slot is told
+                error = exc
+            target = self._end_attempt(index, backup)
+            if target is not None and not isinstance(error, TaskCancelledError):
+                self.executor._registry.end_task(target, None)  # the steal came too late
+                target = None
+            if error is None:
                 self._succeeded(index, tries, node, value, began, backup)
                 return
+            if isinstance(error, TaskCancelledError):
+                self._cancelled(index, tries, node, target)
+                node = target  # the idle node reserved for it (None: pick one)
+                continue
+            if isinstance(error, NodeBusyError):
+                self._declined(index, tries, node, error)
+            elif isinstance(error, NodeFailure):
+                self._failed(index, tries, node, error)
+            elif isinstance(error, OutOfTime):
+                self._out_of_time(index, tries, node, error, timeout_s)
+            else:
+                self.executor._registry.end_task(node, None)
+                raise error
             node = None
 
     def _node_for_attempt(
         self, index: int, tries: _Tries, node: str | None, avoid: str | None
     ) -> str | None:
         """The node for the next attempt; None after waiting for one. Raises when the task ends."""
+        if node is None and not tries.backup:
+            node = self._take_woken(index)  # an idle node a steal woke it for
         if self.abort.is_set() or self.slots[index].outcome is not None:
             if node is not None:
                 self.executor._registry.end_task(node, None)
@@ -454,7 +637,8 @@ class _Round:
             node = self.reserve(tries.failed | tries.busy)
         if node is None:
             tries.backoff_s = self._wait_for_node(
-                tries.failed, tries.busy, tries.backoff_s, remaining, avoid
+                tries.failed, tries.busy, tries.backoff_s, remaining, avoid,
+                None if tries.backup else index,
             )
         return node
 
@@ -469,8 +653,22 @@ class _Round:
         began = self.executor._clock()
         if not backup:
             slot = self.slots[index]
-            slot.node, slot.attempt_began = node, began
+            with slot.lock:
+                slot.node, slot.attempt_began, slot.in_call = node, began, True
         return began
+
+    def _take_woken(self, index: int) -> str | None:
+        """The idle node a steal reserved for this task while it backed off (or None)."""
+        slot = self.slots[index]
+        with slot.lock:
+            target, slot.steal_to = slot.steal_to, None
+        return target
+
+    def _cancelled(self, index: int, tries: _Tries, node: str, target: str | None) -> None:
+        """The node gave the task back unstarted (a steal): no failure, no retry counted."""
+        self.executor._registry.end_task(node, None)
+        tries.declined_last = True
+        log_event("task_moved", round=self.label, shard=index, node=node, to=target)
 
     def _declined(self, index: int, tries: _Tries, node: str, exc: NodeBusyError) -> None:
         """A loaded node turned the task away: it stays healthy; ask others, then it again."""
@@ -532,7 +730,13 @@ class _Round:
         """Record the result (unless another runner's came first) and the node's timing."""
         ex = self.executor
         elapsed_s = ex._clock() - began
-        ex._registry.end_task(node, elapsed_s, _node_times(value))
+        times = _node_times(value)
+        ex._registry.end_task(node, elapsed_s, times)
+        if times is not None:
+            busy_s, delay_s = times
+            total_s = float(value.timings.total_s)
+            slot = self.slots[index]
+            slot.steady_s, slot.overhead_s = busy_s - delay_s, max(elapsed_s - total_s, 0.0)
         outcome = TaskOutcome(
             index, value, node, tries.attempts, tries.failures, tries.start_s or 0.0,
             ex._clock() - self.start, tries.n_declined,
@@ -553,12 +757,32 @@ class _Round:
         backoff_s: float,
         remaining: float,
         avoid: str | None = None,
+        index: int | None = None,
     ) -> float:
-        """Nobody eligible: back off if all are busy, else wait for a node to come alive."""
+        """Nobody eligible: back off if all are busy, else wait for a node to come alive.
+
+        A first runner's backoff (task `index`) ends early when wake_for_idle wakes it for
+        an idle node.
+        """
         alive = {v.address for v in self.executor._registry.views()}
         if alive - failed:
             # Every healthy node said busy: give them a moment, then ask them all again.
-            self.abort.wait(min(backoff_s, remaining))
+            if index is None or self.executor._cancel_node is None:
+                self.abort.wait(min(backoff_s, remaining))
+            else:
+                slot = self.slots[index]
+                with slot.lock:
+                    slot.wake.clear()
+                    slot.backing_off = True
+                with self.done_lock:
+                    self.backing_off[index] = None
+                try:
+                    slot.wake.wait(min(backoff_s, remaining))
+                finally:
+                    with slot.lock:
+                        slot.backing_off = False
+                    with self.done_lock:
+                        self.backing_off.pop(index, None)
             busy.clear()
             return min(backoff_s * 2, MAX_BUSY_BACKOFF_S)
         if alive - {avoid}:

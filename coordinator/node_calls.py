@@ -24,12 +24,18 @@ for that answer and names the weights again.
 The node gets the attempt's budget as ShardTask.timeout_s and stops there with
 DeadlineExceeded; the connection waits REPLY_MARGIN_S longer, so that declared answer
 arrives rather than a bare socket timeout.
+
+Work stealing: each attempt carries a task_id of its own (ShardTask.task_id); `cancel(node,
+work)` asks the node to take back the attempt at `work` in flight there, and the attempt's
+train then answers TaskCancelled, raised as TaskCancelledError.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
+import os
 import ssl
 import threading
 import time
@@ -45,6 +51,7 @@ from coordinator.executor import (
     Counters,
     NodeBusyError,
     NodeFailure,
+    TaskCancelledError,
     TaskRejected,
 )
 from idl.gen import ComputeNode
@@ -60,6 +67,7 @@ from idl.gen.ttypes import (
     PredictRequest,
     ShardMissing,
     ShardTask,
+    TaskCancelled,
     TaskResult,
     Tensor,
     Unauthorized,
@@ -70,7 +78,7 @@ from runtime.budget import OutOfTime
 from runtime.events import log_event
 
 DECLARED = (NodeBusy, ShardMissing, InvalidRequest, DatasetError, Unauthorized, DeadlineExceeded,
-            WeightsMissing)
+            WeightsMissing, TaskCancelled)
 SERVING_DECLARED = (*DECLARED, ModelMissing)
 UPLOAD_LOCKS = 64  # (node, model) pairs share these: one upload of a model to a node at a time
 REPLY_MARGIN_S = 1.0  # beyond a task's budget: the node's reply (or its DeadlineExceeded) travels
@@ -240,6 +248,11 @@ class NodeCaller:
         self._refused: set[Address] = set()  # nodes whose last probe refused our token
         self._upload_locks = [threading.Lock() for _ in range(UPLOAD_LOCKS)]
         self._weights = HeldWeights()
+        # task_id of the attempt in flight per (node, id(work)), for cancel()
+        self._attempt_ids: dict[tuple[str, int], str] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(6).hex()
+        self._ids_lock = threading.Lock()
 
     def __call__(
         self, node: str, work: NodeTask | EvalTask, timeout_s: float, may_decline: bool
@@ -258,6 +271,10 @@ class NodeCaller:
         # Each attempt sends its own request: a straggler's backup may be serialising the
         # same task on another thread, so the shared one is never written to.
         request = attempt_task(work.task, may_decline, timeout_s)
+        key = (node, id(work))
+        with self._ids_lock:
+            request.task_id = f"{self._id_prefix}-{next(self._ids)}"
+            self._attempt_ids[key] = request.task_id
         try:
             reply = self._train(address, request, work, deadline)
         except (TException, OSError, EOFError) as exc:
@@ -265,6 +282,12 @@ class NodeCaller:
             untangled(exc)
             self.pool.discard(address)
             raise NodeFailure(describe_failure(exc, timeout_s)) from None
+        finally:
+            with self._ids_lock:
+                if self._attempt_ids.get(key) == request.task_id:
+                    del self._attempt_ids[key]
+        if isinstance(reply, TaskCancelled):
+            raise TaskCancelledError(reply.message or "cancelled")
         if isinstance(reply, TaskResult):
             return reply
         if isinstance(reply, ShardMissing):
@@ -372,6 +395,26 @@ class NodeCaller:
         log_event("weights_uploaded", node=str(address), weights=digest[:12],
                   bytes=_tensor_bytes(weights))
         return upload
+
+    def cancel(self, node: str, work: Any, timeout_s: float) -> bool:
+        """Ask `node` to take back the attempt at `work` in flight there, if not started.
+
+        False when no such attempt is in flight (it ended, or `work` is no training task);
+        NodeFailure when the node cannot be asked.
+        """
+        with self._ids_lock:
+            task_id = self._attempt_ids.get((node, id(work)))
+        if task_id is None:
+            return False
+        address = _address(node)
+        try:
+            return bool(self.pool.call(address, timeout_s,
+                                       lambda c: c.cancel(task_id, self._token)))
+        except Unauthorized as exc:
+            raise NodeFailure(f"refused the token: {exc.message}") from None
+        except (TException, OSError, EOFError) as exc:
+            self.pool.discard(address)
+            raise NodeFailure(describe_failure(exc, timeout_s)) from None
 
     def predict(
         self, node: str, request: PredictRequest, model_bytes: bytes, timeout_s: float
