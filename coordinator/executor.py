@@ -31,9 +31,10 @@ training: queued, or in its load delay); the task's runner, whose call then answ
 TaskCancelledError, sends it to the idle node reserved for it. A task the node has started
 gets, past DUPLICATE_FACTOR limits (at least DUPLICATE_MIN_S), a copy on the idle node
 instead (first result wins; counted as a straggler too). A task every node declined
-(load-aware), backing off before it asks again, is woken to ask an idle node at once.
-coordinator.stealing decides; counters steals, steal_started, steal_duplicates,
-steal_wakes.
+(load-aware), backing off before it asks again, is woken to ask an idle node at once, and
+an idle node that declines is asked again at once (IDLE_REASKS times per backoff) rather
+than the task queueing behind busy nodes. coordinator.stealing decides; counters steals,
+steal_started, steal_duplicates, steal_wakes.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ CANCEL_TIMEOUT_S = 5.0
 # How often tasks declined everywhere are offered to idle nodes (one per idle node each
 # time): a decline is one draw, so an idle node is asked again soon, but never in a loop.
 WAKE_TICK_S = 0.02
+IDLE_REASKS = 8  # times a task asks idle nodes again at once after a decline, per backoff
 
 
 class NodeBusyError(Exception):
@@ -350,6 +352,7 @@ class _Tries:
     backoff_s: float = BUSY_BACKOFF_S
     start_s: float | None = None  # first attempt, since the round started
     backup: bool = False  # a second runner (straggler or duplicate), not the task's own
+    idle_reasks: int = 0  # idle nodes asked again at once after declining (since the wait)
 
     @classmethod
     def for_runner(cls, backup: bool, avoid: str | None) -> _Tries:
@@ -640,6 +643,7 @@ class _Round:
                 tries.failed, tries.busy, tries.backoff_s, remaining, avoid,
                 None if tries.backup else index,
             )
+            tries.idle_reasks = 0
         return node
 
     def _begin_attempt(self, tries: _Tries, index: int, node: str, backup: bool) -> float:
@@ -676,9 +680,20 @@ class _Round:
         self.executor.counters.add("declined")
         tries.n_declined += 1
         tries.declined_last = True
-        tries.busy.add(node)
+        if (self.executor._cancel_node is not None and tries.idle_reasks < IDLE_REASKS
+                and self._idle(node)):
+            # A decline is one draw: an idle node is asked again at once rather than the
+            # task queueing behind busy ones (a few times, never in a loop).
+            tries.idle_reasks += 1
+        else:
+            tries.busy.add(node)
         tries.backoff_s = max(tries.backoff_s, min(exc.retry_after_s, MAX_BUSY_BACKOFF_S))
         log_event("task_declined", round=self.label, shard=index, node=node)
+
+    def _idle(self, node: str) -> bool:
+        """Whether `node` is alive with nothing in flight (for any round) right now."""
+        return any(v.address == node and v.in_flight == 0
+                   for v in self.executor._registry.views())
 
     def _failed(self, index: int, tries: _Tries, node: str, exc: NodeFailure) -> None:
         """The node could not run the task: mark it dead, exclude it, fail past max attempts."""

@@ -17,8 +17,8 @@ from conftest import wait_for
 from test_training_e2e import model_bytes, run_client
 
 from client.timing import read_timing
-from coordinator.executor import Counters, RoundExecutor, TaskCancelledError
-from coordinator.policies import NodeView, RoundRobin
+from coordinator.executor import Counters, NodeBusyError, RoundExecutor, TaskCancelledError
+from coordinator.policies import LoadAware, NodeView, RoundRobin
 from coordinator.registry import Registry
 from coordinator.stealing import Steal, Waiting, plan_steals, wait_limit_s
 from harness import LocalCluster, ServerProcess
@@ -169,6 +169,29 @@ def test_without_cancel_nothing_is_stolen() -> None:
     executor = RoundExecutor(registry, nodes.call, counters=counters)
     assert [o.value for o in executor.run([1, 2, 3], RoundRobin(), 10.0)] == [10, 20, 30]
     assert "steals" not in counters.as_dict()
+
+
+def test_an_idle_node_that_declines_is_asked_again_at_once() -> None:
+    """A decline is one draw: with nothing else for it to do, the idle node is asked again
+    without a backoff (0.05 + 0.1 + 0.2 s for three declines), nor a wake from one."""
+    registry = Registry()
+    registry.add(Address("127.0.0.1", 1))
+    asks: list[int] = []
+
+    def call(node: str, task: int, timeout_s: float, may_decline: bool) -> int:
+        asks.append(task)
+        if len(asks) <= 3:
+            raise NodeBusyError("loaded")
+        return task
+
+    counters = Counters()
+    executor = RoundExecutor(registry, call, counters=counters,
+                             cancel_node=lambda node, task, timeout_s: False)
+    started = time.monotonic()
+    assert [o.value for o in executor.run([7], LoadAware(), 10.0)] == [7]
+    assert time.monotonic() - started < 0.25
+    assert counters.as_dict()["declined"] == 3 and len(asks) == 4
+    assert "steal_wakes" not in counters.as_dict()
 
 
 # ------------------------------------------------------------------ real processes
