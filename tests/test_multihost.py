@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require, wait_for
 from hosts import Network, Shape, why_not
-from test_faults import node_in_flight, rows_of, wait_for
+from test_faults import node_in_flight, rows_of
 from test_training_e2e import default_data, model_bytes, run_client
 
 from harness import REPO, LocalCluster
@@ -102,7 +102,7 @@ def test_link_cut_mid_round_is_survived_by_reassignment(
         "--heartbeat-s", "0.2", "--task-timeout-s", "2")
     client = start_client(network, coordinator, tmp_path / "run")
     try:
-        wait_for(lambda: node_in_flight(far) > 0, 60, f"a task on {far.address}")
+        wait_for(lambda: node_in_flight(far) > 0, f"a task on {far.address}", 60)
         network.cut(far_host)
         cut_at = time.monotonic()
         code, err = finish(client)

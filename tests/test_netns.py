@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require, wait_for
 from hosts import why_not
 from test_faults import (  # noqa: F401 - `reference` is a fixture
     ClientRun,
     node_in_flight,
     reference,
     rows_of,
-    wait_for,
 )
 from test_training_e2e import model_bytes
 
@@ -133,7 +132,7 @@ def test_link_cut_mid_task_times_out_and_is_reassigned(
         )
         run = ClientRun(coordinator, tmp_path / "run")
         try:
-            wait_for(lambda: node_in_flight(far) > 0, 60, f"a task on {far.address}")
+            wait_for(lambda: node_in_flight(far) > 0, f"a task on {far.address}", 60)
             netns.cut()
             cut_at = time.monotonic()
             code, out, err = run.wait()

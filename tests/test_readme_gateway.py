@@ -77,9 +77,10 @@ def test_the_gateway_commands_in_the_readme_run_as_written(tmp_path: Path) -> No
     assert job["state"] == "done" and len(job["rounds"]) == 5, job
     errors = [r["validation_error"] for r in job["rounds"]]
     assert errors[-1] < errors[0] and job["final_validation_error"] == errors[-1]
-    assert job["settings"] == {"rounds": 5, "epochs": 5, "h": 32, "eta": 0.003, "seed": 1,
-                               "batch_size": 64, "momentum": 0.9, "init": "he",
-                               "standardize": True, "policy": ""}
+    asked = {"rounds": 5, "epochs": 5, "h": 32, "eta": 0.003, "seed": 1, "batch_size": 64,
+             "momentum": 0.9, "init": "he", "standardize": True, "policy": "",
+             "strategy": "fedavg", "fraction": 1.0}  # and every other setting's default
+    assert {key: job["settings"][key] for key in asked} == asked
     assert len(predicted["labels"]) == 1 and predicted["labels"][0] in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
     with np.load(tmp_path / f"job-{job['id']}.npz") as model:
         assert model["w1"].shape == (16, 32)
