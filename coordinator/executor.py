@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -447,7 +448,11 @@ class _Round:
             return []
         out = []
         with ex._dispatch:
-            duplicate_after = max(DUPLICATE_FACTOR * limit, DUPLICATE_MIN_S)
+            # A started task is late only against the round's finished ones: with none
+            # finished yet there is no measure of late (a poison task running out its
+            # budget is tried on one more node by the out-of-time path, not copied too).
+            duplicate_after = (max(DUPLICATE_FACTOR * limit, DUPLICATE_MIN_S) if steady
+                               else math.inf)
             for steal in plan_steals(ex._registry.views(), waiting, limit, duplicate_after):
                 slot = self.slots[steal.index]
                 with slot.lock:
