@@ -25,11 +25,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from thrift.Thrift import TException
 
 from client.federated_cli import SCHEDULES, STRATEGIES
 from client.serving import ModelFile, ServingFailed, ServingLink, read_model_file
-from client.status import fetch_status
 from gateway.accounts import PASSWORD_MAX, PASSWORD_MIN, USERNAME, Accounts, Principal
 from gateway.dashboard import STATIC, dashboard_view
 from gateway.datasets import NAME, BadDatasetName, Catalogue, UnknownDataset
@@ -38,7 +36,7 @@ from gateway.limits import RateLimiter
 from gateway.scheduler import Scheduler
 from gateway.store import STATES, Job, Registry
 from gateway.views import iso, job_view, leaderboard_entry
-from gateway.watch import ClusterWatch, node_view
+from gateway.watch import ClusterWatch, NoCoordinator, first_status, node_view
 
 log = logging.getLogger("fedcluster.gateway.api")
 
@@ -144,9 +142,13 @@ def create_app(gw: Gateway) -> FastAPI:
     def login_rate(request: Request) -> None:
         _rate_or_429(gw.login_rate, caller_ip(request))
 
-    def principal(request: Request) -> Principal:
+    def bearer(request: Request) -> Principal | None:
+        """Whoever the `Authorization: Bearer TOKEN` header names, if anyone."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        who = gw.accounts.principal(token.strip()) if scheme.lower() == "bearer" else None
+        return gw.accounts.principal(token.strip()) if scheme.lower() == "bearer" else None
+
+    def principal(request: Request) -> Principal:
+        who = bearer(request)
         if who is None:
             _rate_or_429(gw.login_rate, caller_ip(request))  # guessing costs like logging in
             raise HTTPException(401, "missing, unknown or expired token: log in with "
@@ -172,8 +174,7 @@ def create_app(gw: Gateway) -> FastAPI:
               dependencies=[Depends(login_rate)])
     def register(body: Credentials, request: Request) -> dict:
         if gw.closed_registration:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            who = gw.accounts.principal(token.strip()) if scheme.lower() == "bearer" else None
+            who = bearer(request)
             if who is None or not who.admin:
                 raise HTTPException(403, "registration is closed on this gateway: ask its "
                                          "operator for an account")
@@ -331,17 +332,14 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.get("/v1/status", tags=["service"])
     def status(who: Caller) -> dict:
         """The cluster as the first coordinator that answers sees it, and the job queue."""
-        reasons = []
-        for address in gw.cluster.coordinators:
-            try:
-                got = fetch_status(address, 5.0, gw.cluster.tls, gw.cluster.token)
-            except (TException, OSError, EOFError) as exc:
-                reasons.append(f"{address}: {getattr(exc, 'message', None) or exc}")
-                continue
-            return {"coordinator": str(address), "policy": got.policy,
-                    "nodes": [node_view(n) for n in got.nodes or []],
-                    "counters": dict(got.counters or {}), "jobs": gw.registry.counts()}
-        raise HTTPException(503, "no coordinator answered (" + "; ".join(reasons) + ")")
+        try:
+            address, got = first_status(gw.cluster.coordinators, gw.cluster.tls,
+                                        gw.cluster.token, 5.0)
+        except NoCoordinator as exc:
+            raise HTTPException(503, str(exc)) from None
+        return {"coordinator": str(address), "policy": got.policy,
+                "nodes": [node_view(n) for n in got.nodes or []],
+                "counters": dict(got.counters or {}), "jobs": gw.registry.counts()}
 
     def viewer(request: Request) -> Principal | None:
         """Anyone under --public-dashboard (rate-limited by address); else a token."""

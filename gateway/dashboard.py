@@ -17,6 +17,7 @@ from gateway.watch import Snapshot, status_view
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_QUEUED_SHOWN = 50
+MAX_RUNNING_SHOWN = 256  # --max-running's bound
 RECENT_JOBS = 10
 LEADERS_SHOWN = 5
 EVENTS_SHOWN = 50
@@ -24,8 +25,9 @@ EVENTS_SHOWN = 50
 
 def dashboard_view(registry: Registry, snapshot: Snapshot | None, *, public: bool = False,
                    target_error: float = 0.3) -> dict[str, Any]:
-    queued, running = registry.queue()
-    running_jobs = [registry.job(j.id) for j in running]
+    queued, _ = registry.queue()
+    # their rounds in one query, oldest first as the queue lists them
+    running = registry.jobs(states=("running",), limit=MAX_RUNNING_SHOWN)[::-1]
     return {
         "generated_at": iso(time.time()),
         "public": public,
@@ -34,7 +36,7 @@ def dashboard_view(registry: Registry, snapshot: Snapshot | None, *, public: boo
         "jobs": {
             "counts": registry.counts(),
             "queued": [job_view(j) for j in queued[:MAX_QUEUED_SHOWN]],
-            "running": [job_view(j) for j in running_jobs if j is not None],
+            "running": [job_view(j) for j in running],
             "recent": [job_view(j) for j in registry.jobs(states=tuple(sorted(FINAL_STATES)),
                                                           limit=RECENT_JOBS)],
         },

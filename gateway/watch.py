@@ -33,6 +33,22 @@ COUNTED_EVENTS = {
 }
 
 
+class NoCoordinator(RuntimeError):
+    """No coordinator in the list answered status(); the message says why, each."""
+
+
+def first_status(coordinators: list[Address], tls: ssl.SSLContext | None, token: str,
+                 timeout_s: float) -> tuple[Address, ClusterStatus]:
+    """status() of the first coordinator that answers, in order (the client's fail-over)."""
+    reasons = []
+    for address in coordinators:
+        try:
+            return address, fetch_status(address, timeout_s, tls, token)
+        except (TException, OSError, EOFError) as exc:
+            reasons.append(f"{address}: {getattr(exc, 'message', None) or exc}")
+    raise NoCoordinator("no coordinator answered (" + "; ".join(reasons) + ")")
+
+
 @dataclass
 class Snapshot:
     """The latest status, or why there is none."""
@@ -101,17 +117,14 @@ class ClusterWatch:
 
     def poll(self) -> None:
         """One status() round: keep the answer, record what changed since the last."""
-        reasons = []
-        for address in self._coordinators:
-            try:
-                status = fetch_status(address, min(5.0, max(1.0, self._interval_s * 2)),
-                                      self._tls, self._token)
-            except (TException, OSError, EOFError) as exc:
-                reasons.append(f"{address}: {getattr(exc, 'message', None) or exc}")
-                continue
+        try:
+            address, status = first_status(self._coordinators, self._tls, self._token,
+                                           min(5.0, max(1.0, self._interval_s * 2)))
+        except NoCoordinator as exc:
+            error = str(exc)
+        else:
             self._seen(str(address), status)
             return
-        error = "no coordinator answered (" + "; ".join(reasons) + ")"
         with self._lock:
             previous = self._snapshot
             self._snapshot = Snapshot(None, None, error, time.time(), previous.nodes_seen)
