@@ -112,4 +112,4 @@ class Catalogue:
 def _fingerprint(path: Path) -> tuple:
     """Names, sizes and modification times of the data files: changes when they do."""
     files = sorted(p for p in path.iterdir() if p.suffix == ".txt" or p.name.endswith(".data"))
-    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return tuple((p.name, st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
